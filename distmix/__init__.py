@@ -1,0 +1,28 @@
+"""distmix: Gaussian mixtures fitted by EM on data that do not fit on one machine.
+
+Every way of fitting is the same map-reduce: chunk → sufficient statistics →
+tree sum → M-step → parameters, with a different engine moving the statistics.
+"""
+
+from distmix.em import EMResult, run_em
+from distmix.engines import DaskEngine, LocalEngine
+from distmix.estep import chunk_stats
+from distmix.estimator import GaussianMixture
+from distmix.mstep import EmptyComponentWarning, m_step
+from distmix.params import Params
+from distmix.suffstats import SuffStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DaskEngine",
+    "EMResult",
+    "EmptyComponentWarning",
+    "GaussianMixture",
+    "LocalEngine",
+    "Params",
+    "SuffStats",
+    "chunk_stats",
+    "m_step",
+    "run_em",
+]

@@ -1,0 +1,94 @@
+"""The EM loop over any engine: E-step pass → M-step, until the log-likelihood settles.
+
+Each iteration is exactly one pass over the rows (one ``engine.map_reduce``,
+hence one Dask compute): the E-step's SuffStats carry the log-likelihood, the
+row count and the non-finite-row check along with the moments.
+
+Convergence is scikit-learn's: the iteration stops when the mean
+log-likelihood per sample (weighted by ``sample_weight``) changes by less than
+``tol``. As in scikit-learn, ``lower_bound`` is the log-likelihood of the
+E-step of the last iteration, i.e. of the Params *before* its M-step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from distmix.chunks import raise_if_nonfinite
+from distmix.engines.base import Engine
+from distmix.estep import chunk_stats
+from distmix.mstep import m_step
+from distmix.params import Params
+from distmix.suffstats import SuffStats
+
+
+@dataclass(frozen=True)
+class EMResult:
+    params: Params
+    lower_bound: float
+    lower_bounds: tuple[float, ...]
+    n_iter: int
+    converged: bool
+
+
+@dataclass(frozen=True)
+class IterationInfo:
+    """What a callback hears after every iteration."""
+
+    n_iter: int
+    lower_bound: float
+    change: float
+    seconds: float
+    n_rows: int
+
+
+def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
+    """Engine-facing E-step: ``chunk_stats`` with the engine's argument order."""
+    return chunk_stats(block, params, sample_weight, row_offset)
+
+
+def e_step(engine: Engine, params: Params) -> SuffStats:
+    """One pass: total SuffStats of all rows under ``params`` (validated finite)."""
+    stats = engine.map_reduce(estep_block, params).to_host()
+    raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
+    return stats
+
+
+def mean_log_likelihood(stats: SuffStats) -> float:
+    return float(stats.log_lik) / stats.weight_sum
+
+
+def run_em(
+    engine: Engine,
+    params: Params,
+    *,
+    tol: float,
+    max_iter: int,
+    reg_covar: float,
+    lower_bound: float = -math.inf,
+    callback: Callable[[IterationInfo], None] | None = None,
+) -> EMResult:
+    """Iterate EM from ``params`` over the rows of ``engine``."""
+    history: list[float] = []
+    converged = False
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        start = time.perf_counter()
+        previous = lower_bound
+        stats = e_step(engine, params)
+        lower_bound = mean_log_likelihood(stats)
+        params = m_step(stats, reg_covar, previous=params)
+        history.append(lower_bound)
+        change = lower_bound - previous
+        if callback is not None:
+            callback(
+                IterationInfo(n_iter, lower_bound, change, time.perf_counter() - start, int(stats.n_rows))
+            )
+        if abs(change) < tol:
+            converged = True
+            break
+    return EMResult(params, lower_bound, tuple(history), n_iter, converged)

@@ -1,0 +1,85 @@
+"""The local engine: blocks of an in-memory array, one after another, in process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from distmix.engines.base import BlockFn, block_offsets
+from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
+from distmix.suffstats import _to_numpy
+
+
+def split_rows(n_rows: int, block_size: int | tuple[int, ...] | None) -> tuple[int, ...]:
+    """Block lengths for ``n_rows`` rows: all in one, every ``block_size``, or as given."""
+    if block_size is None:
+        return (n_rows,)
+    if isinstance(block_size, (tuple, list)):
+        sizes = tuple(int(b) for b in block_size)
+        if sum(sizes) != n_rows or any(b <= 0 for b in sizes):
+            raise ValueError(
+                f"block_size {sizes} must be positive block lengths summing to the "
+                f"number of rows, {n_rows}."
+            )
+        return sizes
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer or a tuple of them, got {block_size!r}.")
+    full, rest = divmod(n_rows, int(block_size))
+    return (int(block_size),) * full + ((rest,) if rest else ())
+
+
+class LocalEngine:
+    """Row blocks of an in-memory array (any array-API namespace), reduced in process.
+
+    Parameters
+    ----------
+    X : array (n, D)
+    sample_weight : array (n,) or None
+    block_size : int, tuple of ints or None
+        Rows per block, or the explicit length of every block.
+    split_every : int
+        Fan-in of the reduction tree.
+    """
+
+    def __init__(
+        self,
+        X: Any,
+        sample_weight: Any | None = None,
+        block_size: int | tuple[int, ...] | None = None,
+        split_every: int = DEFAULT_SPLIT_EVERY,
+    ) -> None:
+        self.X = X
+        self.sample_weight = sample_weight
+        self.n_rows, self.n_features = int(X.shape[0]), int(X.shape[1])
+        self.split_every = check_split_every(split_every)
+        self._block_rows = split_rows(self.n_rows, block_size)
+
+    @property
+    def block_rows(self) -> tuple[int, ...]:
+        return self._block_rows
+
+    def _blocks(self) -> Any:
+        for start, length in zip(block_offsets(self._block_rows), self._block_rows):
+            stop = start + length
+            w = None if self.sample_weight is None else self.sample_weight[start:stop]
+            yield self.X[start:stop, ...], w, start
+
+    def map_reduce(self, fn: BlockFn, *args: Any) -> Any:
+        parts = (_host(fn(block, w, start, *args)) for block, w, start in self._blocks())
+        return tree_sum(parts, self.split_every)
+
+    def map_blocks(self, fn: Any, *args: Any) -> list[Any]:
+        """``[fn(block, *args, row_offset=start) for each block]`` (for prediction)."""
+        return [fn(block, *args, row_offset=start) for block, _, start in self._blocks()]
+
+    def take_rows(self, indices: np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        return np.stack([_to_numpy(self.X[int(i), ...]) for i in idx]) if idx.size else np.empty(
+            (0, self.n_features)
+        )
+
+
+def _host(part: Any) -> Any:
+    to_host = getattr(part, "to_host", None)
+    return to_host() if to_host is not None else part

@@ -1,0 +1,265 @@
+"""E-step kernels: (block of rows, Params) → SuffStats.
+
+Layering rule: this module is pure. Its functions take arrays and return
+arrays or SuffStats; they never see an engine, Dask, a client, a file or a
+logger, and never branch on an array's values. The array namespace ``xp`` is
+taken once from the block (array-api-compat) and passed down, so the same code
+runs on NumPy, CuPy, torch or ``array_api_strict`` arrays.
+
+Every component is handled at once. A block of ``n`` rows is centred about all
+``K`` reference points in one broadcast, ``Xc = X[None] − c[:, None]`` of shape
+``(K, n, D)``, and the Mahalanobis terms and second moments are batched matrix
+products over that stack. Centring before any product is what keeps data far
+from the origin exact: no ``Σ x xᵀ − N μ μᵀ`` is ever formed.
+
+The log-density uses the upper-triangular precision Cholesky factor ``U``
+(``Σ⁻¹ = U Uᵀ``): ``log N(x | μ, Σ) = −½ (D log 2π + ‖(x − μ) U‖²) + log det U``,
+and responsibilities come from a log-sum-exp, so they never overflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import array_api_compat
+
+from distmix.params import KernelParams, Params
+from distmix.suffstats import SuffStats
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+# -- squared Mahalanobis distance, per covariance type: (K, n, D) → (K, n) --
+def _mahalanobis_full(xp: Any, xc: Any, u: Any) -> Any:
+    y = xp.matmul(xc, u)  # (K, n, D) @ (K, D, D)
+    return xp.sum(y * y, axis=-1)
+
+
+def _mahalanobis_tied(xp: Any, xc: Any, u: Any) -> Any:
+    y = xp.matmul(xc, u)  # (K, n, D) @ (D, D), broadcast over K
+    return xp.sum(y * y, axis=-1)
+
+
+def _mahalanobis_diag(xp: Any, xc: Any, u: Any) -> Any:
+    y = xc * u[:, None, :]
+    return xp.sum(y * y, axis=-1)
+
+
+def _mahalanobis_spherical(xp: Any, xc: Any, u: Any) -> Any:
+    return xp.sum(xc * xc, axis=-1) * (u * u)[:, None]
+
+
+MAHALANOBIS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "full": _mahalanobis_full,
+    "tied": _mahalanobis_tied,
+    "diag": _mahalanobis_diag,
+    "spherical": _mahalanobis_spherical,
+}
+
+
+# -- second moment about the reference, per covariance type ----------------
+def _second_full(xp: Any, weighted: Any, xc: Any) -> Any:
+    return xp.matmul(xp.matrix_transpose(weighted), xc)  # (K, D, D)
+
+
+def _second_tied(xp: Any, weighted: Any, xc: Any) -> Any:
+    k, n, d = xc.shape
+    return xp.matmul(
+        xp.matrix_transpose(xp.reshape(weighted, (k * n, d))), xp.reshape(xc, (k * n, d))
+    )  # (D, D), summed over components
+
+
+def _second_diag(xp: Any, weighted: Any, xc: Any) -> Any:
+    return xp.sum(weighted * xc, axis=1)  # (K, D)
+
+
+def _second_spherical(xp: Any, weighted: Any, xc: Any) -> Any:
+    return xp.sum(weighted * xc, axis=(1, 2))  # (K,)
+
+
+SECOND_MOMENT: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "full": _second_full,
+    "tied": _second_tied,
+    "diag": _second_diag,
+    "spherical": _second_spherical,
+}
+
+
+# -- building blocks ---------------------------------------------------------
+def namespace(block: Any) -> Any:
+    """The array namespace of ``block`` (array-api-compat wraps NumPy/CuPy/torch)."""
+    return array_api_compat.array_namespace(block)
+
+
+def _device_kwargs(block: Any) -> dict[str, Any]:
+    return {"device": array_api_compat.device(block)}
+
+
+def prepare_block(
+    xp: Any, block: Any, sample_weight: Any | None, row_offset: int
+) -> tuple[Any, Any, Any, Any]:
+    """Cast to float64 and mask non-finite rows.
+
+    Returns ``(X, w, n_nonfinite, first_nonfinite)``: rows holding NaN or ±inf
+    are replaced by zeros and given weight 0, so they add exact zeros to every
+    statistic (and no floating-point warning is raised); their count and the
+    first one's global index ride along in the statistics, where the caller
+    turns them into an error after the single pass.
+    """
+    x = xp.astype(block, xp.float64)
+    n = x.shape[0]
+    dev = _device_kwargs(x)
+    finite = xp.all(xp.isfinite(x), axis=1)
+    x = xp.where(finite[:, None], x, xp.zeros((), dtype=xp.float64, **dev))
+    if sample_weight is None:
+        w = xp.ones((n,), dtype=xp.float64, **dev)
+    else:
+        w = xp.astype(sample_weight, xp.float64)
+    w = xp.where(finite, w, xp.zeros((), dtype=xp.float64, **dev))
+    rows = xp.arange(n, dtype=xp.float64, **dev) + float(row_offset)
+    inf = xp.asarray(math.inf, dtype=xp.float64, **dev)
+    first = xp.min(xp.where(finite, inf, rows)) if n else inf
+    n_bad = xp.sum(xp.astype(~finite, xp.float64))
+    return x, w, n_bad, first
+
+
+def centre(xp: Any, x: Any, reference: Any) -> Any:
+    """``(K, n, D)`` stack of ``x − c_k``."""
+    return x[None, :, :] - reference[:, None, :]
+
+
+def weighted_log_prob(xp: Any, xc: Any, kp: KernelParams, covariance_type: str) -> Any:
+    """``log w_k + log N(x_i | μ_k, Σ_k)``, shape ``(K, n)``."""
+    d = xc.shape[-1]
+    maha = MAHALANOBIS[covariance_type](xp, xc, kp.precisions_cholesky)
+    return -0.5 * (d * LOG_2PI + maha) + (kp.log_det + kp.log_weights)[:, None]
+
+
+def log_sum_exp(xp: Any, a: Any, axis: int) -> Any:
+    """``log Σ exp(a)`` along ``axis`` without overflow."""
+    peak = xp.max(a, axis=axis, keepdims=True)
+    peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
+    return xp.squeeze(peak, axis=axis) + xp.log(xp.sum(xp.exp(a - peak), axis=axis))
+
+
+def moments(xp: Any, xc: Any, resp: Any, covariance_type: str) -> tuple[Any, Any, Any]:
+    """``(Σ r, Σ r xc, second moment)`` for responsibilities ``resp`` of shape (K, n)."""
+    weighted = xc * resp[:, :, None]
+    return (
+        xp.sum(resp, axis=1),
+        xp.sum(weighted, axis=1),
+        SECOND_MOMENT[covariance_type](xp, weighted, xc),
+    )
+
+
+def _kernel_params(xp: Any, x: Any, params: Params | KernelParams) -> KernelParams:
+    if isinstance(params, KernelParams):
+        return params
+    return params.kernel_arrays(xp, array_api_compat.device(x))
+
+
+# -- the E-step kernel -------------------------------------------------------
+def chunk_stats(
+    block: Any,
+    params: Params,
+    sample_weight: Any | None = None,
+    row_offset: int = 0,
+) -> SuffStats:
+    """E-step of one block: its SuffStats about ``params.means``.
+
+    Parameters
+    ----------
+    block : array of shape (n, D), float32 or float64, any array-API namespace
+    params : Params
+        The current parameters; their means are the reference point.
+    sample_weight : array of shape (n,), optional
+        Non-negative row weights (responsibilities are multiplied by them).
+    row_offset : int
+        Global index of the block's first row (for naming non-finite rows).
+
+    Returns
+    -------
+    SuffStats
+        In the block's namespace and on its device; ``to_host`` moves it.
+    """
+    xp = namespace(block)
+    x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
+    kp = _kernel_params(xp, x, params)
+    xc = centre(xp, x, kp.means)
+    log_prob = weighted_log_prob(xp, xc, kp, params.covariance_type)
+    log_norm = log_sum_exp(xp, log_prob, axis=0)  # (n,)
+    resp = xp.exp(log_prob - log_norm[None, :]) * w[None, :]
+    resp_sum, x_sum, second = moments(xp, xc, resp, params.covariance_type)
+    return SuffStats(
+        params.covariance_type,
+        params.means,
+        resp_sum,
+        x_sum,
+        second,
+        float(x.shape[0]),
+        xp.sum(w * log_norm),
+        n_bad,
+        first,
+    )
+
+
+def resp_stats(
+    block: Any,
+    resp: Any,
+    reference: Any,
+    covariance_type: str,
+    sample_weight: Any | None = None,
+    row_offset: int = 0,
+) -> SuffStats:
+    """SuffStats of a block for given responsibilities ``resp`` of shape (n, K).
+
+    Used by initialisation (hard k-means labels, random responsibilities); the
+    log-likelihood field is left at 0.
+    """
+    xp = namespace(block)
+    x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
+    ref = xp.asarray(reference, dtype=xp.float64, **_device_kwargs(x))
+    xc = centre(xp, x, ref)
+    r = xp.matrix_transpose(xp.astype(resp, xp.float64)) * w[None, :]
+    resp_sum, x_sum, second = moments(xp, xc, r, covariance_type)
+    return SuffStats(
+        covariance_type,  # type: ignore[arg-type]
+        reference,
+        resp_sum,
+        x_sum,
+        second,
+        float(x.shape[0]),
+        0.0,
+        n_bad,
+        first,
+    )
+
+
+# -- prediction kernels ------------------------------------------------------
+def log_resp_and_norm(block: Any, params: Params) -> tuple[Any, Any]:
+    """``(log responsibilities (n, K), log p(x) (n,))`` of a block."""
+    xp = namespace(block)
+    x = xp.astype(block, xp.float64)
+    kp = _kernel_params(xp, x, params)
+    log_prob = weighted_log_prob(xp, centre(xp, x, kp.means), kp, params.covariance_type)
+    log_norm = log_sum_exp(xp, log_prob, axis=0)
+    return xp.matrix_transpose(log_prob - log_norm[None, :]), log_norm
+
+
+def score_samples_block(block: Any, params: Params) -> Any:
+    """``log p(x)`` per row, shape (n,)."""
+    return log_resp_and_norm(block, params)[1]
+
+
+def predict_proba_block(block: Any, params: Params) -> Any:
+    """Responsibilities, shape (n, K)."""
+    xp = namespace(block)
+    return xp.exp(log_resp_and_norm(block, params)[0])
+
+
+def predict_block(block: Any, params: Params) -> Any:
+    """Most probable component per row, shape (n,)."""
+    xp = namespace(block)
+    return xp.argmax(log_resp_and_norm(block, params)[0], axis=1)
