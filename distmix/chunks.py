@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-#: aim for this many bytes in each (K, rows, D) float64 temporary of a block
-TARGET_BLOCK_BYTES = 4 * 2**20
+#: aim for this many bytes in a block's (rows, D) float64 copy: about one L2 cache
+TARGET_BLOCK_BYTES = 2**20
 
 
 class NonFiniteInputError(ValueError):
@@ -31,8 +31,13 @@ def is_zarr_array(x: Any) -> bool:
 
 
 def default_block_rows(n_components: int, n_features: int) -> int:
-    """Rows per block so that the block's (K, rows, D) temporaries stay cache-sized."""
-    rows = TARGET_BLOCK_BYTES // (8 * max(1, n_components) * max(1, n_features))
+    """Rows per in-memory block: a (rows, D) float64 block of about 1 MiB.
+
+    Measured on the benchmark shapes (``benchmarks/bench_em_iteration.py``):
+    smaller blocks pay Python overhead per block, larger ones fall out of cache.
+    The (K, rows, D) stack of the generic path is then K MiB.
+    """
+    rows = TARGET_BLOCK_BYTES // (8 * max(1, n_features))
     return int(min(max(rows, 256), 2**20))
 
 

@@ -31,6 +31,52 @@ from distmix.suffstats import SuffStats
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+# NumPy path. On NumPy, ``full`` and ``tied`` go component by component,
+# recomputing each component's centred block instead of materialising the
+# (K, n, D) stack: the working set of every matrix product is then one (n, D)
+# block that stays in cache, and ``xcᵀ xc`` lets NumPy call BLAS syrk. NumPy's
+# matmul releases the GIL, so blocks also run side by side on threads. Other
+# namespaces (CuPy, torch, ...) take the batched path, one call for all
+# components. The two agree to rounding; a test compares them through
+# ``array_api_strict``.
+_PER_COMPONENT_TYPES = ("full", "tied")
+
+
+def _per_component(xp: Any, covariance_type: str) -> bool:
+    return covariance_type in _PER_COMPONENT_TYPES and array_api_compat.is_numpy_namespace(xp)
+
+
+def _per_component_mahalanobis(x: Any, means: Any, u: Any) -> Any:
+    """``‖(x − μ_k) U_k‖²`` per component, shape (K, n)."""
+    import numpy as np
+
+    k, n = means.shape[0], x.shape[0]
+    out = np.empty((k, n))
+    for j in range(k):
+        y = (x - means[j]) @ (u if u.ndim == 2 else u[j])
+        np.einsum("nd,nd->n", y, y, out=out[j])
+    return out
+
+
+def _per_component_moments(x: Any, means: Any, resp: Any, tied: bool) -> tuple[Any, Any]:
+    """``(Σ r xc, Σ r xc xcᵀ)`` per component (the second summed over k if tied)."""
+    import numpy as np
+
+    k, d = means.shape
+    x_sum = np.empty((k, d))
+    second = np.zeros((d, d)) if tied else np.empty((k, d, d))
+    sqrt_resp = np.sqrt(resp)
+    for j in range(k):
+        xc = x - means[j]
+        x_sum[j] = resp[j] @ xc
+        xc *= sqrt_resp[j][:, None]
+        if tied:
+            second += xc.T @ xc
+        else:
+            second[j] = xc.T @ xc
+    return x_sum, second
+
+
 # -- squared Mahalanobis distance, per covariance type: (K, n, D) → (K, n) --
 def _mahalanobis_full(xp: Any, xc: Any, u: Any) -> Any:
     y = xp.matmul(xc, u)  # (K, n, D) @ (K, D, D)
@@ -43,8 +89,7 @@ def _mahalanobis_tied(xp: Any, xc: Any, u: Any) -> Any:
 
 
 def _mahalanobis_diag(xp: Any, xc: Any, u: Any) -> Any:
-    y = xc * u[:, None, :]
-    return xp.sum(y * y, axis=-1)
+    return xp.matmul(xc * xc, (u * u)[:, :, None])[:, :, 0]
 
 
 def _mahalanobis_spherical(xp: Any, xc: Any, u: Any) -> Any:
@@ -60,23 +105,23 @@ MAHALANOBIS: dict[str, Callable[[Any, Any, Any], Any]] = {
 
 
 # -- second moment about the reference, per covariance type ----------------
-def _second_full(xp: Any, weighted: Any, xc: Any) -> Any:
-    return xp.matmul(xp.matrix_transpose(weighted), xc)  # (K, D, D)
+# Each takes the centred stack xc (K, n, D) and responsibilities resp (K, n).
+def _second_full(xp: Any, xc: Any, resp: Any) -> Any:
+    return xp.matmul(xp.matrix_transpose(xc * resp[:, :, None]), xc)  # (K, D, D)
 
 
-def _second_tied(xp: Any, weighted: Any, xc: Any) -> Any:
+def _second_tied(xp: Any, xc: Any, resp: Any) -> Any:
     k, n, d = xc.shape
-    return xp.matmul(
-        xp.matrix_transpose(xp.reshape(weighted, (k * n, d))), xp.reshape(xc, (k * n, d))
-    )  # (D, D), summed over components
+    weighted = xp.reshape(xc * resp[:, :, None], (k * n, d))
+    return xp.matmul(xp.matrix_transpose(weighted), xp.reshape(xc, (k * n, d)))  # (D, D)
 
 
-def _second_diag(xp: Any, weighted: Any, xc: Any) -> Any:
-    return xp.sum(weighted * xc, axis=1)  # (K, D)
+def _second_diag(xp: Any, xc: Any, resp: Any) -> Any:
+    return xp.matmul(resp[:, None, :], xc * xc)[:, 0, :]  # (K, D)
 
 
-def _second_spherical(xp: Any, weighted: Any, xc: Any) -> Any:
-    return xp.sum(weighted * xc, axis=(1, 2))  # (K,)
+def _second_spherical(xp: Any, xc: Any, resp: Any) -> Any:
+    return xp.sum(resp * xp.sum(xc * xc, axis=-1), axis=1)  # (K,)
 
 
 SECOND_MOMENT: dict[str, Callable[[Any, Any, Any], Any]] = {
@@ -130,10 +175,19 @@ def centre(xp: Any, x: Any, reference: Any) -> Any:
     return x[None, :, :] - reference[:, None, :]
 
 
-def weighted_log_prob(xp: Any, xc: Any, kp: KernelParams, covariance_type: str) -> Any:
-    """``log w_k + log N(x_i | μ_k, Σ_k)``, shape ``(K, n)``."""
-    d = xc.shape[-1]
-    maha = MAHALANOBIS[covariance_type](xp, xc, kp.precisions_cholesky)
+def weighted_log_prob(
+    xp: Any, x: Any, kp: KernelParams, covariance_type: str, xc: Any | None = None
+) -> Any:
+    """``log w_k + log N(x_i | μ_k, Σ_k)``, shape ``(K, n)``.
+
+    ``xc`` is the centred stack when the caller has it (the generic path).
+    """
+    d = x.shape[-1]
+    if _per_component(xp, covariance_type):
+        maha = _per_component_mahalanobis(x, kp.means, kp.precisions_cholesky)
+    else:
+        xc = centre(xp, x, kp.means) if xc is None else xc
+        maha = MAHALANOBIS[covariance_type](xp, xc, kp.precisions_cholesky)
     return -0.5 * (d * LOG_2PI + maha) + (kp.log_det + kp.log_weights)[:, None]
 
 
@@ -146,11 +200,10 @@ def log_sum_exp(xp: Any, a: Any, axis: int) -> Any:
 
 def moments(xp: Any, xc: Any, resp: Any, covariance_type: str) -> tuple[Any, Any, Any]:
     """``(Σ r, Σ r xc, second moment)`` for responsibilities ``resp`` of shape (K, n)."""
-    weighted = xc * resp[:, :, None]
     return (
         xp.sum(resp, axis=1),
-        xp.sum(weighted, axis=1),
-        SECOND_MOMENT[covariance_type](xp, weighted, xc),
+        xp.matmul(resp[:, None, :], xc)[:, 0, :],
+        SECOND_MOMENT[covariance_type](xp, xc, resp),
     )
 
 
@@ -187,11 +240,16 @@ def chunk_stats(
     xp = namespace(block)
     x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
     kp = _kernel_params(xp, x, params)
-    xc = centre(xp, x, kp.means)
-    log_prob = weighted_log_prob(xp, xc, kp, params.covariance_type)
+    cov = params.covariance_type
+    xc = None if _per_component(xp, cov) else centre(xp, x, kp.means)
+    log_prob = weighted_log_prob(xp, x, kp, cov, xc)
     log_norm = log_sum_exp(xp, log_prob, axis=0)  # (n,)
     resp = xp.exp(log_prob - log_norm[None, :]) * w[None, :]
-    resp_sum, x_sum, second = moments(xp, xc, resp, params.covariance_type)
+    if xc is None:
+        resp_sum = xp.sum(resp, axis=1)
+        x_sum, second = _per_component_moments(x, kp.means, resp, tied=cov == "tied")
+    else:
+        resp_sum, x_sum, second = moments(xp, xc, resp, cov)
     return SuffStats(
         params.covariance_type,
         params.means,
@@ -243,7 +301,7 @@ def log_resp_and_norm(block: Any, params: Params) -> tuple[Any, Any]:
     xp = namespace(block)
     x = xp.astype(block, xp.float64)
     kp = _kernel_params(xp, x, params)
-    log_prob = weighted_log_prob(xp, centre(xp, x, kp.means), kp, params.covariance_type)
+    log_prob = weighted_log_prob(xp, x, kp, params.covariance_type)
     log_norm = log_sum_exp(xp, log_prob, axis=0)
     return xp.matrix_transpose(log_prob - log_norm[None, :]), log_norm
 

@@ -13,14 +13,31 @@ recomputed.
 from __future__ import annotations
 
 import itertools
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from distmix.engines.base import BlockFn, block_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
 
 _call_ids = itertools.count()
+
+
+def _blas_limit_for(scheduler: Any, graph: Any) -> Any:
+    """One BLAS thread per task when the tasks share this process's cores.
+
+    The threaded scheduler already runs one block per core; letting BLAS start
+    its own threads in every task would oversubscribe the cores (measured: 2×
+    slower on 2 cores). Distributed workers set this themselves.
+    """
+    import dask.base
+    import dask.threaded
+
+    if dask.base.get_scheduler(scheduler=scheduler, collections=[graph]) is dask.threaded.get:
+        return threadpool_limits(1, user_api="blas")
+    return nullcontext()
 
 
 def _call_block(fn: BlockFn, block: Any, w: Any, offset: int, args: tuple) -> Any:
@@ -87,7 +104,9 @@ class DaskEngine:
     def map_reduce(self, fn: BlockFn, *args: Any) -> Any:
         import dask
 
-        (result,) = dask.compute(self.graph(fn, *args), scheduler=self.scheduler)
+        graph = self.graph(fn, *args)
+        with _blas_limit_for(self.scheduler, graph):
+            (result,) = dask.compute(graph, scheduler=self.scheduler)
         return result
 
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
