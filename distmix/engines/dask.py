@@ -75,9 +75,11 @@ class DaskEngine:
         self.sample_weight = sample_weight
         self.split_every = check_split_every(split_every)
         self.scheduler = scheduler
-        self._x_blocks = list(X.to_delayed().ravel())
+        self._x_blocks = list(X.to_delayed(optimize_graph=False).ravel())
         self._w_blocks = (
-            list(sample_weight.to_delayed().ravel()) if sample_weight is not None else None
+            list(sample_weight.to_delayed(optimize_graph=False).ravel())
+            if sample_weight is not None
+            else None
         )
 
     @property

@@ -1,0 +1,5 @@
+import sys
+
+from distmix.cli import main
+
+sys.exit(main())

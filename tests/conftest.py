@@ -1,0 +1,58 @@
+"""Shared test data: seeded Gaussian-mixture datasets and starting parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def mixture_data(
+    seed: int,
+    n_rows: int = 600,
+    n_features: int = 3,
+    n_components: int = 3,
+    separation: float = 6.0,
+    shift: float = 0.0,
+    dtype: type = np.float64,
+) -> np.ndarray:
+    """Rows drawn from a well-separated Gaussian mixture with random full covariances."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=separation, size=(n_components, n_features))
+    labels = rng.integers(n_components, size=n_rows)
+    mixing = rng.normal(size=(n_components, n_features, n_features)) / np.sqrt(n_features)
+    mixing += np.eye(n_features)
+    noise = rng.normal(size=(n_rows, n_features))
+    X = centres[labels] + np.einsum("nd,nde->ne", noise, mixing[labels])
+    return (X + shift).astype(dtype)
+
+
+def starting_params(X: np.ndarray, n_components: int, covariance_type: str, seed: int) -> dict:
+    """``weights_init``/``means_init``/``precisions_init`` from a crude, seeded start.
+
+    Means are random rows; covariances are the pooled data covariance in the
+    shape of ``covariance_type``. The same dict fed to scikit-learn and distmix
+    makes both run EM from identical parameters.
+    """
+    rng = np.random.default_rng(seed)
+    n, d = X.shape
+    means = X[rng.choice(n, size=n_components, replace=False)].astype(np.float64)
+    cov = np.cov(X.astype(np.float64), rowvar=False).reshape(d, d) + 1e-3 * np.eye(d)
+    prec = np.linalg.inv(cov)
+    precisions = {
+        "full": np.broadcast_to(prec, (n_components, d, d)).copy(),
+        "tied": prec,
+        "diag": np.broadcast_to(np.diag(prec), (n_components, d)).copy(),
+        "spherical": np.full(n_components, float(np.mean(np.diag(prec)))),
+    }[covariance_type]
+    return {
+        "weights_init": np.full(n_components, 1.0 / n_components),
+        "means_init": means,
+        "precisions_init": precisions,
+    }
+
+
+@pytest.fixture(params=COVARIANCE_TYPES)
+def covariance_type(request: pytest.FixtureRequest) -> str:
+    return request.param
