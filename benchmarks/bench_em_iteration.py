@@ -227,10 +227,7 @@ def bench_shape(n: int, d: int, k: int, repeats: int, seed: int) -> ShapeResult:
         for name in order:
             seconds, _ = time_once(run[name])
             times[name].append(seconds)
-    n_blocks = len(local.block_rows)
-    del X, local, dask_engine, gm, run, outcomes
-    gc.collect()
-    return ShapeResult(n, d, k, block_rows, n_blocks, times, diffs)
+    return ShapeResult(n, d, k, block_rows, len(local.block_rows), times, diffs)
 
 
 # -- report -------------------------------------------------------------------
@@ -245,6 +242,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def load_average() -> str:
+    """The machine's load averages: other jobs running meanwhile skew every figure."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def print_environment() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"date: {datetime.date.today().isoformat()}   host: {cpu_model()}, {cores} cores")
@@ -257,9 +262,17 @@ def print_environment() -> None:
         print(f"{var}={os.environ.get(var, '<unset>')}")
     print("threadpoolctl.threadpool_info():")
     for pool in threadpoolctl.threadpool_info():
-        keys = ("user_api", "internal_api", "version", "architecture", "threading_layer", "num_threads")
+        keys = (
+            "user_api",
+            "internal_api",
+            "version",
+            "architecture",
+            "threading_layer",
+            "num_threads",
+        )
         print("  " + "  ".join(f"{key}={pool.get(key)}" for key in keys))
         print(f"    {pool.get('filepath')}")
+    print(f"load average before the run (1, 5, 15 min): {load_average()}")
     scheduler = dask.base.get_scheduler(collections=[da.zeros(1)])
     print(f"dask scheduler: {scheduler.__module__}.{scheduler.__name__}")
     print()
@@ -271,19 +284,30 @@ def verdict(value: float, target: float) -> str:
 
 def print_table(results: list[ShapeResult], tolerance: float) -> bool:
     """Print the timing and agreement tables; True when the parameters agree."""
-    header = (
-        f"{'shape (N x D, K)':<22}{'blocks':>12}{'sklearn s/it':>14}{'local s/it':>12}"
-        f"{'dask s/it':>11}{'local/sklearn':>15}{'':>6}{'dask/local':>12}{'':>6}"
-    )
-    print(header)
-    print(f"{'':<26}{'':>8}{'':>14}{'':>12}{'':>11}"
-          f"{f'(<= {TARGET_LOCAL_OVER_SKLEARN})':>15}{'':>6}{f'(<= {TARGET_DASK_OVER_LOCAL})':>12}")
-    print("-" * len(header))
+    columns = [
+        ("shape (N x D, K)", "", 22),
+        ("blocks", "(n x rows)", 12),
+        ("sklearn s/it", "", 14),
+        ("local s/it", "", 12),
+        ("dask s/it", "", 11),
+        ("local/sklearn", f"(<= {TARGET_LOCAL_OVER_SKLEARN})", 15),
+        ("", "", 6),
+        ("dask/local", f"(<= {TARGET_DASK_OVER_LOCAL})", 12),
+        ("", "", 6),
+    ]
+    for row in (0, 1):
+        print(
+            "".join(
+                f"{col[row]:<{width}}" if i == 0 else f"{col[row]:>{width}}"
+                for i, (*col, width) in enumerate(columns)
+            )
+        )
+    print("-" * sum(width for *_, width in columns))
     for res in results:
         sk, lo, dk = (res.median(name) for name in CONTENDERS)
         r1, r2 = lo / sk, dk / lo
         shape = f"{res.n:,} x {res.d}, K={res.k}"
-        blocks = f"{res.n_blocks}x{res.block_rows}"
+        blocks = f"{res.n_blocks} x {res.block_rows}"
         print(
             f"{shape:<22}{blocks:>12}{sk:>14.3f}{lo:>12.3f}{dk:>11.3f}"
             f"{r1:>15.3f}{verdict(r1, TARGET_LOCAL_OVER_SKLEARN):>6}"
@@ -332,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         n = n // QUICK_DIVISOR if args.quick else n
         print(f"running N={n:,} D={d} K={k} ...", flush=True)
         results.append(bench_shape(n, d, k, args.repeats, args.seed))
+        gc.collect()  # free this shape's data before the next is generated
     print()
     agree = print_table(results, args.tolerance)
+    print(f"\nload average after the run (1, 5, 15 min): {load_average()}")
     if not agree:
         print("\nthe contenders disagree: the timings above are not of the same work.")
         return 1

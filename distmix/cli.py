@@ -28,7 +28,14 @@ def _demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="distmix-demo-") as tmp:
         path = args.path or str(Path(tmp) / "demo.zarr")
         start = time.perf_counter()
-        write_zarr(path, args.rows, args.features, args.components, seed=args.seed, chunk_rows=args.chunk_rows)
+        write_zarr(
+            path,
+            args.rows,
+            args.features,
+            args.components,
+            seed=args.seed,
+            chunk_rows=args.chunk_rows,
+        )
         size_mib = args.rows * args.features * 8 / 2**20
         print(
             f"generated {args.rows:,} rows × {args.features} features ({size_mib:.0f} MiB) "
@@ -37,14 +44,19 @@ def _demo(args: argparse.Namespace) -> int:
         )
         array = zarr.open_array(path, mode="r")
         truth = TrueMixture.from_attrs(array.attrs)
-        with LocalCluster(
-            n_workers=args.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster, Client(cluster) as client:
-            print(f"local Dask cluster: {args.workers} worker processes at {client.scheduler.address}")
+        with (
+            LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            print(
+                f"local Dask cluster: {args.workers} worker processes at {client.scheduler.address}"
+            )
             X = da.from_zarr(array)
             print(f"fitting over {X.numblocks[0]} blocks of {args.chunk_rows:,} rows")
             model = GaussianMixture(
@@ -94,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
     demo.add_argument("--seed", type=int, default=0, help="random seed for data and fit")
     demo.add_argument("--tol", type=float, default=1e-4, help="convergence tolerance")
-    demo.add_argument("--path", help="where to write the Zarr array (default: a temporary directory)")
+    demo.add_argument(
+        "--path", help="where to write the Zarr array (default: a temporary directory)"
+    )
     demo.set_defaults(run=_demo)
     return parser
 

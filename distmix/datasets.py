@@ -32,7 +32,9 @@ class TrueMixture:
         )
 
 
-def random_mixture(n_features: int, n_components: int, seed: int, separation: float = 8.0) -> TrueMixture:
+def random_mixture(
+    n_features: int, n_components: int, seed: int, separation: float = 8.0
+) -> TrueMixture:
     """Well-separated components with random full covariances (eigenvalues in [0.5, 2])."""
     rng = np.random.default_rng([seed, 0])
     weights = rng.dirichlet(np.full(n_components, 5.0))
@@ -44,7 +46,9 @@ def random_mixture(n_features: int, n_components: int, seed: int, separation: fl
     return TrueMixture(weights, means, covariances)
 
 
-def sample_rows(mixture: TrueMixture, start: int, stop: int, seed: int, chunk_rows: int) -> np.ndarray:
+def sample_rows(
+    mixture: TrueMixture, start: int, stop: int, seed: int, chunk_rows: int
+) -> np.ndarray:
     """Rows ``start:stop`` of the dataset (each chunk has its own random stream)."""
     if start % chunk_rows:
         raise ValueError("start must be a multiple of chunk_rows")

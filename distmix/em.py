@@ -86,7 +86,9 @@ def run_em(
         change = lower_bound - previous
         if callback is not None:
             callback(
-                IterationInfo(n_iter, lower_bound, change, time.perf_counter() - start, int(stats.n_rows))
+                IterationInfo(
+                    n_iter, lower_bound, change, time.perf_counter() - start, int(stats.n_rows)
+                )
             )
         if abs(change) < tol:
             converged = True

@@ -132,7 +132,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _check_parameters(self) -> None:
         def positive_int(name: str, minimum: int) -> None:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, np.integer))
+                or value < minimum
+            ):
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
         positive_int("n_components", 1)
@@ -142,7 +146,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         check_covariance_type(self.covariance_type)
         for name in ("tol", "reg_covar"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.number)) or not value >= 0 or not math.isfinite(value):
+            if (
+                not isinstance(value, (int, float, np.number))
+                or not value >= 0
+                or not math.isfinite(value)
+            ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
         if self.init_params not in INIT_PARAMS:
             raise ValueError(
@@ -171,13 +179,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             shape = covariance_shape(cov, k, n_features)
             if prec.shape != shape:
                 raise ValueError(
-                    f"precisions_init for covariance_type={cov!r} must have shape {shape}, got {prec.shape}."
+                    f"precisions_init for covariance_type={cov!r} must have shape {shape}, "
+                    f"got {prec.shape}."
                 )
             precision_cholesky_from_precisions(prec, cov)  # raises if not positive-definite
             out["precisions_init"] = prec
         return out
 
-    def _engine(self, X: Any, sample_weight: Any = None, *, reset: bool) -> LocalEngine | DaskEngine:
+    def _engine(
+        self, X: Any, sample_weight: Any = None, *, reset: bool
+    ) -> LocalEngine | DaskEngine:
         """Validate ``X`` (and weights) and wrap it in the engine that suits it."""
         k = self.n_components if reset else None
         if is_dask_array(X) or is_zarr_array(X):
@@ -191,12 +202,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 X = X.astype(np.float64)
             w = None
             if sample_weight is not None:
-                w = sample_weight if is_dask_array(sample_weight) else da.from_array(
-                    np.asarray(sample_weight, dtype=np.float64), chunks=(X.chunks[0],)
+                w = (
+                    sample_weight
+                    if is_dask_array(sample_weight)
+                    else da.from_array(
+                        np.asarray(sample_weight, dtype=np.float64), chunks=(X.chunks[0],)
+                    )
                 )
                 if w.shape != (X.shape[0],):
                     raise ValueError(
-                        f"sample_weight must have shape (n_samples,) = ({X.shape[0]},), got {w.shape}."
+                        f"sample_weight must have shape (n_samples,) = ({X.shape[0]},), "
+                        f"got {w.shape}."
                     )
             return DaskEngine(X, w, split_every=self.split_every)
         if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufO":
@@ -211,7 +227,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
         check_shape(X.shape, k)
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
+            )
         block = self.block_size or default_block_rows(self.n_components, X.shape[1])
         if isinstance(block, int):
             block = min(block, X.shape[0])
@@ -278,7 +296,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 )
                 lower_bound = -math.inf
             else:
-                params, lower_bound = self._params(), self.lower_bound_
+                params, lower_bound = self._params(), float(self.lower_bound_)
             result = run_em(
                 engine,
                 params,
@@ -390,13 +408,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_samples`` rows from the fitted mixture; returns ``(X, labels)``."""
         check_is_fitted(self, "means_")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        if (
+            isinstance(n_samples, bool)
+            or not isinstance(n_samples, (int, np.integer))
+            or n_samples < 1
+        ):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_)
         d = self.means_.shape[1]
         pieces = []
-        for k, (mean, count) in enumerate(zip(self.means_, counts)):
+        for k, (mean, count) in enumerate(zip(self.means_, counts, strict=True)):
             if self.covariance_type == "full":
                 pieces.append(rng.multivariate_normal(mean, self.covariances_[k], int(count)))
             elif self.covariance_type == "tied":

@@ -47,7 +47,9 @@ _STREAM_RANDOM_RESP = 0
 _STREAM_SAMPLING = 1  # + round number
 
 
-def row_uniforms(seed: int, stream: int, start: int, stop: int, width: int | None = None) -> np.ndarray:
+def row_uniforms(
+    seed: int, stream: int, start: int, stop: int, width: int | None = None
+) -> np.ndarray:
     """Uniform [0, 1) numbers for rows ``start:stop`` that depend only on the row index."""
     size = ROW_STREAM_ROWS
     pieces = []
@@ -68,7 +70,9 @@ def _sq_distances(xp: Any, x: Any, centers: Any) -> Any:
     return xp.clip(d2, 0.0, None)
 
 
-def _shifted(xp: Any, block: Any, w: Any, offset: int, centers: np.ndarray, shift: np.ndarray) -> tuple:
+def _shifted(
+    xp: Any, block: Any, w: Any, offset: int, centers: np.ndarray, shift: np.ndarray
+) -> tuple:
     """Prepared block and centres, both moved by ``shift`` (a point near the data).
 
     Shifting first keeps ``‖x‖² − 2x·c + ‖c‖²`` free of cancellation for data far
@@ -139,7 +143,9 @@ def kmeans_block(
     return KMeansStats(stats, xp.sum(w * xp.min(d2, axis=1)))
 
 
-def cost_block(block: Any, w: Any, offset: int, centers: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def cost_block(
+    block: Any, w: Any, offset: int, centers: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
     """``[Σ w min_c d²(x, c)]`` over the block."""
     xp = namespace(block)
     _, xs, cs, w, _, _ = _shifted(xp, block, w, offset, centers, shift)
@@ -364,7 +370,10 @@ def initial_params(
         raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
         params = m_step(stats, reg_covar)
     else:
-        raise ValueError(f"init_params={init_params!r} is not one of 'kmeans', 'k-means++', 'random', 'random_from_data'.")
+        raise ValueError(
+            f"init_params={init_params!r} is not one of "
+            "'kmeans', 'k-means++', 'random', 'random_from_data'."
+        )
     weights = params.weights if weights_init is None else check_weights(weights_init, k)
     means = params.means if means_init is None else means_init
     if precisions_init is not None:

@@ -40,7 +40,9 @@ def _pooled_full(s2: np.ndarray, s1: np.ndarray, nk: np.ndarray, total: float) -
     return scatter.sum(axis=0) / total
 
 
-def _covariances(stats: SuffStats, nk: np.ndarray, delta: np.ndarray, reg_covar: float) -> np.ndarray:
+def _covariances(
+    stats: SuffStats, nk: np.ndarray, delta: np.ndarray, reg_covar: float
+) -> np.ndarray:
     s0_total = float(nk.sum())
     s2 = stats.second
     d = stats.n_features

@@ -112,9 +112,7 @@ def precision_cholesky_from_precisions(
     bad = ~(precisions > 0) | ~np.isfinite(precisions)
     if np.any(bad):
         k = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
-        raise ValueError(
-            f"{name}[{k}] is not positive: diag and spherical precisions must be > 0."
-        )
+        raise ValueError(f"{name}[{k}] is not positive: diag and spherical precisions must be > 0.")
     return np.sqrt(precisions)
 
 
@@ -153,7 +151,9 @@ class Params:
             object.__setattr__(self, field, arr)
         k, d = self.means.shape if self.means.ndim == 2 else (None, None)
         if k is None:
-            raise ValueError(f"means must have shape (n_components, n_features), got {self.means.shape}.")
+            raise ValueError(
+                f"means must have shape (n_components, n_features), got {self.means.shape}."
+            )
         check_weights(self.weights, k, "weights")
         if not np.all(np.isfinite(self.means)):
             raise ValueError("means contain NaN or infinity.")
@@ -244,7 +244,9 @@ class Params:
         if xp is None or _is_numpy(xp):
             return KernelParams(*arrays)
         kwargs = {} if device is None else {"device": device}
-        return KernelParams(*(xp.asarray(np.ascontiguousarray(a), dtype=xp.float64, **kwargs) for a in arrays))
+        return KernelParams(
+            *(xp.asarray(np.ascontiguousarray(a), dtype=xp.float64, **kwargs) for a in arrays)
+        )
 
     def allclose(self, other: Params, rtol: float = 1e-10, atol: float = 0.0) -> bool:
         return self.covariance_type == other.covariance_type and all(

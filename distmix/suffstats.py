@@ -42,7 +42,9 @@ _MOMENTS = ("resp_sum", "x_sum", "second")
 _SCALARS = ("n_rows", "log_lik", "n_nonfinite", "first_nonfinite")
 
 
-def second_moment_shape(covariance_type: str, n_components: int, n_features: int) -> tuple[int, ...]:
+def second_moment_shape(
+    covariance_type: str, n_components: int, n_features: int
+) -> tuple[int, ...]:
     return {
         "full": (n_components, n_features, n_features),
         "tied": (n_features, n_features),
@@ -152,7 +154,11 @@ class SuffStats:
         s0, s1 = host.resp_sum, host.x_sum
         x_sum = s1 + s0[:, None] * delta
         cross = s1[:, :, None] * delta[:, None, :]
-        full = cross + np.swapaxes(cross, 1, 2) + s0[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        full = (
+            cross
+            + np.swapaxes(cross, 1, 2)
+            + s0[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        )
         extra = {
             "full": lambda: full,
             "tied": lambda: full.sum(axis=0),
@@ -164,13 +170,13 @@ class SuffStats:
     # -- host / wire --------------------------------------------------------
     def to_host(self) -> SuffStats:
         """The same statistics as float64 NumPy arrays and Python floats."""
-        if isinstance(self.resp_sum, np.ndarray) and isinstance(self.log_lik, float):
+        if all(isinstance(getattr(self, f), np.ndarray) for f in _MOMENTS) and all(
+            isinstance(getattr(self, f), float) for f in _SCALARS
+        ):
             return self
-        return replace(
-            self,
-            **{f: _to_numpy(getattr(self, f)) for f in _MOMENTS},
-            **{f: float(_to_numpy(getattr(self, f))) for f in _SCALARS},
-        )
+        values: dict[str, Any] = {f: _to_numpy(getattr(self, f)) for f in _MOMENTS}
+        values.update({f: float(_to_numpy(getattr(self, f))) for f in _SCALARS})
+        return replace(self, **values)
 
     def pack(self) -> np.ndarray:
         """One flat float64 vector: a 4-value header, the moments, the scalars."""

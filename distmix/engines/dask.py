@@ -98,7 +98,7 @@ class DaskEngine:
                 fn, block, w, offset, args_key, dask_key_name=(name, "block", i)
             )
             for i, (block, w, offset) in enumerate(
-                zip(self._x_blocks, w_blocks, block_offsets(self.block_rows))
+                zip(self._x_blocks, w_blocks, block_offsets(self.block_rows), strict=True)
             )
         ]
         return dask_tree_sum(parts, self.split_every, name + "-sum")

@@ -36,8 +36,14 @@ def split_rows(n_rows: int, block_size: int | tuple[int, ...] | None) -> tuple[i
                 f"number of rows, {n_rows}."
             )
         return sizes
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer or a tuple of them, got {block_size!r}.")
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, (int, np.integer))
+        or block_size < 1
+    ):
+        raise ValueError(
+            f"block_size must be a positive integer or a tuple of them, got {block_size!r}."
+        )
     full, rest = divmod(n_rows, int(block_size))
     return (int(block_size),) * full + ((rest,) if rest else ())
 
@@ -79,7 +85,7 @@ class LocalEngine:
         return self._block_rows
 
     def _blocks(self) -> Any:
-        for start, length in zip(block_offsets(self._block_rows), self._block_rows):
+        for start, length in zip(block_offsets(self._block_rows), self._block_rows, strict=True):
             stop = start + length
             w = None if self.sample_weight is None else self.sample_weight[start:stop]
             yield self.X[start:stop, ...], w, start
@@ -94,7 +100,9 @@ class LocalEngine:
         # NumPy arrays: BLAS to one thread while the blocks run side by side
         limits = threadpool_limits(1, user_api="blas") if _on_host(self.X) else nullcontext()
         with limits, ThreadPoolExecutor(self.n_threads) as pool:
-            return tree_sum(_ordered_map(pool, run, self._blocks(), 2 * self.n_threads), self.split_every)
+            return tree_sum(
+                _ordered_map(pool, run, self._blocks(), 2 * self.n_threads), self.split_every
+            )
 
     def map_blocks(self, fn: Any, *args: Any) -> list[Any]:
         """``[fn(block, *args, row_offset=start) for each block]`` (for prediction)."""
@@ -102,8 +110,10 @@ class LocalEngine:
 
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
-        return np.stack([_to_numpy(self.X[int(i), ...]) for i in idx]) if idx.size else np.empty(
-            (0, self.n_features)
+        return (
+            np.stack([_to_numpy(self.X[int(i), ...]) for i in idx])
+            if idx.size
+            else np.empty((0, self.n_features))
         )
 
 
