@@ -91,6 +91,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    lower_bound_: float
+
     def __init__(
         self,
         n_components: int = 1,
