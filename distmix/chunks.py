@@ -10,6 +10,7 @@ itself (the kernels count non-finite rows and remember the first one), and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,11 @@ def default_block_rows(n_components: int, n_features: int) -> int:
 
 def check_dtype(dtype: Any, name: str = "X") -> None:
     kind = np.dtype(dtype).kind
+    if kind == "c":
+        raise ValueError(
+            f"Complex data not supported: {name} has dtype {np.dtype(dtype)}; a Gaussian "
+            "mixture over complex values needs its real and imaginary parts as features."
+        )
     if kind not in "biuf":
         raise TypeError(
             f"{name} has dtype {np.dtype(dtype)}, which is not numeric; distmix fits "
@@ -92,11 +98,51 @@ def as_dask_rows(X: Any, block_rows: int | tuple[int, ...] | None = None) -> Any
     return X.rechunk({0: rows, 1: -1})
 
 
+def check_block_size(block_size: Any, n_rows: int) -> int | tuple[int, ...] | None:
+    """``None``, a positive number of rows, or positive block lengths summing to ``n_rows``."""
+    if block_size is None:
+        return None
+    if isinstance(block_size, (tuple, list)):
+        sizes = tuple(block_size)
+        if (
+            not sizes
+            or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in sizes)
+            or any(b <= 0 for b in sizes)
+            or sum(sizes) != n_rows
+        ):
+            raise ValueError(
+                f"block_size={block_size!r}: a tuple of block lengths must hold positive "
+                f"integers summing to the number of rows, {n_rows}."
+            )
+        return tuple(int(b) for b in sizes)
+    is_int = isinstance(block_size, (int, np.integer)) and not isinstance(block_size, bool)
+    if not is_int or block_size < 1:
+        raise ValueError(
+            f"block_size must be None, a positive integer (rows per block) or a tuple of "
+            f"block lengths, got {block_size!r}."
+        )
+    return int(block_size)
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Count of non-finite rows and the first one's global index (``inf`` when none)."""
+
+    count: float
+    first: float
+
+    def __add__(self, other: NonFinite) -> NonFinite:
+        return NonFinite(self.count + other.count, min(self.first, other.first))
+
+    def raise_if_any(self, name: str = "X") -> None:
+        raise_if_nonfinite(self.count, self.first, name)
+
+
 def raise_if_nonfinite(n_nonfinite: float, first_row: float, name: str = "X") -> None:
     """Raise :class:`NonFiniteInputError` if a pass counted non-finite rows."""
     if n_nonfinite > 0:
         raise NonFiniteInputError(
             f"Input {name} contains NaN or infinity in {int(n_nonfinite)} row(s); the first "
             f"is row {int(first_row)}. Remove or impute them (e.g. with "
-            "sklearn.impute.SimpleImputer) before fitting."
+            "sklearn.impute.SimpleImputer)."
         )

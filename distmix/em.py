@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from distmix.chunks import raise_if_nonfinite
+from distmix.chunks import NonFinite, raise_if_nonfinite
 from distmix.engines.base import Engine
-from distmix.estep import chunk_stats
+from distmix.estep import chunk_stats, log_resp_and_norm, namespace, prepare_block
 from distmix.mstep import m_step
 from distmix.params import Params
-from distmix.suffstats import SuffStats
+from distmix.suffstats import SuffStats, _to_numpy
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,43 @@ class IterationInfo:
 def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
     """Engine-facing E-step: ``chunk_stats`` with the engine's argument order."""
     return chunk_stats(block, params, sample_weight, row_offset)
+
+
+@dataclass(frozen=True)
+class LogLikelihoodTotal:
+    """``Σ w log p(x)`` and ``Σ w`` over finite rows, and the non-finite rows."""
+
+    log_lik: float
+    weight: float
+    nonfinite: NonFinite
+
+    def __add__(self, other: LogLikelihoodTotal) -> LogLikelihoodTotal:
+        return LogLikelihoodTotal(
+            self.log_lik + other.log_lik,
+            self.weight + other.weight,
+            self.nonfinite + other.nonfinite,
+        )
+
+
+def log_likelihood_block(
+    block: Any, sample_weight: Any, row_offset: int, params: Params
+) -> LogLikelihoodTotal:
+    """Engine-facing: the block's log-likelihood under ``params`` (for ``score``)."""
+    xp = namespace(block)
+    x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
+    _, log_norm = log_resp_and_norm(x, params)
+    return LogLikelihoodTotal(
+        float(_to_numpy(xp.sum(w * log_norm))),
+        float(_to_numpy(xp.sum(w))),
+        NonFinite(float(_to_numpy(n_bad)), float(_to_numpy(first))),
+    )
+
+
+def mean_log_likelihood_of(engine: Engine, params: Params) -> float:
+    """Mean log-likelihood per (weighted) row, in one pass; raises on non-finite rows."""
+    total = engine.map_reduce(log_likelihood_block, params)
+    total.nonfinite.raise_if_any()
+    return total.log_lik / total.weight
 
 
 def e_step(engine: Engine, params: Params) -> SuffStats:

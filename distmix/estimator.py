@@ -23,6 +23,7 @@ from distmix import estep
 from distmix._typing import INIT_PARAMS, check_covariance_type
 from distmix.chunks import (
     as_dask_rows,
+    check_block_size,
     check_dtype,
     check_shape,
     default_block_rows,
@@ -30,7 +31,7 @@ from distmix.chunks import (
     is_zarr_array,
     raise_if_nonfinite,
 )
-from distmix.em import IterationInfo, run_em
+from distmix.em import IterationInfo, mean_log_likelihood_of, run_em
 from distmix.engines import DaskEngine, LocalEngine
 from distmix.init import initial_params
 from distmix.params import (
@@ -194,30 +195,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Validate ``X`` (and weights) and wrap it in the engine that suits it."""
         k = self.n_components if reset else None
         if is_dask_array(X) or is_zarr_array(X):
-            import dask.array as da
-
             check_dtype(X.dtype)
             check_shape(tuple(X.shape), k)
-            X = as_dask_rows(X, self.block_size)
+            X = as_dask_rows(X, check_block_size(self.block_size, int(X.shape[0])))
             self._check_n_features(X.shape[1], reset=reset)
             if X.dtype.kind not in "f":
                 X = X.astype(np.float64)
-            w = None
-            if sample_weight is not None:
-                w = (
-                    sample_weight
-                    if is_dask_array(sample_weight)
-                    else da.from_array(
-                        np.asarray(sample_weight, dtype=np.float64), chunks=(X.chunks[0],)
-                    )
-                )
-                if w.shape != (X.shape[0],):
-                    raise ValueError(
-                        f"sample_weight must have shape (n_samples,) = ({X.shape[0]},), "
-                        f"got {w.shape}."
-                    )
+            w = None if sample_weight is None else _dask_sample_weight(sample_weight, X)
             return DaskEngine(X, w, split_every=self.split_every)
-        if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufO":
+        if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
             check_dtype(X.dtype)
         X = validate_data(
             self,
@@ -232,7 +218,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             sample_weight = _check_sample_weight(
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
             )
-        block = self.block_size or default_block_rows(self.n_components, X.shape[1])
+        block = check_block_size(self.block_size, X.shape[0])
+        if block is None:
+            block = default_block_rows(self.n_components, X.shape[1])
         if isinstance(block, int):
             block = min(block, X.shape[0])
         return LocalEngine(X, sample_weight, block, self.split_every)
@@ -264,7 +252,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self
         """
-        self._fit(X, sample_weight)
+        saved = dict(self.__dict__)
+        try:
+            self._fit(X, sample_weight)
+        except BaseException:
+            # a failed fit leaves the estimator exactly as it was
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
         return self
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
@@ -395,8 +390,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self._apply(X, estep.score_samples_block, "samples")
 
     def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per row."""
-        return float(np.mean(self.score_samples(X)))
+        """Mean log-likelihood per row (one pass; computed now, also for dask input)."""
+        params = self._params()
+        return mean_log_likelihood_of(self._engine(X, reset=False), params)
 
     def bic(self, X: Any) -> float:
         """Bayesian information criterion on ``X`` (lower is better)."""
@@ -448,3 +444,32 @@ def _checked_block(
         first = int(xp.argmax(xp.astype(bad, xp.int8)))
         raise_if_nonfinite(n_bad, row_offset + first)
     return block_fn(block, params)
+
+
+def _dask_sample_weight(sample_weight: Any, X: Any) -> Any:
+    """Row weights as a dask array chunked like ``X``'s rows, validated.
+
+    Validated eagerly (one small compute over the weights, not the rows) so that
+    a bad weight never reaches an E-step.
+    """
+    import dask
+    import dask.array as da
+
+    n = int(X.shape[0])
+    if is_dask_array(sample_weight):
+        w = sample_weight.astype(np.float64)
+    else:
+        w_np = np.asarray(sample_weight, dtype=np.float64)
+        if w_np.shape != (n,):
+            raise ValueError(
+                f"sample_weight must have shape (n_samples,) = ({n},), got {w_np.shape}."
+            )
+        w = da.from_array(w_np, chunks=(X.chunks[0],))
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape (n_samples,) = ({n},), got {w.shape}.")
+    finite, smallest = dask.compute(da.isfinite(w).all(), w.min())
+    if not finite:
+        raise ValueError("Input sample_weight contains NaN or infinity.")
+    if smallest < 0:
+        raise ValueError(f"Negative values in data passed to sample_weight (smallest: {smallest}).")
+    return w

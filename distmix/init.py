@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from distmix.chunks import raise_if_nonfinite
+from distmix.chunks import NonFinite, raise_if_nonfinite
 from distmix.engines.base import Engine
 from distmix.estep import centre, moments, namespace, prepare_block, resp_stats
 from distmix.mstep import m_step
@@ -194,17 +194,6 @@ def random_resp_block(
     resp = u / u.sum(axis=1, keepdims=True)
     kwargs = {} if _is_np(xp) else {"device": getattr(block, "device", None)}
     return resp_stats(block, xp.asarray(resp, **kwargs), reference, covariance_type, w, offset)
-
-
-@dataclass(frozen=True)
-class NonFinite:
-    """Count of non-finite rows and the first one's index (``inf`` when none)."""
-
-    count: float
-    first: float
-
-    def __add__(self, other: NonFinite) -> NonFinite:
-        return NonFinite(self.count + other.count, min(self.first, other.first))
 
 
 def nonfinite_block(block: Any, w: Any, offset: int) -> NonFinite:

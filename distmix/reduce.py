@@ -10,7 +10,6 @@ for the same blocks.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -34,8 +33,12 @@ def sum_group(*parts: T) -> T:
 
 
 def tree_depth(n_leaves: int, split_every: int) -> int:
-    """Number of combine levels above ``n_leaves`` leaves."""
-    return 0 if n_leaves <= 1 else math.ceil(math.log(n_leaves, split_every) - 1e-12)
+    """Number of combine levels above ``n_leaves`` leaves (exact integer arithmetic)."""
+    depth = 0
+    while n_leaves > 1:
+        n_leaves = -(-n_leaves // split_every)
+        depth += 1
+    return depth
 
 
 def tree_sum(parts: Iterable[T], split_every: int = DEFAULT_SPLIT_EVERY) -> T:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from distmix.chunks import check_block_size
 from distmix.engines.base import BlockFn, block_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
 from distmix.suffstats import _to_numpy
@@ -26,26 +27,13 @@ from distmix.suffstats import _to_numpy
 
 def split_rows(n_rows: int, block_size: int | tuple[int, ...] | None) -> tuple[int, ...]:
     """Block lengths for ``n_rows`` rows: all in one, every ``block_size``, or as given."""
-    if block_size is None:
+    checked = check_block_size(block_size, n_rows)
+    if checked is None:
         return (n_rows,)
-    if isinstance(block_size, (tuple, list)):
-        sizes = tuple(int(b) for b in block_size)
-        if sum(sizes) != n_rows or any(b <= 0 for b in sizes):
-            raise ValueError(
-                f"block_size {sizes} must be positive block lengths summing to the "
-                f"number of rows, {n_rows}."
-            )
-        return sizes
-    if (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, (int, np.integer))
-        or block_size < 1
-    ):
-        raise ValueError(
-            f"block_size must be a positive integer or a tuple of them, got {block_size!r}."
-        )
-    full, rest = divmod(n_rows, int(block_size))
-    return (int(block_size),) * full + ((rest,) if rest else ())
+    if isinstance(checked, tuple):
+        return checked
+    full, rest = divmod(n_rows, checked)
+    return (checked,) * full + ((rest,) if rest else ())
 
 
 class LocalEngine:
