@@ -8,6 +8,7 @@ and returns something with an associative ``+`` (SuffStats, NumPy arrays, ...).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -42,3 +43,15 @@ class Engine(Protocol):
 
 def block_offsets(block_rows: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(o) for o in np.concatenate([[0], np.cumsum(block_rows)[:-1]]))
+
+
+@functools.cache
+def _threadpool_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # scans the loaded BLAS libraries once
+
+
+def one_blas_thread() -> Any:
+    """Context manager holding BLAS to one thread (while blocks run side by side)."""
+    return _threadpool_controller().limit(limits=1, user_api="blas")

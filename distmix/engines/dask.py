@@ -17,9 +17,8 @@ from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from distmix.engines.base import BlockFn, block_offsets
+from distmix.engines.base import BlockFn, block_offsets, one_blas_thread
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
 
 _call_ids = itertools.count()
@@ -36,7 +35,7 @@ def _blas_limit_for(scheduler: Any, graph: Any) -> Any:
     import dask.threaded
 
     if dask.base.get_scheduler(scheduler=scheduler, collections=[graph]) is dask.threaded.get:
-        return threadpool_limits(1, user_api="blas")
+        return one_blas_thread()
     return nullcontext()
 
 

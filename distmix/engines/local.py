@@ -17,10 +17,9 @@ from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from distmix.chunks import check_block_size
-from distmix.engines.base import BlockFn, block_offsets
+from distmix.engines.base import BlockFn, block_offsets, one_blas_thread
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
 from distmix.suffstats import _to_numpy
 
@@ -67,6 +66,7 @@ class LocalEngine:
         self._block_rows = split_rows(self.n_rows, block_size)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         self.n_threads = max(1, min(n_threads or cores or 1, len(self._block_rows)))
+        self._pool: ThreadPoolExecutor | None = None  # made on first use, reused by every pass
 
     @property
     def block_rows(self) -> tuple[int, ...]:
@@ -86,8 +86,10 @@ class LocalEngine:
         if self.n_threads == 1:
             return tree_sum(map(run, self._blocks()), self.split_every)
         # NumPy arrays: BLAS to one thread while the blocks run side by side
-        limits = threadpool_limits(1, user_api="blas") if _on_host(self.X) else nullcontext()
-        with limits, ThreadPoolExecutor(self.n_threads) as pool:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="distmix-block")
+        pool = self._pool
+        with one_blas_thread() if _on_host(self.X) else nullcontext():
             return tree_sum(
                 _ordered_map(pool, run, self._blocks(), 2 * self.n_threads), self.split_every
             )
