@@ -169,7 +169,10 @@ def sample_block(
     d2 = _to_numpy(xp.min(_sq_distances(xp, xs, cs), axis=1) * w)
     prob = np.minimum(1.0, oversampling * d2 / phi)
     chosen = np.flatnonzero(row_uniforms(seed, stream, offset, offset + d2.shape[0]) < prob)
-    rows = _to_numpy(x)[chosen] if chosen.size else np.empty((0, x.shape[1]))
+    if not chosen.size:
+        return Candidates(np.empty((0, x.shape[1])), chosen + offset)
+    index = xp.asarray(chosen, **({} if _is_np(xp) else {"device": getattr(x, "device", None)}))
+    rows = _to_numpy(xp.take(x, index, axis=0))  # only the drawn rows leave the device
     return Candidates(rows, chosen + offset)
 
 
