@@ -53,6 +53,21 @@ def starting_params(X: np.ndarray, n_components: int, covariance_type: str, seed
     }
 
 
+def random_covariances(
+    rng: np.random.Generator, n_components: int, n_features: int, covariance_type: str
+) -> np.ndarray:
+    """Random well-conditioned covariances in the shape of ``covariance_type``."""
+    d = n_features
+    a = rng.normal(size=(n_components, d, d)) / np.sqrt(d)
+    full = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)
+    return {
+        "full": full,
+        "tied": full[0],
+        "diag": np.diagonal(full, axis1=1, axis2=2).copy(),
+        "spherical": np.trace(full, axis1=1, axis2=2) / d,
+    }[covariance_type]
+
+
 @pytest.fixture(params=COVARIANCE_TYPES)
 def covariance_type(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import COVARIANCE_TYPES, mixture_data
+from conftest import COVARIANCE_TYPES, mixture_data, random_covariances
 
 from distmix import init
 from distmix.estep import (
@@ -80,15 +80,7 @@ def problem(covariance_type: str) -> tuple[np.ndarray, Params, np.ndarray]:
         11, n_rows=N_ROWS, n_features=N_FEATURES, n_components=N_COMPONENTS, separation=2.0
     )
     means = X[rng.choice(N_ROWS, N_COMPONENTS, replace=False)]
-    d = N_FEATURES
-    a = rng.normal(size=(N_COMPONENTS, d, d)) / np.sqrt(d)
-    full = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)
-    covariances = {
-        "full": full,
-        "tied": full[0],
-        "diag": np.diagonal(full, axis1=1, axis2=2).copy(),
-        "spherical": np.trace(full, axis1=1, axis2=2) / d,
-    }[covariance_type]
+    covariances = random_covariances(rng, N_COMPONENTS, N_FEATURES, covariance_type)
     params = Params.from_covariances(
         rng.dirichlet(np.full(N_COMPONENTS, 3.0)), means, covariances, covariance_type
     )
@@ -269,15 +261,8 @@ def test_cupy_kernels_equal_numpy(covariance_type):
     X = mixture_data(13, n_rows=5000, n_features=5, n_components=4)
     X[[10, 4000], [0, 4]] = np.nan
     weights = rng.uniform(0.0, 2.0, size=X.shape[0])
-    d, k = 5, 4
-    a = rng.normal(size=(k, d, d)) / np.sqrt(d)
-    full = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)
-    covariances = {
-        "full": full,
-        "tied": full[0],
-        "diag": np.diagonal(full, axis1=1, axis2=2).copy(),
-        "spherical": np.trace(full, axis1=1, axis2=2) / d,
-    }[covariance_type]
+    k = 4
+    covariances = random_covariances(rng, k, 5, covariance_type)
     finite = np.all(np.isfinite(X), axis=1)
     params = Params.from_covariances(np.full(k, 1 / k), X[finite][:k], covariances, covariance_type)
 
