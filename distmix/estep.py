@@ -138,7 +138,8 @@ def namespace(block: Any) -> Any:
     return array_api_compat.array_namespace(block)
 
 
-def _device_kwargs(block: Any) -> dict[str, Any]:
+def device_kwargs(block: Any) -> dict[str, Any]:
+    """``{"device": ...}`` of ``block``, for creating arrays next to it."""
     return {"device": array_api_compat.device(block)}
 
 
@@ -155,7 +156,7 @@ def prepare_block(
     """
     x = xp.astype(block, xp.float64)
     n = x.shape[0]
-    dev = _device_kwargs(x)
+    dev = device_kwargs(x)
     finite = xp.all(xp.isfinite(x), axis=1)
     x = xp.where(finite[:, None], x, xp.zeros((), dtype=xp.float64, **dev))
     if sample_weight is None:
@@ -278,7 +279,7 @@ def resp_stats(
     """
     xp = namespace(block)
     x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
-    ref = xp.asarray(reference, dtype=xp.float64, **_device_kwargs(x))
+    ref = xp.asarray(reference, dtype=xp.float64, **device_kwargs(x))
     xc = centre(xp, x, ref)
     r = xp.matrix_transpose(xp.astype(resp, xp.float64)) * w[None, :]
     resp_sum, x_sum, second = moments(xp, xc, r, covariance_type)

@@ -33,7 +33,7 @@ import numpy as np
 
 from distmix.chunks import NonFinite, raise_if_nonfinite
 from distmix.engines.base import Engine
-from distmix.estep import centre, moments, namespace, prepare_block, resp_stats
+from distmix.estep import centre, device_kwargs, moments, namespace, prepare_block, resp_stats
 from distmix.mstep import m_step
 from distmix.params import Params, check_weights, covariance_shape
 from distmix.suffstats import SuffStats, _to_numpy
@@ -79,14 +79,10 @@ def _shifted(
     from the origin.
     """
     x, w, n_bad, first = prepare_block(xp, block, w, offset)
-    dev = {"device": getattr(x, "device", None)} if not _is_np(xp) else {}
+    dev = device_kwargs(x)
     s = xp.asarray(shift, dtype=xp.float64, **dev)
     c = xp.asarray(centers, dtype=xp.float64, **dev) - s[None, :]
     return x, x - s[None, :], c, w, n_bad, first
-
-
-def _is_np(xp: Any) -> bool:
-    return "numpy" in getattr(xp, "__name__", "")
 
 
 @dataclass(frozen=True)
@@ -127,7 +123,7 @@ def kmeans_block(
     labels = xp.argmin(d2, axis=1)
     k = cs.shape[0]
     onehot = xp.astype(labels[None, :] == xp.arange(k)[:, None], xp.float64) * w[None, :]
-    ref = xp.asarray(centers, dtype=xp.float64)
+    ref = xp.asarray(centers, dtype=xp.float64, **device_kwargs(x))
     resp_sum, x_sum, second = moments(xp, centre(xp, x, ref), onehot, covariance_type)
     stats = SuffStats(
         covariance_type,  # type: ignore[arg-type]
@@ -171,7 +167,7 @@ def sample_block(
     chosen = np.flatnonzero(row_uniforms(seed, stream, offset, offset + d2.shape[0]) < prob)
     if not chosen.size:
         return Candidates(np.empty((0, x.shape[1])), chosen + offset)
-    index = xp.asarray(chosen, **({} if _is_np(xp) else {"device": getattr(x, "device", None)}))
+    index = xp.asarray(chosen, **device_kwargs(x))
     rows = _to_numpy(xp.take(x, index, axis=0))  # only the drawn rows leave the device
     return Candidates(rows, chosen + offset)
 
@@ -195,8 +191,9 @@ def random_resp_block(
     k = reference.shape[0]
     u = row_uniforms(seed, _STREAM_RANDOM_RESP, offset, offset + block.shape[0], width=k)
     resp = u / u.sum(axis=1, keepdims=True)
-    kwargs = {} if _is_np(xp) else {"device": getattr(block, "device", None)}
-    return resp_stats(block, xp.asarray(resp, **kwargs), reference, covariance_type, w, offset)
+    return resp_stats(
+        block, xp.asarray(resp, **device_kwargs(block)), reference, covariance_type, w, offset
+    )
 
 
 def nonfinite_block(block: Any, w: Any, offset: int) -> NonFinite:
