@@ -50,12 +50,13 @@ def _demo(args: argparse.Namespace) -> int:
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=None,
+                dashboard_address=":0",
             ) as cluster,
             Client(cluster) as client,
         ):
             print(
-                f"local Dask cluster: {args.workers} worker processes at {client.scheduler.address}"
+                f"local Dask cluster: {args.workers} worker processes at "
+                f"{client.scheduler.address}, dashboard {client.dashboard_link}"
             )
             X = da.from_zarr(array)
             print(f"fitting over {X.numblocks[0]} blocks of {args.chunk_rows:,} rows")

@@ -109,7 +109,7 @@ def dask_client():
         processes=True,
         threads_per_worker=1,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=":0",
     )
     client = Client(cluster, set_as_default=False)
     try:

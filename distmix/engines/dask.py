@@ -20,6 +20,7 @@ import numpy as np
 
 from distmix.engines.base import BlockFn, block_offsets, one_blas_thread
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
+from distmix.suffstats import _to_numpy
 
 _call_ids = itertools.count()
 
@@ -111,13 +112,31 @@ class DaskEngine:
         return result
 
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at global ``indices``, read from the same block tasks as every pass.
+
+        Going through the blocks (not ``X[indices]``) keeps one definition per
+        key: a distributed scheduler warns when a key comes back with a different
+        task, as sliced-and-optimised array graphs would.
+        """
         import dask
 
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size == 0:
             return np.empty((0, self.n_features))
-        order = np.argsort(idx)
-        (rows,) = dask.compute(self.X[idx[order]], scheduler=self.scheduler)
+        bounds = np.cumsum((0,) + self.block_rows)
+        which = np.searchsorted(bounds, idx, side="right") - 1
+        needed = np.unique(which)
+        parts = [
+            dask.delayed(_rows_of_block, pure=True)(self._x_blocks[b], idx[which == b] - bounds[b])
+            for b in needed
+        ]
+        with _blas_limit_for(self.scheduler, parts[0]):
+            blocks = dask.compute(*parts, scheduler=self.scheduler)
         out = np.empty((idx.size, self.n_features))
-        out[order] = np.asarray(rows, dtype=np.float64)
+        for b, rows in zip(needed, blocks, strict=True):
+            out[which == b] = rows
         return out
+
+
+def _rows_of_block(block: Any, local_rows: np.ndarray) -> np.ndarray:
+    return _to_numpy(block[local_rows, ...])
