@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,13 +37,20 @@ class EMResult:
 
 @dataclass(frozen=True)
 class IterationInfo:
-    """What a callback hears after every iteration."""
+    """What a callback hears after every iteration.
+
+    ``params`` are the Params after this iteration's M-step and ``lower_bounds``
+    the history so far: together, all a checkpoint needs to resume the run.
+    """
 
     n_iter: int
     lower_bound: float
     change: float
     seconds: float
     n_rows: int
+    params: Params
+    lower_bounds: tuple[float, ...]
+    converged: bool
 
 
 def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
@@ -107,27 +114,42 @@ def run_em(
     max_iter: int,
     reg_covar: float,
     lower_bound: float = -math.inf,
+    history: Sequence[float] = (),
     callback: Callable[[IterationInfo], None] | None = None,
 ) -> EMResult:
-    """Iterate EM from ``params`` over the rows of ``engine``."""
-    history: list[float] = []
+    """Iterate EM from ``params`` over the rows of ``engine``.
+
+    ``history`` holds the lower bounds of iterations already done (a resumed
+    run): counting continues from there, up to ``max_iter`` in all, and
+    ``lower_bound`` defaults to its last value.
+    """
+    past = list(history)
+    if past:
+        lower_bound = past[-1]
     converged = False
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    n_iter = len(past)
+    for n_iter in range(len(past) + 1, max_iter + 1):
         start = time.perf_counter()
         previous = lower_bound
         stats = e_step(engine, params)
         lower_bound = mean_log_likelihood(stats)
         params = m_step(stats, reg_covar, previous=params)
-        history.append(lower_bound)
+        past.append(lower_bound)
         change = lower_bound - previous
+        converged = abs(change) < tol
         if callback is not None:
             callback(
                 IterationInfo(
-                    n_iter, lower_bound, change, time.perf_counter() - start, int(stats.n_rows)
+                    n_iter,
+                    lower_bound,
+                    change,
+                    time.perf_counter() - start,
+                    int(stats.n_rows),
+                    params,
+                    tuple(past),
+                    converged,
                 )
             )
-        if abs(change) < tol:
-            converged = True
+        if converged:
             break
-    return EMResult(params, lower_bound, tuple(history), n_iter, converged)
+    return EMResult(params, lower_bound, tuple(past), n_iter, converged)

@@ -9,8 +9,10 @@ Nothing in distmix imports it.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,7 @@ from distmix.chunks import (
     is_zarr_array,
     raise_if_nonfinite,
 )
-from distmix.em import IterationInfo, mean_log_likelihood_of, run_em
+from distmix.em import EMResult, IterationInfo, mean_log_likelihood_of, run_em
 from distmix.engines import DaskEngine, LocalEngine
 from distmix.init import initial_params
 from distmix.params import (
@@ -39,6 +41,19 @@ from distmix.params import (
     check_weights,
     covariance_shape,
     precision_cholesky_from_precisions,
+)
+from distmix.persist import (
+    FORMAT_VERSION,
+    MODEL_FORMAT,
+    Checkpoint,
+    ModelFileError,
+    RunState,
+    load_checkpoint,
+    params_arrays,
+    params_from_arrays,
+    read_archive,
+    save_checkpoint,
+    write_archive,
 )
 from distmix.reduce import check_split_every
 
@@ -77,6 +92,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         keep the input's chunks).
     split_every : int, default=8
         Fan-in of the reduction tree that adds the blocks' statistics.
+    checkpoint : path, optional
+        Write the state of the fit here after every iteration (atomically: a
+        crash leaves the previous iteration's file, never a partial one).
+    resume : bool, default=False
+        If ``checkpoint`` exists, continue the fit it records (it must come from
+        the same settings and data shape) instead of starting over; a finished
+        checkpoint gives its result without any pass over the data. Resuming
+        gives exactly the parameters of an uninterrupted fit.
 
     Attributes
     ----------
@@ -113,6 +136,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         verbose_interval: int = 10,
         block_size: int | tuple[int, ...] | None = None,
         split_every: int = 8,
+        checkpoint: str | os.PathLike[str] | None = None,
+        resume: bool = False,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -130,6 +155,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.verbose_interval = verbose_interval
         self.block_size = block_size
         self.split_every = split_every
+        self.checkpoint = checkpoint
+        self.resume = resume
 
     # -- validation ---------------------------------------------------------
     def _check_parameters(self) -> None:
@@ -274,43 +301,66 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         do_init = not (self.warm_start and fitted_before)
         n_init = self.n_init if do_init else 1
         random_state = check_random_state(self.random_state)
+        seeds = [int(random_state.randint(np.iinfo(np.int32).max)) for _ in range(n_init)]
 
-        best = None
-        for init in range(n_init):
+        fingerprint = self._fingerprint(engine, sample_weight is not None)
+        resumed = self._resume_state(fingerprint)
+        best = resumed.best if resumed else None
+        best_lb = resumed.best_lower_bound if resumed else -math.inf
+        first = resumed.init_index if resumed else 0
+        if resumed is not None and resumed.finished:
+            first = n_init  # the checkpointed fit had finished: nothing left to run
+
+        for init in range(first, n_init):
             start = time.perf_counter()
             if self.verbose:
                 print(f"Initialization {init}")
-            if do_init:
-                seed = int(random_state.randint(np.iinfo(np.int32).max))
+            carried = resumed.current if resumed and init == resumed.init_index else None
+            lower_bound = -math.inf
+            history: tuple[float, ...] = ()
+            if carried is not None:
+                params, history = carried.params, carried.lower_bounds
+            elif do_init:
                 params = initial_params(
                     engine,
                     self.init_params,
                     self.n_components,
                     self.covariance_type,
                     self.reg_covar,
-                    seed,
+                    seeds[init],
                     **user_init,
                 )
-                lower_bound = -math.inf
             else:
                 params, lower_bound = self._params(), float(self.lower_bound_)
-            result = run_em(
-                engine,
-                params,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                reg_covar=self.reg_covar,
-                lower_bound=lower_bound,
-                callback=self._verbose_callback(start) if self.verbose else None,
-            )
+            if carried is not None and carried.converged:
+                result = EMResult(params, history[-1], history, len(history), True)
+            else:
+                result = run_em(
+                    engine,
+                    params,
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    reg_covar=self.reg_covar,
+                    lower_bound=lower_bound,
+                    history=history,
+                    callback=self._iteration_callback(start, fingerprint, init, best, best_lb),
+                )
             if self.verbose:
                 status = "converged" if result.converged else "did not converge"
                 print(
                     f"Initialization {status}. time lapse {time.perf_counter() - start:.5f}s"
                     f"\t lower bound {result.lower_bound:.5f}"
                 )
-            if best is None or result.lower_bound > best.lower_bound:
-                best = result
+            if best is None or result.lower_bound > best_lb:
+                best = RunState(result.params, result.lower_bounds, result.converged)
+                best_lb = result.lower_bound
+            if self.checkpoint is not None:
+                save_checkpoint(
+                    self.checkpoint,
+                    Checkpoint(
+                        fingerprint, init + 1, None, best, best_lb, finished=init == n_init - 1
+                    ),
+                )
         assert best is not None
         if not best.converged and self.max_iter > 0:
             warnings.warn(
@@ -323,21 +373,77 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._set_params(best.params)
         self.converged_ = best.converged
         self.n_iter_ = best.n_iter
-        self.lower_bound_ = best.lower_bound
+        self.lower_bound_ = best_lb if best.n_iter else -math.inf
         self.lower_bounds_ = list(best.lower_bounds)
 
-    def _verbose_callback(self, start: float) -> Any:
-        def report(info: IterationInfo) -> None:
-            if info.n_iter % self.verbose_interval == 0:
+    # -- checkpoints ----------------------------------------------------------
+    def _fingerprint(self, engine: LocalEngine | DaskEngine, weighted: bool) -> dict[str, Any]:
+        """What a checkpoint must agree on to be resumed by this fit."""
+        return {
+            "n_rows": engine.n_rows,
+            "n_features": engine.n_features,
+            "weighted": weighted,
+            "n_components": int(self.n_components),
+            "covariance_type": self.covariance_type,
+            "tol": float(self.tol),
+            "reg_covar": float(self.reg_covar),
+            "n_init": int(self.n_init),
+            "max_iter": int(self.max_iter),
+            "init_params": self.init_params,
+            "random_state": int(self.random_state)
+            if isinstance(self.random_state, (int, np.integer))
+            else None,
+        }
+
+    def _resume_state(self, fingerprint: dict[str, Any]) -> Checkpoint | None:
+        if self.checkpoint is None or not self.resume or not Path(self.checkpoint).exists():
+            return None
+        state = load_checkpoint(self.checkpoint)
+        differences = [
+            f"{key} {state.fingerprint.get(key)!r} in the checkpoint, {value!r} now"
+            for key, value in fingerprint.items()
+            if state.fingerprint.get(key) != value
+        ]
+        if differences:
+            raise ValueError(
+                f"checkpoint {self.checkpoint} was written by a different fit ("
+                + "; ".join(differences)
+                + "). Fit with resume=False to start over, or use another checkpoint path."
+            )
+        return state
+
+    def _iteration_callback(
+        self,
+        start: float,
+        fingerprint: dict[str, Any],
+        init: int,
+        best: RunState | None,
+        best_lb: float,
+    ) -> Any:
+        def after_iteration(info: IterationInfo) -> None:
+            if self.checkpoint is not None:
+                save_checkpoint(
+                    self.checkpoint,
+                    Checkpoint(
+                        fingerprint,
+                        init,
+                        RunState(info.params, info.lower_bounds, info.converged),
+                        best,
+                        best_lb,
+                    ),
+                )
+            if self.verbose and info.n_iter % self.verbose_interval == 0:
                 if self.verbose == 1:
                     print(f"  Iteration {info.n_iter}")
                 else:
+                    rate = info.n_rows / info.seconds if info.seconds > 0 else math.inf
                     print(
                         f"  Iteration {info.n_iter}\t time lapse {info.seconds:.5f}s"
-                        f"\t ll change {info.change:.5f}"
+                        f"\t ll change {info.change:.5f}\t ll {info.lower_bound:.6f}"
+                        f"\t {rate:,.0f} rows/s"
                     )
 
-        return report
+        return after_iteration
 
     def _set_params(self, params: Params) -> None:
         self.weights_ = np.array(params.weights)
@@ -355,6 +461,41 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self.covariances_,
             self.precisions_cholesky_,
         )
+
+    # -- model files ----------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted model to ``path``: an ``.npz`` archive with a JSON header.
+
+        No pickle; written atomically; read back with :func:`distmix.load`, which
+        gives an estimator equal to this one to the last bit.
+        """
+        params = self._params()
+        settings: dict[str, Any] = {}
+        arrays: dict[str, Any] = {**params_arrays(params), "lower_bounds": self.lower_bounds_}
+        for name, value in self.get_params().items():
+            if name in _ARRAY_PARAMS:
+                if value is not None:
+                    arrays["init_" + name] = value
+            elif isinstance(value, (np.integer, np.floating)):
+                settings[name] = value.item()
+            elif isinstance(value, (tuple, list)):
+                settings[name] = [int(v) for v in value]
+            elif isinstance(value, os.PathLike):
+                settings[name] = os.fspath(value)
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                settings[name] = value
+            # anything else (a RandomState instance) is not stored: it cannot be re-created
+        meta = {
+            "format": MODEL_FORMAT,
+            "version": FORMAT_VERSION,
+            "covariance_type": self.covariance_type,
+            "estimator_params": settings,
+            "converged": bool(self.converged_),
+            "n_iter": int(self.n_iter_),
+            "lower_bound": float(self.lower_bound_),
+            "n_features_in": int(self.n_features_in_),
+        }
+        write_archive(path, meta, arrays)
 
     # -- prediction ---------------------------------------------------------
     def _apply(self, X: Any, block_fn: Any, kind: str) -> Any:
@@ -473,3 +614,49 @@ def _dask_sample_weight(sample_weight: Any, X: Any) -> Any:
     if smallest < 0:
         raise ValueError(f"Negative values in data passed to sample_weight (smallest: {smallest}).")
     return w
+
+
+_ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
+
+
+def load(path: str | os.PathLike[str]) -> GaussianMixture:
+    """A fitted :class:`GaussianMixture` from a file written by ``save`` (or ``distmix fit --out``).
+
+    The file is validated: format and version, shapes, finite values, weights
+    summing to one and positive-definite covariances; anything else is refused
+    with a :class:`distmix.persist.ModelFileError` naming the file and the array.
+    """
+    meta, arrays = read_archive(path, MODEL_FORMAT)
+    covariance_type = meta.get("covariance_type")
+    if covariance_type not in ("full", "tied", "diag", "spherical"):
+        raise ModelFileError(f"{path}: unknown covariance_type {covariance_type!r}.")
+    params = params_from_arrays(arrays, covariance_type, path)
+    if meta.get("n_features_in") != params.n_features:
+        raise ModelFileError(
+            f"{path}: n_features_in {meta.get('n_features_in')!r} does not match the means' "
+            f"{params.n_features} features."
+        )
+    settings = dict(meta.get("estimator_params", {}))
+    if isinstance(settings.get("block_size"), list):
+        settings["block_size"] = tuple(settings["block_size"])
+    for name in _ARRAY_PARAMS:
+        settings[name] = arrays.get("init_" + name)
+    try:
+        model = GaussianMixture(**settings)
+    except TypeError as error:
+        raise ModelFileError(f"{path}: unknown estimator setting ({error}).") from error
+    if settings.get("covariance_type") not in (None, covariance_type):
+        raise ModelFileError(f"{path}: covariance_type disagrees between header and settings.")
+    model.covariance_type = covariance_type
+    history = np.asarray(arrays.get("lower_bounds", np.empty(0)), dtype=np.float64)
+    if history.ndim != 1 or history.size != meta.get("n_iter"):
+        raise ModelFileError(
+            f"{path}: lower_bounds does not hold n_iter={meta.get('n_iter')} values."
+        )
+    model._set_params(params)
+    model.converged_ = bool(meta.get("converged"))
+    model.n_iter_ = int(meta["n_iter"])
+    model.lower_bound_ = float(meta["lower_bound"])
+    model.lower_bounds_ = history.tolist()
+    model.n_features_in_ = params.n_features
+    return model

@@ -1,0 +1,255 @@
+"""Model files and checkpoints: NumPy ``.npz`` archives with a JSON header, no pickle.
+
+A file holds float64 arrays and one JSON document (``meta``) naming its
+``format`` (``"distmix-model"`` or ``"distmix-checkpoint"``) and ``version``.
+Reading never unpickles (``allow_pickle=False``), and every file is validated
+on load: format and version, array shapes against the covariance type,
+finite values, weights summing to one, positive-definite covariances.
+
+Writes are atomic: the archive is written to a temporary file in the target's
+directory, flushed to disk, then renamed over the target, so a reader (or a
+resumed fit after a crash) sees either the old file or the new one, never a
+half-written one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distmix.params import Params, covariance_shape
+
+MODEL_FORMAT = "distmix-model"
+CHECKPOINT_FORMAT = "distmix-checkpoint"
+FORMAT_VERSION = 1
+
+_PARAM_FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
+
+
+class ModelFileError(ValueError):
+    """A model or checkpoint file is missing, unreadable, of another version or inconsistent."""
+
+
+# -- atomic archive I/O --------------------------------------------------------
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def write_archive(
+    path: str | os.PathLike[str], meta: Mapping[str, Any], arrays: Mapping[str, Any]
+) -> None:
+    """An ``.npz`` of float64 ``arrays`` plus ``meta`` as JSON, written atomically."""
+    buffer = io.BytesIO()
+    payload: dict[str, Any] = {
+        name: np.asarray(value, dtype=np.float64) for name, value in arrays.items()
+    }
+    payload["meta"] = np.asarray(json.dumps(dict(meta), sort_keys=True))  # a unicode array
+    np.savez(buffer, **payload)  # float and unicode arrays only: nothing is pickled
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_archive(
+    path: str | os.PathLike[str], expected_format: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(meta, arrays)`` of an archive, after checking its format and version."""
+    source = Path(path)
+    if not source.is_file():
+        raise ModelFileError(f"{source}: no such file.")
+    try:
+        with np.load(source, allow_pickle=False) as archive:
+            contents = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise ModelFileError(f"{source}: not a readable distmix file ({error}).") from error
+    if "meta" not in contents:
+        raise ModelFileError(f"{source}: no 'meta' header; not a distmix file.")
+    try:
+        meta = json.loads(str(contents.pop("meta")))
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{source}: its 'meta' header is not valid JSON ({error}).") from error
+    if meta.get("format") != expected_format:
+        raise ModelFileError(
+            f"{source}: format {meta.get('format')!r}, expected {expected_format!r}."
+        )
+    version = meta.get("version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{source}: format version {version!r}; this distmix reads version "
+            f"{FORMAT_VERSION}. Re-save it with the distmix that wrote it, or upgrade."
+        )
+    return meta, contents
+
+
+# -- Params inside archives -----------------------------------------------------
+def params_arrays(params: Params, prefix: str = "") -> dict[str, np.ndarray]:
+    return {prefix + name: getattr(params, name) for name in _PARAM_FIELDS}
+
+
+def params_from_arrays(
+    arrays: Mapping[str, np.ndarray], covariance_type: str, source: Any, prefix: str = ""
+) -> Params:
+    """Rebuild and validate Params; any inconsistency names the file and the array."""
+    try:
+        values = {
+            name: np.asarray(arrays[prefix + name], dtype=np.float64) for name in _PARAM_FIELDS
+        }
+    except KeyError as error:
+        raise ModelFileError(f"{source}: array {error.args[0]!r} is missing.") from None
+    means = values["means"]
+    if means.ndim != 2:
+        raise ModelFileError(
+            f"{source}: means must be 2-D (n_components, n_features), got {means.shape}."
+        )
+    k, d = means.shape
+    expected = {
+        "weights": (k,),
+        "covariances": covariance_shape(covariance_type, k, d),
+        "precisions_cholesky": covariance_shape(covariance_type, k, d),
+    }
+    for name, shape in expected.items():
+        if values[name].shape != shape:
+            raise ModelFileError(
+                f"{source}: {prefix}{name} has shape {values[name].shape}, expected {shape} for "
+                f"{k} components × {d} features, covariance_type={covariance_type!r}."
+            )
+    for name, value in values.items():
+        if not np.all(np.isfinite(value)):
+            raise ModelFileError(f"{source}: {prefix}{name} contains NaN or infinity.")
+    try:
+        rebuilt = Params.from_covariances(
+            values["weights"], means, values["covariances"], covariance_type
+        )
+    except ValueError as error:
+        raise ModelFileError(f"{source}: {error}") from error
+    if not np.allclose(
+        rebuilt.precisions_cholesky, values["precisions_cholesky"], rtol=1e-8, atol=0
+    ):
+        raise ModelFileError(
+            f"{source}: {prefix}precisions_cholesky does not match the stored covariances."
+        )
+    # keep the stored bits (exact round trip); they were just checked against the covariances
+    return Params(
+        covariance_type,  # type: ignore[arg-type]
+        values["weights"],
+        means,
+        values["covariances"],
+        values["precisions_cholesky"],
+    )
+
+
+# -- checkpoints -----------------------------------------------------------------
+@dataclass(frozen=True)
+class RunState:
+    """One EM run: Params after ``len(lower_bounds)`` iterations, and its history."""
+
+    params: Params
+    lower_bounds: tuple[float, ...]
+    converged: bool = False
+
+    @property
+    def n_iter(self) -> int:
+        return len(self.lower_bounds)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a fit stands after an iteration.
+
+    ``fingerprint`` identifies the fit (estimator settings and data shape) so that a
+    checkpoint is never resumed by a different fit; ``init_index`` is the current
+    run among ``n_init``; ``current`` is its state; ``best`` the best finished run.
+    """
+
+    fingerprint: dict[str, Any]
+    init_index: int
+    current: RunState | None
+    best: RunState | None = None
+    best_lower_bound: float = -np.inf
+    finished: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _history_key(prefix: str) -> str:
+    return prefix + "lower_bounds"
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` atomically to ``path``."""
+    meta: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": FORMAT_VERSION,
+        "fingerprint": checkpoint.fingerprint,
+        "init_index": checkpoint.init_index,
+        "finished": checkpoint.finished,
+        "best_lower_bound": None
+        if not np.isfinite(checkpoint.best_lower_bound)
+        else checkpoint.best_lower_bound,
+        "extra": checkpoint.extra,
+    }
+    arrays: dict[str, Any] = {}
+    for prefix, run in (("current_", checkpoint.current), ("best_", checkpoint.best)):
+        meta[prefix + "present"] = run is not None
+        if run is not None:
+            meta[prefix + "converged"] = run.converged
+            arrays.update(params_arrays(run.params, prefix))
+            arrays[_history_key(prefix)] = np.asarray(run.lower_bounds, dtype=np.float64)
+    write_archive(path, meta, arrays)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`."""
+    meta, arrays = read_archive(path, CHECKPOINT_FORMAT)
+    covariance_type = meta.get("fingerprint", {}).get("covariance_type")
+    if not isinstance(covariance_type, str):
+        raise ModelFileError(f"{path}: the checkpoint's fingerprint names no covariance_type.")
+    runs: dict[str, RunState | None] = {}
+    for prefix in ("current_", "best_"):
+        if not meta.get(prefix + "present"):
+            runs[prefix] = None
+            continue
+        params = params_from_arrays(arrays, covariance_type, path, prefix)
+        history = arrays.get(_history_key(prefix))
+        if history is None or history.ndim != 1:
+            raise ModelFileError(f"{path}: {_history_key(prefix)} is missing or not 1-D.")
+        runs[prefix] = RunState(
+            params, tuple(float(v) for v in history), bool(meta.get(prefix + "converged"))
+        )
+    best_lb = meta.get("best_lower_bound")
+    return Checkpoint(
+        fingerprint=meta["fingerprint"],
+        init_index=int(meta.get("init_index", 0)),
+        current=runs["current_"],
+        best=runs["best_"],
+        best_lower_bound=-np.inf if best_lb is None else float(best_lb),
+        finished=bool(meta.get("finished", False)),
+        extra=dict(meta.get("extra", {})),
+    )
