@@ -18,6 +18,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ def read_archive(
     try:
         with np.load(source, allow_pickle=False) as archive:
             contents = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ModelFileError(f"{source}: not a readable distmix file ({error}).") from error
     if "meta" not in contents:
         raise ModelFileError(f"{source}: no 'meta' header; not a distmix file.")

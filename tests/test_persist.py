@@ -1,0 +1,272 @@
+"""Model files and checkpoints: exact round trips, refused tampering, crash-safe resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import mixture_data, starting_params
+from sklearn.exceptions import ConvergenceWarning
+
+import distmix
+from distmix.persist import (
+    ModelFileError,
+    load_checkpoint,
+    read_archive,
+    write_archive,
+)
+
+FITTED = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
+
+
+@pytest.fixture
+def fitted(covariance_type):
+    X = mixture_data(3, n_rows=500, n_features=3, n_components=3)
+    model = distmix.GaussianMixture(
+        3, covariance_type=covariance_type, random_state=0, tol=1e-6, block_size=128
+    )
+    return model.fit(X), X
+
+
+def test_model_file_round_trip_is_exact(fitted, tmp_path):
+    model, X = fitted
+    model.save(tmp_path / "model.npz")
+    loaded = distmix.load(tmp_path / "model.npz")
+    for name in FITTED:
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name), err_msg=name)
+    assert loaded.lower_bounds_ == model.lower_bounds_
+    assert (loaded.n_iter_, loaded.converged_, loaded.lower_bound_) == (
+        model.n_iter_,
+        model.converged_,
+        model.lower_bound_,
+    )
+    assert loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+
+
+def test_model_file_keeps_array_valued_settings(tmp_path):
+    X = mixture_data(4, n_rows=300, n_features=2, n_components=2)
+    start = starting_params(X, 2, "diag", seed=1)
+    model = distmix.GaussianMixture(2, covariance_type="diag", **start).fit(X)
+    model.save(tmp_path / "m.npz")
+    loaded = distmix.load(tmp_path / "m.npz")
+    for name, value in start.items():
+        np.testing.assert_array_equal(getattr(loaded, name), value)
+
+
+def _rewrite(path: Path, edit) -> None:
+    meta, arrays = read_archive(path, "distmix-model")
+    edit(meta, arrays)
+    write_archive(path, meta, arrays)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (
+            lambda m, a: a.update(means=a["means"][:, :-1]),
+            r"covariances has shape|n_features_in 3 does not match the means' 2 features",
+        ),
+        (lambda m, a: a.update(weights=a["weights"][:-1]), r"weights has shape"),
+        (lambda m, a: a.update(weights=a["weights"] * 2), r"weights must sum to 1"),
+        (lambda m, a: a["means"].__setitem__((0, 0), np.nan), r"means contains NaN"),
+        (lambda m, a: m.update(version=2), r"format version 2; this distmix reads version 1"),
+        (lambda m, a: m.update(format="something-else"), r"format 'something-else'"),
+        (lambda m, a: a.pop("covariances"), r"array 'covariances' is missing"),
+        (lambda m, a: m.update(n_features_in=7), r"n_features_in 7 does not match"),
+        (lambda m, a: a.update(lower_bounds=a["lower_bounds"][:-1]), r"lower_bounds does not"),
+    ],
+)
+def test_tampered_model_file_is_refused(fitted, tmp_path, edit, match):
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    model.save(path)
+    _rewrite(path, edit)
+    with pytest.raises(ModelFileError, match=match) as info:
+        distmix.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_non_positive_definite_covariance_is_refused(tmp_path):
+    X = mixture_data(5, n_rows=300, n_features=3, n_components=2)
+    model = distmix.GaussianMixture(2, random_state=0).fit(X)
+    path = tmp_path / "model.npz"
+    model.save(path)
+
+    def break_covariance(meta, arrays):
+        cov = arrays["covariances"].copy()
+        cov[1] = -np.eye(3)
+        arrays["covariances"] = cov
+
+    _rewrite(path, break_covariance)
+    with pytest.raises(
+        ModelFileError, match=r"covariances_\[0\] is not positive-definite|not positive-definite"
+    ):
+        distmix.load(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing"])
+def test_unreadable_model_file_is_refused(fitted, tmp_path, damage):
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    model.save(path)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip archive at all")
+    else:
+        path.unlink()
+    with pytest.raises(ModelFileError, match=str(path).replace("\\", "\\\\")):
+        distmix.load(path)
+
+
+def test_save_leaves_no_temporary_file_and_replaces_atomically(fitted, tmp_path):
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    model.save(path)
+    first = path.read_bytes()
+    model.save(path)
+    assert path.read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+# -- checkpoints ------------------------------------------------------------------------
+def _fit_kwargs(**extra):
+    return dict(n_components=3, random_state=0, tol=1e-10, max_iter=25, n_init=2, **extra)
+
+
+def test_resume_from_each_iteration_equals_uninterrupted(tmp_path):
+    """Stop a fit after every possible iteration (by copying its checkpoint as it is
+    written), resume each copy, and get the uninterrupted result exactly."""
+    X = mixture_data(8, n_rows=800, n_features=2, n_components=3, separation=2.0)
+    path = tmp_path / "ck.npz"
+    copies: list[Path] = []
+    model = distmix.GaussianMixture(**_fit_kwargs(checkpoint=path))
+    original = model._iteration_callback
+
+    def spy(*args):
+        write = original(*args)
+
+        def after(info):
+            write(info)
+            copy = tmp_path / f"copy-{len(copies)}.npz"
+            copy.write_bytes(path.read_bytes())
+            copies.append(copy)
+
+        return after
+
+    model._iteration_callback = spy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X)
+    assert len(copies) >= 10
+    for copy in copies[:: max(1, len(copies) // 6)]:
+        state = load_checkpoint(copy)
+        assert state.current is not None and not state.finished
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            resumed = distmix.GaussianMixture(**_fit_kwargs(checkpoint=copy, resume=True)).fit(X)
+        for name in FITTED:
+            np.testing.assert_array_equal(getattr(resumed, name), getattr(model, name))
+        assert resumed.lower_bounds_ == model.lower_bounds_
+        assert resumed.n_iter_ == model.n_iter_
+
+
+def test_resume_refuses_a_checkpoint_of_another_fit(tmp_path):
+    X = mixture_data(9, n_rows=300, n_features=2, n_components=2)
+    path = tmp_path / "ck.npz"
+    distmix.GaussianMixture(2, random_state=0, checkpoint=path).fit(X)
+    other = distmix.GaussianMixture(3, random_state=0, checkpoint=path, resume=True)
+    with pytest.raises(
+        ValueError, match=r"different fit \(n_components 2 in the checkpoint, 3 now"
+    ):
+        other.fit(X)
+    with pytest.raises(ValueError, match=r"n_rows 300 in the checkpoint, 299 now"):
+        distmix.GaussianMixture(2, random_state=0, checkpoint=path, resume=True).fit(X[:-1])
+    assert not hasattr(other, "means_")
+
+
+def test_finished_checkpoint_resumes_without_a_pass(tmp_path):
+    X = mixture_data(10, n_rows=300, n_features=2, n_components=2)
+    path = tmp_path / "ck.npz"
+    first = distmix.GaussianMixture(2, random_state=0, checkpoint=path).fit(X)
+    again = distmix.GaussianMixture(2, random_state=0, checkpoint=path, resume=True)
+    again.fit(X * np.nan)  # any pass over these rows would fail: none happens
+    np.testing.assert_array_equal(again.means_, first.means_)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "distmix", *args]
+
+
+@pytest.mark.slow
+def test_killed_cli_fit_resumes_to_the_uninterrupted_model(tmp_path):
+    """``distmix fit --checkpoint`` killed with SIGKILL mid-fit, then ``--resume``: the
+    model equals an uninterrupted fit, and the checkpoint was readable at every moment."""
+    X = mixture_data(11, n_rows=60_000, n_features=4, n_components=4, separation=1.5)
+    data = tmp_path / "x.npy"
+    np.save(data, X)
+    common = ["-k", "4", "--cluster", "threads", "--tol", "0", "--max-iter", "60", "--quiet"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run(
+        _cli("fit", str(data), *common, "--out", str(tmp_path / "ref.npz")), check=True, env=env
+    )
+
+    checkpoint = tmp_path / "ck.npz"
+    proc = subprocess.Popen(
+        _cli(
+            "fit",
+            str(data),
+            *common,
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "m.npz"),
+        ),
+        env=env,
+    )
+    seen = 0
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if checkpoint.exists():
+                state = load_checkpoint(checkpoint)  # never half-written: always loads
+                seen = state.current.n_iter if state.current else seen
+                if seen >= 5:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.005)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the fit ended before it could be killed"
+    assert not (tmp_path / "m.npz").exists()
+    state = load_checkpoint(checkpoint)
+    assert 5 <= state.current.n_iter < 60
+
+    subprocess.run(
+        _cli(
+            "fit",
+            str(data),
+            *common,
+            "--checkpoint",
+            str(checkpoint),
+            "--resume",
+            "--out",
+            str(tmp_path / "m.npz"),
+        ),
+        check=True,
+        env=env,
+    )
+    reference, resumed = distmix.load(tmp_path / "ref.npz"), distmix.load(tmp_path / "m.npz")
+    for name in FITTED:
+        np.testing.assert_allclose(
+            getattr(resumed, name), getattr(reference, name), rtol=1e-12, atol=0
+        )
+    assert resumed.lower_bounds_ == pytest.approx(reference.lower_bounds_, rel=1e-12)
