@@ -27,12 +27,12 @@ import numpy as np
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import dask.array as da
     import numpy as np
     import zarr
     from distributed import Client, LocalCluster
     from scipy.optimize import linear_sum_assignment
 
+    from distmix.chunks import open_dataset
     from distmix.datasets import TrueMixture, write_zarr
     from distmix.estimator import GaussianMixture
 
@@ -69,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
                 f"local Dask cluster: {args.workers} worker processes at "
                 f"{client.scheduler.address}, dashboard {client.dashboard_link}"
             )
-            X = da.from_zarr(array)
+            X = open_dataset(path)
             print(f"fitting over {X.numblocks[0]} blocks of {args.chunk_rows:,} rows")
             model = GaussianMixture(
                 args.components, random_state=args.seed, verbose=2, verbose_interval=1, tol=args.tol
@@ -349,7 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        # bad input, a corrupt or missing dataset, a model file refused: say what and
+        # where in one line (nothing has been written: --out is saved only after a fit)
+        print(f"distmix {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from distmix.chunks import (
     check_shape,
     default_block_rows,
     is_dask_array,
-    is_zarr_array,
+    is_zarr_source,
+    open_dataset,
     raise_if_nonfinite,
 )
 from distmix.em import EMResult, IterationInfo, mean_log_likelihood_of, run_em
@@ -221,10 +222,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     ) -> LocalEngine | DaskEngine:
         """Validate ``X`` (and weights) and wrap it in the engine that suits it."""
         k = self.n_components if reset else None
-        if is_dask_array(X) or is_zarr_array(X):
+        if is_zarr_source(X):
+            # a zarr.Array, path or URL: open_dataset validates it and reads whole chunks
+            source, X = X, open_dataset(X)
+            if self.block_size is not None:
+                block = check_block_size(self.block_size, int(X.shape[0]))
+                X = open_dataset(source, block_rows=block)
+            check_shape(tuple(X.shape), k)
+        elif is_dask_array(X):
             check_dtype(X.dtype)
             check_shape(tuple(X.shape), k)
             X = as_dask_rows(X, check_block_size(self.block_size, int(X.shape[0])))
+        if is_dask_array(X):
             self._check_n_features(X.shape[1], reset=reset)
             if X.dtype.kind not in "f":
                 X = X.astype(np.float64)
@@ -269,7 +278,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, dask array or Zarr array of shape (n_samples, n_features)
+        X : array-like, dask array, Zarr array, or the path/URL of a Zarr array
+        Shape (n_samples, n_features).
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative row weights: an integer weight counts as that many
