@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -71,3 +81,74 @@ def random_covariances(
 @pytest.fixture(params=COVARIANCE_TYPES)
 def covariance_type(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@contextlib.contextmanager
+def dask_processes(
+    workdir: Path,
+    n_workers: int = 1,
+    memory_limit: str = "1GiB",
+    env: dict[str, str] | None = None,
+) -> Iterator[dict]:
+    """A ``dask scheduler`` and ``n_workers`` ``dask worker`` processes on 127.0.0.1.
+
+    Each runs in its own session so that stopping it also stops a nanny's worker.
+    Yields ``{"address", "scheduler_file", "process", "workers"}``.
+    """
+    from distributed import Client
+
+    scheduler_file = workdir / "scheduler.json"
+    common = {
+        "start_new_session": True,
+        "stderr": subprocess.STDOUT,
+        "env": {**os.environ, **(env or {})},
+        "cwd": workdir,
+    }
+    log = (workdir / "dask.log").open("w")
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0"]
+        + ["--no-dashboard", "--scheduler-file", str(scheduler_file)],
+        stdout=log,
+        **common,
+    )
+    workers: list[subprocess.Popen] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            if scheduler.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dask scheduler did not start: {(workdir / 'dask.log').read_text()}")
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for _ in range(n_workers):
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1"]
+                    + ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+                    + ["--memory-limit", memory_limit, "--death-timeout", "30"],
+                    stdout=log,
+                    **common,
+                )
+            )
+        with Client(address, timeout=60, set_as_default=False) as probe:
+            probe.wait_for_workers(n_workers, timeout=60)
+        yield {
+            "address": address,
+            "scheduler_file": scheduler_file,
+            "process": scheduler,
+            "workers": workers,
+        }
+    finally:
+        for process in [*workers, scheduler]:
+            stop_process_group(process)
+        log.close()
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Stop a process we started and everything in its session."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)

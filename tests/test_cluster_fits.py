@@ -4,10 +4,7 @@ must leave nothing behind on the scheduler."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -18,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import mixture_data, starting_params
+from conftest import dask_processes, mixture_data, starting_params
 from sklearn.exceptions import ConvergenceWarning
 
 import distmix
@@ -94,75 +91,22 @@ def test_worker_killed_mid_fit_gives_the_no_fault_result(tmp_path):
         )
 
 
+# The scheduler keeps some bounded diagnostics (computations, transition and task-stream
+# logs) that fill up over the first thousands of tasks; keep them short so that what the
+# memory test sees is growth that is not bounded.
+SHORT_SCHEDULER_LOGS = {
+    "DASK_DISTRIBUTED__DIAGNOSTICS__COMPUTATIONS__MAX_HISTORY": "5",
+    "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH": "100",
+    "DASK_DISTRIBUTED__ADMIN__LOG_LENGTH": "100",
+    "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__TASKS__TASK_STREAM_LENGTH": "100",
+    "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__STATUS__TASK_STREAM_LENGTH": "100",
+}
+
+
 @pytest.fixture
 def scheduler_process(tmp_path):
-    """A ``dask scheduler`` and one ``dask worker`` as separate processes on 127.0.0.1."""
-    dask_cli = shutil.which("dask", path=str(Path(sys.executable).parent)) or "dask"
-    scheduler_file = tmp_path / "scheduler.json"
-    # The scheduler keeps some bounded diagnostics (computations, transition and task-stream
-    # logs) that fill up over the first thousands of tasks; keep them short so that what the
-    # memory test sees is growth that is not bounded.
-    env = {
-        **os.environ,
-        "DASK_DISTRIBUTED__DIAGNOSTICS__COMPUTATIONS__MAX_HISTORY": "5",
-        "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH": "100",
-        "DASK_DISTRIBUTED__ADMIN__LOG_LENGTH": "100",
-        "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__TASKS__TASK_STREAM_LENGTH": "100",
-        "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__STATUS__TASK_STREAM_LENGTH": "100",
-    }
-    common = {
-        "cwd": tmp_path,
-        "stdout": subprocess.DEVNULL,
-        "stderr": subprocess.DEVNULL,
-        "env": env,
-    }
-    scheduler = subprocess.Popen(
-        [
-            dask_cli,
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-dashboard",
-            "--scheduler-file",
-            str(scheduler_file),
-        ],
-        **common,
-    )
-    worker = None
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
-            assert time.monotonic() < deadline, "dask scheduler did not start"
-            time.sleep(0.1)
-        worker = subprocess.Popen(
-            [
-                dask_cli,
-                "worker",
-                "--scheduler-file",
-                str(scheduler_file),
-                "--nworkers",
-                "1",
-                "--nthreads",
-                "1",
-                "--no-dashboard",
-                "--host",
-                "127.0.0.1",
-            ],
-            **common,
-        )
-        yield scheduler, scheduler_file
-    finally:
-        for proc in (worker, scheduler):
-            if proc is not None:
-                proc.terminate()
-        for proc in (worker, scheduler):
-            if proc is not None:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    with dask_processes(tmp_path, n_workers=1, env=SHORT_SCHEDULER_LOGS) as cluster:
+        yield cluster["process"], cluster["scheduler_file"]
 
 
 def test_long_fit_leaves_the_scheduler_as_it_found_it(scheduler_process, tmp_path):
