@@ -174,7 +174,7 @@ def test_damaged_dataset_stops_the_fit_and_writes_no_model(dataset, tmp_path, da
     ],
     ids=["missing store", "1-D", "strings"],
 )
-@pytest.mark.filterwarnings("ignore:The data type:UserWarning")
+@pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")
 def test_bad_dataset_is_named_and_no_model_written(tmp_path, make, message):
     path = tmp_path / "bad.zarr"
     make(path)
