@@ -101,6 +101,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         the same settings and data shape) instead of starting over; a finished
         checkpoint gives its result without any pass over the data. Resuming
         gives exactly the parameters of an uninterrupted fit.
+    persist : {"auto", True, False}, default="auto"
+        For dask and Zarr input: read the blocks once and keep them in the
+        workers' memory for every pass (True), read them from storage on every
+        pass, one block at a time per worker (False: memory stays bounded by a
+        few blocks whatever the number of rows), or persist when the data take
+        at most ``persist_fraction`` of the workers' memory ("auto").
+    persist_fraction : float, default=0.5
 
     Attributes
     ----------
@@ -139,6 +146,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         split_every: int = 8,
         checkpoint: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        persist: bool | str = "auto",
+        persist_fraction: float = 0.5,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -158,6 +167,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.split_every = split_every
         self.checkpoint = checkpoint
         self.resume = resume
+        self.persist = persist
+        self.persist_fraction = persist_fraction
 
     # -- validation ---------------------------------------------------------
     def _check_parameters(self) -> None:
@@ -189,6 +200,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"{', '.join(repr(i) for i in INIT_PARAMS)}."
             )
         check_split_every(self.split_every)
+        if not (isinstance(self.persist, bool) or self.persist == "auto"):
+            raise ValueError(f"persist must be 'auto', True or False, got {self.persist!r}.")
+        fraction = self.persist_fraction
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not 0 < fraction <= 1
+        ):
+            raise ValueError(f"persist_fraction must be a number in (0, 1], got {fraction!r}.")
 
     def _check_initial_parameters(self, n_features: int) -> dict[str, Any]:
         k, cov = self.n_components, self.covariance_type
@@ -238,7 +258,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if X.dtype.kind not in "f":
                 X = X.astype(np.float64)
             w = None if sample_weight is None else _dask_sample_weight(sample_weight, X)
-            return DaskEngine(X, w, split_every=self.split_every)
+            # only a fit makes several passes: predictions read the blocks once
+            return DaskEngine(
+                X,
+                w,
+                split_every=self.split_every,
+                persist=self.persist if reset else False,
+                persist_fraction=self.persist_fraction,
+            )
         if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
             check_dtype(X.dtype)
         X = validate_data(

@@ -389,25 +389,33 @@ def test_n_init_keeps_the_best_lower_bound(capsys):
 
 # -- the Dask engine: one compute per iteration, and its graph ----------------------
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_one_compute_per_em_iteration(covariance_type):
+@pytest.mark.parametrize("persist", [False, True])
+def test_one_compute_per_em_iteration(covariance_type, persist):
+    """One compute per iteration, plus exactly one for the whole fit if the data are
+    persisted (read once, kept in memory)."""
     X = data(seed=14)
     start = starting_params(X, N_COMPONENTS, covariance_type, seed=9)
-    model = GaussianMixture(covariance_type=covariance_type, **{**FIT_KWARGS, "tol": 1e-8}, **start)
+    model = GaussianMixture(
+        covariance_type=covariance_type, persist=persist, **{**FIT_KWARGS, "tol": 1e-8}, **start
+    )
     counter = ComputeCounter()
     with dask.config.set(scheduler="threads"), counter:
         model.fit(as_dask(X))
     assert model.converged_ and model.n_iter_ >= 5
-    assert counter.count == model.n_iter_
+    assert counter.count == model.n_iter_ + int(persist)
 
     # stopped by max_iter: still one compute for each of the iterations run
     stopped = GaussianMixture(
-        covariance_type=covariance_type, **{**FIT_KWARGS, "tol": 1e-8, "max_iter": 3}, **start
+        covariance_type=covariance_type,
+        persist=persist,
+        **{**FIT_KWARGS, "tol": 1e-8, "max_iter": 3},
+        **start,
     )
     counter = ComputeCounter()
     with dask.config.set(scheduler="threads"), counter, pytest.warns(ConvergenceWarning):
         stopped.fit(as_dask(X))
     assert stopped.n_iter_ == 3
-    assert counter.count == 3
+    assert counter.count == 3 + int(persist)
 
 
 @pytest.mark.parametrize("init_params", INIT_PARAMS)

@@ -46,6 +46,46 @@ def _call_block(fn: BlockFn, block: Any, w: Any, offset: int, args: tuple) -> An
     return to_host() if to_host is not None else part
 
 
+def cluster_memory(scheduler: Any = None) -> float:
+    """Bytes of memory the active scheduler's workers may use.
+
+    A distributed client: the sum of its workers' memory limits (a worker
+    without a limit counts as this machine's total memory). Otherwise: this
+    machine's available memory.
+    """
+    import psutil
+
+    if scheduler is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+        if client is not None:
+            workers = client.scheduler_info()["workers"].values()
+            total = psutil.virtual_memory().total
+            return float(sum(w.get("memory_limit") or total for w in workers))
+    return float(psutil.virtual_memory().available)
+
+
+def decide_persist(
+    persist: bool | str, nbytes: float, fraction: float, scheduler: Any = None
+) -> bool:
+    """Whether to keep the blocks in memory across passes.
+
+    ``"auto"``: when the array takes at most ``fraction`` of :func:`cluster_memory`;
+    larger arrays are read from storage on every pass, one block at a time.
+    """
+    if isinstance(persist, bool):
+        return persist
+    if persist != "auto":
+        raise ValueError(f"persist must be 'auto', True or False, got {persist!r}.")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"persist_fraction must be in (0, 1], got {fraction!r}.")
+    return nbytes <= fraction * cluster_memory(scheduler)
+
+
 class DaskEngine:
     """Row blocks of a dask array (all columns in one block), reduced as a tree.
 
@@ -57,6 +97,10 @@ class DaskEngine:
         Fan-in of the reduction tree.
     scheduler : optional
         Passed to ``dask.compute`` (``None``: the active default).
+    persist : "auto", True or False
+        Keep the blocks in (cluster) memory across passes; ``"auto"`` does so
+        when they take at most ``persist_fraction`` of the workers' memory.
+    persist_fraction : float
     """
 
     def __init__(
@@ -65,13 +109,22 @@ class DaskEngine:
         sample_weight: Any | None = None,
         split_every: int = DEFAULT_SPLIT_EVERY,
         scheduler: Any = None,
+        persist: bool | str = False,
+        persist_fraction: float = 0.5,
     ) -> None:
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: -1})
-        self.X = X
         self.n_rows, self.n_features = int(X.shape[0]), int(X.shape[1])
         if sample_weight is not None and sample_weight.chunks[0] != X.chunks[0]:
             sample_weight = sample_weight.rechunk({0: X.chunks[0]})
+        self.persisted = decide_persist(persist, X.nbytes, persist_fraction, scheduler)
+        if self.persisted:
+            # read once, keep the blocks in the workers' memory for every pass; the
+            # engine holds the only reference, so they are released with it
+            X = X.persist(scheduler=scheduler)
+            if sample_weight is not None:
+                sample_weight = sample_weight.persist(scheduler=scheduler)
+        self.X = X
         self.sample_weight = sample_weight
         self.split_every = check_split_every(split_every)
         self.scheduler = scheduler
