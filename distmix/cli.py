@@ -33,26 +33,12 @@ def _demo(args: argparse.Namespace) -> int:
     from scipy.optimize import linear_sum_assignment
 
     from distmix.chunks import open_dataset
-    from distmix.datasets import TrueMixture, write_zarr
+    from distmix.datasets import TrueMixture
     from distmix.estimator import GaussianMixture
 
     with tempfile.TemporaryDirectory(prefix="distmix-demo-") as tmp:
         path = args.path or str(Path(tmp) / "demo.zarr")
-        start = time.perf_counter()
-        write_zarr(
-            path,
-            args.rows,
-            args.features,
-            args.components,
-            seed=args.seed,
-            chunk_rows=args.chunk_rows,
-        )
-        size_mib = args.rows * args.features * 8 / 2**20
-        print(
-            f"generated {args.rows:,} rows × {args.features} features ({size_mib:.0f} MiB) "
-            f"from a {args.components}-component mixture at {path} "
-            f"in {time.perf_counter() - start:.1f}s"
-        )
+        _write_dataset(path, args)
         array = zarr.open_array(path, mode="r")
         truth = TrueMixture.from_attrs(array.attrs)
         with (
@@ -215,23 +201,23 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    _write_dataset(args.out, args)
+    return 0
+
+
+def _write_dataset(path: str, args: argparse.Namespace) -> None:
     from distmix.datasets import write_zarr
 
     start = time.perf_counter()
     write_zarr(
-        args.out,
-        args.rows,
-        args.features,
-        args.components,
-        seed=args.seed,
-        chunk_rows=args.chunk_rows,
+        path, args.rows, args.features, args.components, seed=args.seed, chunk_rows=args.chunk_rows
     )
     size = args.rows * args.features * 8 / 2**20
     print(
-        f"wrote {args.rows:,} × {args.features} ({size:,.0f} MiB) to {args.out} in "
-        f"{time.perf_counter() - start:.1f}s; the true parameters are in its attributes"
+        f"wrote {args.rows:,} rows × {args.features} features ({size:,.0f} MiB) of a "
+        f"{args.components}-component mixture to {path} in {time.perf_counter() - start:.1f}s; "
+        "the true parameters are in its attributes"
     )
-    return 0
 
 
 def _add_cluster(parser: argparse.ArgumentParser) -> None:

@@ -152,3 +152,22 @@ def stop_process_group(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int = 2, set_as_default: bool = True, **options) -> Iterator:
+    """A ``distributed.LocalCluster`` of worker processes on 127.0.0.1 and its client."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            processes=True,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=":0",
+            **options,
+        ) as cluster,
+        Client(cluster, set_as_default=set_as_default) as client,
+    ):
+        yield client

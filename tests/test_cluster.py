@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dask.array as da
 import psutil
 import pytest
 import yaml
+from conftest import dask_processes
 from distributed import Client, LocalCluster
 from distributed.core import Status
 
@@ -440,55 +437,12 @@ def test_unknown_client_option_is_refused_before_starting() -> None:
 # --------------------------------------------------------------------------- #
 # an existing scheduler: `dask scheduler` + `dask worker` subprocesses        #
 # --------------------------------------------------------------------------- #
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a process we started and everything in its session (the nanny's worker)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def dask_scheduler(tmp_path_factory: pytest.TempPathFactory):
     """A `dask scheduler` and one `dask worker` on 127.0.0.1, as separate processes."""
-    tmp = tmp_path_factory.mktemp("scheduler")
-    scheduler_file = tmp / "scheduler.json"
-    common = {"start_new_session": True, "stderr": subprocess.STDOUT}
-    scheduler_log = (tmp / "scheduler.log").open("w")
-    scheduler = subprocess.Popen(
-        [sys.executable, "-m", "dask", "scheduler", "--host", LOOPBACK, "--port", "0"]
-        + ["--no-dashboard", "--scheduler-file", str(scheduler_file)],
-        stdout=scheduler_log,
-        **common,
-    )
-    worker = None
-    try:
-        deadline = time.monotonic() + 30
-        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
-            if scheduler.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dask scheduler did not start: {(tmp / 'scheduler.log').read_text()}")
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        assert address.startswith(f"tcp://{LOOPBACK}:")
-        worker_log = (tmp / "worker.log").open("w")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "dask", "worker", address, "--host", LOOPBACK]
-            + ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
-            + ["--memory-limit", "1GiB", "--death-timeout", "30"],
-            stdout=worker_log,
-            **common,
-        )
-        with Client(address, timeout=30, set_as_default=False) as probe:
-            probe.wait_for_workers(1, timeout=30)
-        yield {"address": address, "scheduler_file": scheduler_file, "process": scheduler}
-    finally:
-        if worker is not None:
-            _stop(worker)
-        _stop(scheduler)
-        scheduler_log.close()
+    with dask_processes(tmp_path_factory.mktemp("scheduler"), n_workers=1) as cluster:
+        assert cluster["address"].startswith(f"tcp://{LOOPBACK}:")
+        yield cluster
 
 
 def test_connect_to_scheduler_address(dask_scheduler) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import dask_processes, mixture_data, starting_params
+from conftest import dask_processes, local_cluster, mixture_data, starting_params
 from sklearn.exceptions import ConvergenceWarning
 
 import distmix
@@ -46,22 +46,10 @@ def _after_iteration(model: distmix.GaussianMixture, hook) -> None:
 
 
 def test_worker_killed_mid_fit_gives_the_no_fault_result(tmp_path):
-    from distributed import Client, LocalCluster
-
     X = mixture_data(21, n_rows=40_000, n_features=4, n_components=3, separation=2.0)
     path = _zarr(tmp_path / "x.zarr", X, chunk_rows=2_000)
     settings = dict(n_components=3, tol=0.0, max_iter=10, **starting_params(X, 3, "full", seed=2))
-    with (
-        LocalCluster(
-            n_workers=2,
-            processes=True,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-        warnings.catch_warnings(),
-    ):
+    with local_cluster(2) as client, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         reference = distmix.GaussianMixture(**settings).fit(da.from_zarr(path))
         pids = client.run(os.getpid)
@@ -136,11 +124,15 @@ def test_long_fit_leaves_the_scheduler_as_it_found_it(scheduler_process, tmp_pat
 
         def record(info):
             counts.append(settled_count())
+            # fail at once (not after 500 slow iterations) if something stays behind
+            assert counts[-1] == baseline, f"iteration {info.n_iter}: {counts[-1]} tasks left"
             if info.n_iter % 50 == 0:
                 rss[info.n_iter] = process.memory_info().rss
 
+        # persist=False: every pass reads the blocks from the store, so between iterations
+        # nothing at all should remain on the scheduler
         model = distmix.GaussianMixture(
-            2, tol=0.0, max_iter=500, **starting_params(X, 2, "full", seed=3)
+            2, tol=0.0, max_iter=500, persist=False, **starting_params(X, 2, "full", seed=3)
         )
         _after_iteration(model, record)
         with warnings.catch_warnings():

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import mixture_data
+from conftest import local_cluster, mixture_data
+from sklearn.exceptions import ConvergenceWarning
 
 from distmix import GaussianMixture
 
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            processes=True,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    with local_cluster(2, set_as_default=False) as client:
         yield client
 
 
@@ -49,3 +41,29 @@ def test_zarr_fit_on_cluster_keeps_one_task_per_key(client, tmp_path, caplog, in
     np.testing.assert_allclose(model.means_, reference.means_, rtol=1e-10)
     np.testing.assert_allclose(model.covariances_, reference.covariances_, rtol=1e-10)
     np.testing.assert_array_equal(labels, reference.predict(X))
+
+
+def test_persisted_blocks_are_released_after_the_fit(client, tmp_path):
+    """persist=True keeps the blocks on the workers during the fit only."""
+    X = mixture_data(6, n_rows=2000, n_features=3, n_components=2)
+    array = zarr.create_array(str(tmp_path / "x.zarr"), shape=X.shape, chunks=(250, 3), dtype="f8")
+    array[:] = X
+    n_tasks = lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))  # noqa: E731
+    baseline = n_tasks()
+    seen: list[int] = []
+    model = GaussianMixture(2, random_state=0, persist=True, tol=1e-8, max_iter=5)
+    original = model._iteration_callback
+
+    def spy(*args):
+        inner = original(*args)
+        return lambda info: (inner(info), seen.append(n_tasks()))
+
+    model._iteration_callback = spy
+    with client.as_current(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(array)
+    assert min(seen) >= baseline + 8  # the 8 blocks stay in memory between iterations
+    deadline = time.monotonic() + 10
+    while n_tasks() != baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert n_tasks() == baseline

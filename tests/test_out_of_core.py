@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import psutil
 import pytest
-from conftest import starting_params
+from conftest import local_cluster, starting_params
 from sklearn.exceptions import ConvergenceWarning
 
 import distmix
@@ -41,8 +41,6 @@ def _write_dataset(path, n_rows: int) -> np.ndarray:
 
 
 def test_fit_four_times_larger_than_worker_memory(tmp_path):
-    from distributed import Client, LocalCluster
-
     n_rows = int(4.05 * WORKERS * MEMORY_LIMIT / (8 * N_FEATURES)) // CHUNK_ROWS * CHUNK_ROWS
     path = tmp_path / "big.zarr"
     sample = _write_dataset(path, n_rows)
@@ -57,18 +55,7 @@ def test_fit_four_times_larger_than_worker_memory(tmp_path):
         **starting_params(sample, N_COMPONENTS, "full", seed=1),
     )
     peak: dict[int, int] = {}
-    with (
-        LocalCluster(
-            n_workers=WORKERS,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit=MEMORY_LIMIT,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-        warnings.catch_warnings(),
-    ):
+    with local_cluster(WORKERS, memory_limit=MEMORY_LIMIT) as client, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         pids = client.run(os.getpid)
         done = threading.Event()
