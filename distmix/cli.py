@@ -130,11 +130,15 @@ def _fit(args: argparse.Namespace) -> int:
     )
     rows, features = X.shape
     print(f"{args.data}: {rows:,} rows × {features} features in {X.numblocks[0]} blocks")
+    from distmix.engines.dask import show_progress
+
+    progress = show_progress() if args.progress else contextlib.nullcontext()
     with _client(args.cluster) as client:
         if client is not None:
             print(f"Dask cluster at {client.scheduler.address}, dashboard {client.dashboard_link}")
         start = time.perf_counter()
-        model.fit(X)
+        with progress:
+            model.fit(X)
         seconds = time.perf_counter() - start
     status = "converged" if model.converged_ else "did not converge"
     print(
@@ -296,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from --checkpoint if it exists"
     )
     fit.add_argument("--quiet", "-q", action="store_true", help="no per-iteration lines")
+    fit.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stdout.isatty(),
+        help="a progress bar of the block reads of every pass (default: on a terminal)",
+    )
     fit.set_defaults(run=_fit)
 
     predict = commands.add_parser("predict", help="labels or responsibilities of every row")

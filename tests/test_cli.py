@@ -67,8 +67,10 @@ def test_fit_through_a_real_scheduler_equals_the_in_memory_fit(dataset, tmp_path
             "1e-6",
             "--out",
             model_path,
+            "--progress",
         )
     assert "Iteration 1" in result.stdout and "rows/s" in result.stdout
+    assert "100% Completed" in result.stdout  # the progress bar of the block reads
     assert cluster["address"] in result.stdout
     fitted = distmix.load(model_path)
 

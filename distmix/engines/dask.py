@@ -12,8 +12,11 @@ recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from contextlib import nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,45 @@ def _call_block(fn: BlockFn, block: Any, w: Any, offset: int, args: tuple) -> An
     part = fn(block, w, offset, *args)
     to_host = getattr(part, "to_host", None)
     return to_host() if to_host is not None else part
+
+
+_SHOW_PROGRESS: ContextVar[bool] = ContextVar("distmix_show_progress", default=False)
+
+
+@contextlib.contextmanager
+def show_progress() -> Iterator[None]:
+    """Within this block, every pass of a Dask engine draws a progress bar of its tasks
+    (block reads and additions) on the terminal: Dask's ``ProgressBar`` on the local
+    schedulers, ``distributed.progress`` with a distributed client."""
+    token = _SHOW_PROGRESS.set(True)
+    try:
+        yield
+    finally:
+        _SHOW_PROGRESS.reset(token)
+
+
+def _compute_with_progress(graph: Any, scheduler: Any) -> Any:
+    import dask
+    import dask.base
+
+    client = None
+    if scheduler is None:
+        with contextlib.suppress(ImportError, ValueError):
+            from distributed import default_client
+
+            client = default_client()
+    if client is not None and dask.base.get_scheduler(collections=[graph]) == client.get:
+        from distributed import progress
+
+        future = client.compute(graph)  # still one computation for the pass
+        progress(future, notebook=False)
+        print(flush=True)
+        return future.result()
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(minimum=1.0), _blas_limit_for(scheduler, graph):
+        (result,) = dask.compute(graph, scheduler=scheduler)
+    return result
 
 
 def cluster_memory(scheduler: Any = None) -> float:
@@ -160,6 +202,8 @@ class DaskEngine:
         import dask
 
         graph = self.graph(fn, *args)
+        if _SHOW_PROGRESS.get():
+            return _compute_with_progress(graph, self.scheduler)
         with _blas_limit_for(self.scheduler, graph):
             (result,) = dask.compute(graph, scheduler=self.scheduler)
         return result
