@@ -10,7 +10,7 @@ from typing import Any
 import dask
 import numpy as np
 import pytest
-from conftest import mixture_data
+from conftest import mixture_data, random_covariances
 
 from distmix import EmptyComponentWarning
 from distmix.estep import chunk_stats, resp_stats
@@ -22,19 +22,6 @@ D = 3
 
 
 # -- helpers -------------------------------------------------------------------
-def random_covariances(
-    rng: np.random.Generator, k: int, d: int, covariance_type: str
-) -> np.ndarray:
-    a = rng.normal(size=(k, d, d)) / np.sqrt(d)
-    full = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)
-    return {
-        "full": full,
-        "tied": full[0],
-        "diag": np.diagonal(full, axis1=1, axis2=2).copy(),
-        "spherical": np.trace(full, axis1=1, axis2=2) / d,
-    }[covariance_type]
-
-
 def full_form(covariances: np.ndarray, covariance_type: str, k: int) -> np.ndarray:
     """Covariances as a ``(K, D, D)`` stack, whatever their type."""
     d = D
