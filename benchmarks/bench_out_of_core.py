@@ -1257,9 +1257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--worker-malloc",
         choices=("dask", "glibc"),
-        default="dask",
-        help="dask: the workers get distributed's MALLOC_TRIM_THRESHOLD_=65536 (the default "
-        "everyone gets); glibc: that variable unset, so glibc's dynamic mmap threshold works",
+        default="glibc",
+        help="glibc (default, as distmix's bundled local.yaml starts its workers): "
+        "MALLOC_TRIM_THRESHOLD_ unset, so glibc's dynamic mmap threshold works; dask: the "
+        "workers get distributed's default MALLOC_TRIM_THRESHOLD_=65536",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the start")
     parser.add_argument(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import tempfile
 import time
@@ -29,10 +30,10 @@ import numpy as np
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
     import zarr
-    from distributed import Client, LocalCluster
     from scipy.optimize import linear_sum_assignment
 
     from distmix.chunks import open_dataset
+    from distmix.cluster import connect, load_config
     from distmix.datasets import TrueMixture
     from distmix.estimator import GaussianMixture
 
@@ -41,16 +42,12 @@ def _demo(args: argparse.Namespace) -> int:
         _write_dataset(path, args)
         array = zarr.open_array(path, mode="r")
         truth = TrueMixture.from_attrs(array.attrs)
-        with (
-            LocalCluster(
-                n_workers=args.workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=":0",
-            ) as cluster,
-            Client(cluster) as client,
-        ):
+        local = load_config("local")  # the bundled config, with the demo's size
+        config = dataclasses.replace(
+            local,
+            cluster={**local.cluster, "n_workers": args.workers, "dashboard_address": ":0"},
+        )
+        with connect(config) as client:
             print(
                 f"local Dask cluster: {args.workers} worker processes at "
                 f"{client.scheduler.address}, dashboard {client.dashboard_link}"

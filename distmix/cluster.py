@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import dask
 from distributed import Client
 
 ClusterType = Literal["local", "scheduler", "ssh", "slurm", "pbs", "kubernetes", "local-cuda"]
@@ -63,7 +64,7 @@ def _bundled_config_dir() -> Path:
 BUNDLED_CONFIG_DIR = _bundled_config_dir()
 DEFAULT_CONFIG = "local"
 
-TOP_LEVEL_KEYS = ("type", "cluster", "scale", "adapt", "client")
+TOP_LEVEL_KEYS = ("type", "cluster", "scale", "adapt", "client", "dask_config")
 
 #: URL schemes of Dask comms that a ``Client`` accepts as a scheduler address.
 ADDRESS_SCHEMES = ("tcp", "tls", "ucx", "ucxx", "ws", "wss", "inproc")
@@ -385,6 +386,11 @@ class ClusterConfig:
         cluster has started; at most one of the two.
     client : mapping
         Extra keyword arguments of ``distributed.Client`` (``timeout``, ``name``, …).
+    dask_config : mapping
+        Dask configuration (dotted keys, as ``dask.config.set`` takes them) in force
+        while :func:`connect` starts the cluster and sizes it: e.g. the environment
+        of the worker processes (``distributed.nanny.pre-spawn-environ.*``). Workers
+        that ``adapt`` adds later start under the process's own Dask config.
     source : str
         Where the config came from (a file path or ``"<mapping>"``), named in errors.
     """
@@ -394,6 +400,7 @@ class ClusterConfig:
     scale: Mapping[str, Any] | None = None
     adapt: Mapping[str, Any] | None = None
     client: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    dask_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: str = "<mapping>"
 
     def __post_init__(self) -> None:
@@ -405,13 +412,16 @@ class ClusterConfig:
                 f"the types are {', '.join(CLUSTER_TYPES)}"
             )
         backend = _BACKENDS[self.type]
-        for name in ("cluster", "client"):
+        for name in ("cluster", "client", "dask_config"):
             value = getattr(self, name)
             if value is None:
                 object.__setattr__(self, name, {})
             elif not isinstance(value, Mapping):
+                what = (
+                    "Dask config keys to values" if name == "dask_config" else "keyword arguments"
+                )
                 raise ClusterConfigError(
-                    f"{source}: {name} must be a mapping of keyword arguments, got {value!r}"
+                    f"{source}: {name} must be a mapping of {what}, got {value!r}"
                 )
         for name in ("scale", "adapt"):
             value = getattr(self, name)
@@ -421,7 +431,7 @@ class ClusterConfig:
                     f"cluster.{name}(), e.g. {name}: {{n: 2}}; got {value!r}"
                 )
         # Private copies: the caller's mapping can change without changing us.
-        for name in ("cluster", "client", "scale", "adapt"):
+        for name in ("cluster", "client", "scale", "adapt", "dask_config"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, dict(value))
@@ -460,6 +470,12 @@ class ClusterConfig:
             _check_section(source, name, section, schema, strict=True)
 
         _check_client_options(source, self.client)
+        for key in self.dask_config:
+            if not isinstance(key, str) or not key:
+                raise ClusterConfigError(
+                    f"{source}: dask_config keys are dotted Dask config names such as "
+                    f"distributed.scheduler.work-stealing, got {key!r}"
+                )
 
     def _check_type_rules(self) -> None:
         source, cluster = self.source, self.cluster
@@ -620,12 +636,14 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> ClusterConfig:
     # An empty section (`cluster:` with nothing under it) reads as None: no arguments.
     cluster: Any = {} if data.get("cluster") is None else data["cluster"]
     client: Any = {} if data.get("client") is None else data["client"]
+    dask_config: Any = {} if data.get("dask_config") is None else data["dask_config"]
     return ClusterConfig(
         type=data["type"],
         cluster=cluster,
         scale=data.get("scale"),
         adapt=data.get("adapt"),
         client=client,
+        dask_config=dask_config,
         source=source,
     )
 
@@ -772,16 +790,17 @@ def connect(
     if target.type == "scheduler":
         return Client(**target.cluster, **options)
 
-    cluster = cls(**target.cluster)
-    try:
-        if target.scale is not None:
-            cluster.scale(**target.scale)
-        elif target.adapt is not None:
-            cluster.adapt(**target.adapt)
-        return OwnedClusterClient(cluster, **options)
-    except BaseException:
-        cluster.close()
-        raise
+    with dask.config.set(dict(target.dask_config)):
+        cluster = cls(**target.cluster)
+        try:
+            if target.scale is not None:
+                cluster.scale(**target.scale)
+            elif target.adapt is not None:
+                cluster.adapt(**target.adapt)
+            return OwnedClusterClient(cluster, **options)
+        except BaseException:
+            cluster.close()
+            raise
 
 
 # --------------------------------------------------------------------------- #

@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+import dask
 import dask.array as da
 import psutil
 import pytest
@@ -232,6 +233,10 @@ INVALID = {
         "type: local\nclient: {address: 'tcp://127.0.0.1:1'}\n",
         ["client.address is set by"],
     ),
+    "dask_config not a mapping": (
+        "type: local\ndask_config: [distributed.nanny]\n",
+        ["dask_config must be a mapping"],
+    ),
     "not a mapping": ("- type\n- local\n", ["a cluster config is a YAML mapping"]),
     "empty file": ("", ["a cluster config is a YAML mapping"]),
     "invalid yaml": ("type: [local\n", ["not valid YAML", "line"]),
@@ -384,6 +389,10 @@ def test_connect_default_starts_local_cluster_and_close_stops_it() -> None:
         worker_processes = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
         assert psutil.Process() not in worker_processes  # processes: true
         assert _sum_on(client) == 49_995_000
+        if "MALLOC_TRIM_THRESHOLD_" not in os.environ:  # else the workers inherit it
+            # local.yaml's dask_config: no malloc tunable that slows the E-step
+            trim = client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+            assert set(trim.values()) == {None}, trim
     assert client.status == "closed"
     assert cluster.status == Status.closed
     _, alive = psutil.wait_procs(worker_processes, timeout=15)
@@ -405,6 +414,17 @@ def test_scale_and_client_options_are_applied() -> None:
         client.wait_for_workers(2, timeout=30)
         assert len(client.scheduler_info()["workers"]) == 2
         assert "distmix-test" in client.id
+
+
+def test_dask_config_reaches_the_workers_and_is_restored_after() -> None:
+    key = "distributed.nanny.pre-spawn-environ.DISTMIX_TEST_SETTING"
+    cluster = dict(QUIET_LOCAL["cluster"], processes=True, protocol="tcp")
+    config = dict(QUIET_LOCAL, cluster=cluster, dask_config={key: "seven"})
+    before = dask.config.get(key, default=None)
+    with connect(config, client_options={"set_as_default": False}) as client:
+        assert dask.config.get(key, default=None) == before  # only while starting
+        client.wait_for_workers(1, timeout=30)
+        assert set(client.run(os.environ.get, "DISTMIX_TEST_SETTING").values()) == {"seven"}
 
 
 def test_cluster_closed_when_start_up_fails(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 
 import cloudpickle
@@ -25,6 +26,7 @@ from dask.callbacks import Callback
 from sklearn.exceptions import ConvergenceWarning
 
 from distmix import GaussianMixture
+from distmix.chunks import default_block_rows
 from distmix.em import estep_block
 from distmix.engines import DaskEngine
 from distmix.estep import chunk_stats
@@ -557,3 +559,32 @@ def test_predict_on_distributed_equals_numpy(dask_client):
     log_density = dask_client.compute(model.score_samples(as_dask(X))).result()
     np.testing.assert_array_equal(labels, model.predict(X))
     assert_close(log_density, model.score_samples(X), 1e-12, "score_samples")
+
+
+@pytest.mark.parametrize("malloc_tuned", [False, True], ids=["glibc-default", "malloc-tunable"])
+def test_large_block_in_cache_sized_pieces_equals_the_whole_block(
+    covariance_type, malloc_tuned, monkeypatch
+):
+    """A Zarr-chunk-sized block goes through the kernel in pieces (or whole under
+    a malloc tunable): the same statistics, weights and non-finite row index."""
+    for name in [n for n in os.environ if n.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    if malloc_tuned:
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    rng = np.random.default_rng(3)
+    d = 4
+    piece = default_block_rows(3, d)
+    X = rng.normal(size=(3 * piece + 17, d)) * 3 + 1e3
+    start = starting_params(X, 3, covariance_type, seed=4)
+    params = Params.from_precisions(
+        start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
+    )
+    w = rng.uniform(0.0, 2.0, size=X.shape[0])
+    whole = chunk_stats(X, params, w, 5000)
+    pieces = estep_block(X, w, 5000, params)
+    for field in ("resp_sum", "x_sum", "second", "log_lik", "n_rows"):
+        assert_close(getattr(pieces, field), getattr(whole, field), 1e-12, field)
+    bad = X.copy()
+    bad[[2 * piece + 5, 3 * piece + 1]] = np.nan
+    stats = estep_block(bad, w, 5000, params)
+    assert (stats.n_nonfinite, stats.first_nonfinite) == (2, 5000 + 2 * piece + 5)
