@@ -7,7 +7,7 @@ tree sum → M-step → parameters, with a different engine moving the statistic
 from distmix.em import EMResult, run_em
 from distmix.engines import DaskEngine, LocalEngine
 from distmix.estep import chunk_stats
-from distmix.estimator import GaussianMixture, load
+from distmix.estimator import GaussianMixture, fit_stream, load
 from distmix.mstep import EmptyComponentWarning, m_step
 from distmix.params import Params
 from distmix.suffstats import SuffStats
@@ -23,6 +23,7 @@ __all__ = [
     "Params",
     "SuffStats",
     "chunk_stats",
+    "fit_stream",
     "load",
     "m_step",
     "run_em",

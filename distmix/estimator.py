@@ -8,10 +8,12 @@ Nothing in distmix imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,17 @@ from distmix.chunks import (
 )
 from distmix.em import EMResult, IterationInfo, mean_log_likelihood_of, run_em
 from distmix.engines import DaskEngine, LocalEngine
+from distmix.engines.stream import (
+    StepSchedule,
+    StreamPlan,
+    StreamPosition,
+    StreamRecord,
+    StreamState,
+    batch_stats,
+    online_update,
+    window_engine,
+    with_validation,
+)
 from distmix.init import initial_params
 from distmix.params import (
     Params,
@@ -50,10 +63,12 @@ from distmix.persist import (
     ModelFileError,
     RunState,
     load_checkpoint,
+    load_stream_checkpoint,
     params_arrays,
     params_from_arrays,
     read_archive,
     save_checkpoint,
+    save_stream_checkpoint,
     write_archive,
 )
 from distmix.reduce import check_split_every
@@ -108,6 +123,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         few blocks whatever the number of rows), or persist when the data take
         at most ``persist_fraction`` of the workers' memory ("auto").
     persist_fraction : float, default=0.5
+    learning_decay : float in (0.5, 1], default=0.6
+        Streaming (``partial_fit``, :func:`fit_stream`): κ of the step size
+        ``γ_t = (t + learning_offset)^(−κ)`` with which the statistics of the
+        ``t``-th batch enter the running average (stepwise online EM).
+    learning_offset : float >= 0, default=1.0
+        Streaming: t0 of the step size; 0 makes the first update ``γ = 1``.
+    forgetting_factor : float in (0, 1] or None, default=None
+        Streaming: a floor on the step size, so that old batches keep being
+        forgotten at that rate (for streams whose distribution drifts).
+    average_after : int or None, default=None
+        Streaming: expose the Polyak–Ruppert average of the parameters of the
+        updates after this many (``None``: the latest parameters).
 
     Attributes
     ----------
@@ -121,6 +148,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     lower_bounds_ : list of float
         Its value at every iteration of the best run.
     n_features_in_ : int
+    n_steps_ : int
+        Streaming only: online-EM updates made (one per batch).
+    n_samples_seen_ : int
+        Streaming only: rows read by those updates (every pass counts).
+    stream_history_ : list of dict
+        Streaming only: per update (the newest 10,000), rows seen, step size,
+        the batch's mean log-likelihood before the update, the running average,
+        and the held-out log-likelihood where one was computed.
     """
 
     lower_bound_: float
@@ -148,6 +183,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         resume: bool = False,
         persist: bool | str = "auto",
         persist_fraction: float = 0.5,
+        learning_decay: float = 0.6,
+        learning_offset: float = 1.0,
+        forgetting_factor: float | None = None,
+        average_after: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -169,6 +208,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.resume = resume
         self.persist = persist
         self.persist_fraction = persist_fraction
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
+        self.forgetting_factor = forgetting_factor
+        self.average_after = average_after
 
     # -- validation ---------------------------------------------------------
     def _check_parameters(self) -> None:
@@ -209,6 +252,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             or not 0 < fraction <= 1
         ):
             raise ValueError(f"persist_fraction must be a number in (0, 1], got {fraction!r}.")
+        self._schedule()
+        after = self.average_after
+        if after is not None and (
+            isinstance(after, bool) or not isinstance(after, (int, np.integer)) or after < 0
+        ):
+            raise ValueError(f"average_after must be None or an integer >= 0, got {after!r}.")
+
+    def _schedule(self) -> StepSchedule:
+        return StepSchedule(self.learning_decay, self.learning_offset, self.forgetting_factor)
 
     def _check_initial_parameters(self, n_features: int) -> dict[str, Any]:
         k, cov = self.n_components, self.covariance_type
@@ -238,10 +290,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return out
 
     def _engine(
-        self, X: Any, sample_weight: Any = None, *, reset: bool
+        self, X: Any, sample_weight: Any = None, *, reset: bool, many_passes: bool | None = None
     ) -> LocalEngine | DaskEngine:
-        """Validate ``X`` (and weights) and wrap it in the engine that suits it."""
+        """Validate ``X`` (and weights) and wrap it in the engine that suits it.
+
+        ``many_passes`` (default: ``reset``) lets dask input be persisted.
+        """
         k = self.n_components if reset else None
+        many_passes = reset if many_passes is None else many_passes
         if is_zarr_source(X):
             # a zarr.Array, path or URL: open_dataset validates it and reads whole chunks
             source, X = X, open_dataset(X)
@@ -263,7 +319,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 X,
                 w,
                 split_every=self.split_every,
-                persist=self.persist if reset else False,
+                persist=self.persist if many_passes else False,
                 persist_fraction=self.persist_fraction,
             )
         if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
@@ -412,6 +468,383 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.n_iter_ = best.n_iter
         self.lower_bound_ = best_lb if best.n_iter else -math.inf
         self.lower_bounds_ = list(best.lower_bounds)
+        self._forget_stream()
+
+    # -- streaming ----------------------------------------------------------
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """One stepwise online-EM update with the batch ``X``.
+
+        The first call starts from the fitted parameters of a model that was
+        fitted or loaded, else from ``weights_init``/``means_init``/
+        ``precisions_init`` when all three are given, else from ``init_params``
+        run on this batch; every call then folds the batch's statistics into the
+        running average with step ``γ_t = (t + learning_offset)^(−learning_decay)``
+        and runs the M-step. With ``γ = 1`` this is exactly one EM iteration on
+        the batch.
+
+        Parameters
+        ----------
+        X : array-like, dask array, Zarr array, or the path/URL of a Zarr array
+            One batch, shape (n_batch, n_features); a dask or Zarr batch is
+            reduced over its blocks in one pass.
+        y : ignored
+        sample_weight : array-like of shape (n_batch,), optional
+
+        Returns
+        -------
+        self
+        """
+        saved = dict(self.__dict__)
+        try:
+            self._partial_fit(X, sample_weight)
+        except BaseException:
+            # a bad batch leaves the model exactly as it was
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+        return self
+
+    def _partial_fit(self, X: Any, sample_weight: Any) -> None:
+        self._check_parameters()
+        state: StreamState | None = getattr(self, "_stream_state", None)
+        fitted = hasattr(self, "precisions_cholesky_")
+        engine = self._engine(X, sample_weight, reset=not fitted, many_passes=False)
+        if state is None:
+            state = StreamState(self._params() if fitted else self._start_params(engine))
+        stats = batch_stats(engine, state.params)
+        state = online_update(
+            state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
+        )
+        self._set_stream(state, getattr(self, "_stream_position", None))
+
+    def _start_params(self, engine: LocalEngine | DaskEngine) -> Params:
+        """Params to start a stream from: the user's, or ``init_params`` on ``engine``'s rows."""
+        user_init = self._check_initial_parameters(engine.n_features)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        return initial_params(
+            engine,
+            self.init_params,
+            self.n_components,
+            self.covariance_type,
+            self.reg_covar,
+            seed,
+            **user_init,
+        )
+
+    def _set_stream(self, state: StreamState, position: StreamPosition | None) -> None:
+        """Expose a stream's state under the estimator's attribute names."""
+        self._stream_state = state
+        self._stream_position = position
+        self._set_params(state.model_params)
+        self.converged_ = False  # online EM has no convergence test
+        self.n_steps_ = state.n_steps
+        self.n_iter_ = state.n_steps
+        self.n_samples_seen_ = state.n_samples_seen
+        self.lower_bound_ = state.running_log_likelihood
+        self.lower_bounds_ = [r.running_log_likelihood for r in state.history]
+        self.stream_history_ = [dataclasses.asdict(r) for r in state.history]
+
+    def _forget_stream(self) -> None:
+        for name in (
+            "_stream_state",
+            "_stream_position",
+            "_stream_seed",
+            "n_steps_",
+            "n_samples_seen_",
+            "stream_history_",
+        ):
+            self.__dict__.pop(name, None)
+
+    def fit_stream(
+        self,
+        source: Any,
+        *,
+        sample_weight: Any = None,
+        n_passes: int = 1,
+        window: int | None = None,
+        shuffle: bool = True,
+        validation: Any = None,
+        report_every: int = 10,
+        callback: Callable[[StreamRecord], None] | None = None,
+    ) -> GaussianMixture:
+        """Stepwise online EM over ``source`` in batches: see :func:`distmix.fit_stream`."""
+        saved = dict(self.__dict__)
+        try:
+            self._fit_stream(
+                source,
+                sample_weight,
+                n_passes=n_passes,
+                window=window,
+                shuffle=shuffle,
+                validation=validation,
+                report_every=report_every,
+                callback=callback,
+            )
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+        return self
+
+    def _stream_fingerprint(self, n_features: int, plan: StreamPlan, weighted: bool) -> dict:
+        return {
+            "n_features": int(n_features),
+            "weighted": weighted,
+            "n_components": int(self.n_components),
+            "covariance_type": self.covariance_type,
+            "reg_covar": float(self.reg_covar),
+            "init_params": self.init_params,
+            "learning_decay": float(self.learning_decay),
+            "learning_offset": float(self.learning_offset),
+            "forgetting_factor": None
+            if self.forgetting_factor is None
+            else float(self.forgetting_factor),
+            "average_after": None if self.average_after is None else int(self.average_after),
+            "window": plan.window,
+            "n_passes": plan.n_passes,
+            "shuffle": plan.shuffle,
+            "seed": plan.seed,
+        }
+
+    def _stream_source(
+        self, source: Any, sample_weight: Any, reset: bool
+    ) -> tuple[Any, Any, tuple[int, ...]]:
+        """``(X, sample_weight, block_rows)``: a dask array or a validated NumPy array."""
+        if is_zarr_source(source) or is_dask_array(source):
+            engine = self._engine(source, sample_weight, reset=reset, many_passes=False)
+            assert isinstance(engine, DaskEngine)
+            return engine.X, engine.sample_weight, engine.block_rows
+        engine = self._engine(source, sample_weight, reset=reset, many_passes=False)
+        assert isinstance(engine, LocalEngine)
+        return engine.X, engine.sample_weight, engine.block_rows
+
+    def _fit_stream(
+        self,
+        source: Any,
+        sample_weight: Any,
+        *,
+        n_passes: int,
+        window: int | None,
+        shuffle: bool,
+        validation: Any,
+        report_every: int,
+        callback: Callable[[StreamRecord], None] | None,
+    ) -> None:
+        self._check_parameters()
+        for name, value in (("n_passes", n_passes), ("report_every", report_every)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1
+        ):
+            raise ValueError(f"window must be None or an integer >= 1, got {window!r}.")
+        state: StreamState | None = None
+        position = StreamPosition()
+        continuing = self.warm_start and getattr(self, "_stream_state", None) is not None
+        if continuing:
+            state, position = self._stream_state, self._stream_position or StreamPosition()
+        stored_seed = self.__dict__.get("_stream_seed") if continuing else None
+        if stored_seed is not None:
+            seed = int(stored_seed)
+        else:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        if _is_batch_iterable(source):
+            if sample_weight is not None:
+                raise ValueError(
+                    "sample_weight cannot be given with an iterable of batches; "
+                    "make each batch a (X, sample_weight) pair instead."
+                )
+            self._stream_batches(
+                source,
+                state,
+                position,
+                seed,
+                n_passes=int(n_passes),
+                shuffle=bool(shuffle),
+                validation=validation,
+                report_every=int(report_every),
+                callback=callback,
+                continuing=continuing,
+            )
+            return
+        X, w, block_rows = self._stream_source(source, sample_weight, reset=not continuing)
+        if window is None:
+            window = _default_window(X)
+        plan = StreamPlan.for_blocks(
+            block_rows, window=int(window), n_passes=int(n_passes), shuffle=bool(shuffle), seed=seed
+        )
+        fingerprint = self._stream_fingerprint(X.shape[1], plan, w is not None)
+        resumed = self._resume_stream(fingerprint)
+        if resumed is not None:
+            state, position = resumed
+        n_rows = int(X.shape[0])
+        val_engine = None
+        self._stream_seed = seed
+        started = time.perf_counter()
+        rows_here = 0
+        for after, ranges in plan.walk(position, n_rows):
+            engine = window_engine(X, w, ranges, split_every=self.split_every)
+            if state is None:
+                state = StreamState(self._start_params(engine))
+            stats = batch_stats(engine, state.params)
+            state = online_update(
+                state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
+            )
+            position = after
+            rows_here += int(stats.n_rows)
+            last = not after.in_segment and after.rows_done == n_rows
+            if state.n_steps % report_every == 0 or last:
+                if validation is not None:
+                    if val_engine is None:
+                        val_engine = self._engine(validation, reset=False)
+                    state = with_validation(
+                        state, mean_log_likelihood_of(val_engine, state.model_params)
+                    )
+                self._report_stream(state, rows_here, time.perf_counter() - started, callback)
+            if self.checkpoint is not None:
+                save_stream_checkpoint(self.checkpoint, fingerprint, state, position)
+        if state is None:
+            if continuing:
+                return  # nothing new to read: the model stays as it is
+            raise ValueError("the stream source has no rows to read.")
+        self._set_stream(state, position)
+
+    def _stream_batches(
+        self,
+        source: Any,
+        state: StreamState | None,
+        position: StreamPosition,
+        seed: int,
+        *,
+        n_passes: int,
+        shuffle: bool,
+        validation: Any,
+        report_every: int,
+        callback: Callable[[StreamRecord], None] | None,
+        continuing: bool,
+    ) -> None:
+        """Stream an iterable of batches (arrays or ``(X, sample_weight)`` pairs).
+
+        A sequence (list, tuple) can be read in several passes and shuffled; an
+        iterator is read once, in its own order. The position counts batches,
+        so that a resumed stream skips those already folded in (the iterable
+        must yield the same batches again).
+        """
+        is_sequence = isinstance(source, Sequence)
+        if n_passes > 1 and not is_sequence and iter(source) is source:
+            raise ValueError(
+                "n_passes > 1 needs a source that can be read again (a list of batches, a "
+                "dask or Zarr array); an iterator is read once."
+            )
+        if shuffle and not is_sequence:
+            shuffle = False  # an iterator streams in its own order
+        fingerprint = {
+            **self._stream_fingerprint(
+                getattr(self, "n_features_in_", -1) if continuing else -1,
+                StreamPlan((), 1, n_passes, shuffle, seed),
+                False,
+            ),
+            "source": "batches",
+        }
+        fingerprint.pop("n_features")
+        resumed = self._resume_stream(fingerprint)
+        if resumed is not None:
+            state, position = resumed
+        if not continuing and resumed is None:
+            position = StreamPosition()
+        val_engine = None
+        started, rows_here = time.perf_counter(), 0
+        for pass_index in range(position.pass_index, n_passes):
+            order: Any = source
+            if shuffle:
+                rng = np.random.default_rng([seed, pass_index, 0x5EED])
+                order = [source[i] for i in rng.permutation(len(source))]
+            skip = position.batch_index if pass_index == position.pass_index else 0
+            for index, item in enumerate(order):
+                if index < skip:
+                    continue
+                X, w = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
+                where = f"batch {index}" + (f" of pass {pass_index}" if n_passes > 1 else "")
+                try:
+                    engine = self._engine(
+                        X, w, reset=state is None and not continuing, many_passes=False
+                    )
+                    if state is None:
+                        state = StreamState(self._start_params(engine))
+                    stats = batch_stats(engine, state.params)
+                except ValueError as error:
+                    raise ValueError(f"{where}: {error}") from error
+                state = online_update(
+                    state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
+                )
+                rows_here += int(stats.n_rows)
+                position = StreamPosition(0, 0, 0, pass_index, index + 1)
+                if state.n_steps % report_every == 0:
+                    if validation is not None:
+                        if val_engine is None:
+                            val_engine = self._engine(validation, reset=False)
+                        state = with_validation(
+                            state, mean_log_likelihood_of(val_engine, state.model_params)
+                        )
+                    self._report_stream(state, rows_here, time.perf_counter() - started, callback)
+                if self.checkpoint is not None:
+                    save_stream_checkpoint(self.checkpoint, fingerprint, state, position)
+            position = StreamPosition(0, 0, 0, pass_index + 1, 0)
+        if state is None:
+            if continuing or resumed is not None:
+                return
+            raise ValueError("the stream of batches is empty: there is nothing to fit.")
+        if validation is not None and (
+            not state.history or state.history[-1].validation_log_likelihood is None
+        ):
+            if val_engine is None:
+                val_engine = self._engine(validation, reset=False)
+            state = with_validation(state, mean_log_likelihood_of(val_engine, state.model_params))
+            self._report_stream(state, rows_here, time.perf_counter() - started, callback)
+        self._stream_seed = seed
+        self._set_stream(state, None)
+
+    def _resume_stream(
+        self, fingerprint: dict[str, Any]
+    ) -> tuple[StreamState, StreamPosition] | None:
+        if self.checkpoint is None or not self.resume or not Path(self.checkpoint).exists():
+            return None
+        stored, state, position, _ = load_stream_checkpoint(self.checkpoint)
+        differences = [
+            f"{key} {stored.get(key)!r} in the checkpoint, {value!r} now"
+            for key, value in fingerprint.items()
+            if stored.get(key) != value
+        ]
+        if differences:
+            raise ValueError(
+                f"checkpoint {self.checkpoint} was written by a different stream ("
+                + "; ".join(differences)
+                + "). Use resume=False to start over, or another checkpoint path."
+            )
+        return state, position or StreamPosition()
+
+    def _report_stream(
+        self,
+        state: StreamState,
+        rows: int,
+        seconds: float,
+        callback: Callable[[StreamRecord], None] | None,
+    ) -> None:
+        record = state.history[-1]
+        if self.verbose:
+            rate = rows / seconds if seconds > 0 else math.inf
+            held_out = (
+                ""
+                if record.validation_log_likelihood is None
+                else f"\t held-out ll {record.validation_log_likelihood:.6f}"
+            )
+            print(
+                f"  Step {record.n_steps}\t rows {record.n_samples_seen:,}\t {rate:,.0f} rows/s"
+                f"\t step {record.step_size:.4f}\t running ll {record.running_log_likelihood:.6f}"
+                + held_out
+            )
+        if callback is not None:
+            callback(record)
 
     # -- checkpoints ----------------------------------------------------------
     def _fingerprint(self, engine: LocalEngine | DaskEngine, weighted: bool) -> dict[str, Any]:
@@ -651,6 +1084,101 @@ def _dask_sample_weight(sample_weight: Any, X: Any) -> Any:
     if smallest < 0:
         raise ValueError(f"Negative values in data passed to sample_weight (smallest: {smallest}).")
     return w
+
+
+def _is_batch_iterable(source: Any) -> bool:
+    """An iterable of batches (not an array, a Zarr source or a nested list of numbers)."""
+    if is_zarr_source(source) or hasattr(source, "shape") or isinstance(source, (str, bytes)):
+        return False
+    if isinstance(source, (list, tuple)):
+        return len(source) > 0 and all(
+            hasattr(item, "shape") or isinstance(item, tuple) for item in source
+        )
+    return hasattr(source, "__iter__")
+
+
+def _default_window(X: Any) -> int:
+    """Blocks per update: one per thread that can run them (workers' threads on a cluster)."""
+    if is_dask_array(X):
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            pass
+        else:
+            return max(1, sum(client.nthreads().values()))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
+def fit_stream(
+    source: Any,
+    model: GaussianMixture | None = None,
+    *,
+    sample_weight: Any = None,
+    n_passes: int = 1,
+    window: int | None = None,
+    shuffle: bool = True,
+    validation: Any = None,
+    report_every: int = 10,
+    callback: Callable[[StreamRecord], None] | None = None,
+    **params: Any,
+) -> GaussianMixture:
+    """Fit a Gaussian mixture by stepwise online EM, reading ``source`` once per pass.
+
+    Memory stays bounded by a window of blocks whatever the number of rows.
+
+    Parameters
+    ----------
+    source : Zarr path/URL or array, dask array, NumPy array, or iterable of batches
+        Arrays are read in their row blocks (whole Zarr chunks; dask chunks;
+        ``block_size`` rows for NumPy), ``window`` blocks per update, in a seeded
+        shuffled order per pass. An iterable yields batches (arrays or
+        ``(X, sample_weight)`` pairs), one update each, in its own order (a list
+        is shuffled and can be read in several passes).
+    model : GaussianMixture, optional
+        The estimator to fit (default: ``GaussianMixture(**params)``). With
+        ``warm_start=True``, a model that has streamed before continues its
+        stream: over a Zarr array that has grown, only the rows appended since
+        are read.
+    sample_weight : array-like or dask array of shape (n_samples,), optional
+    n_passes : int, default=1
+    window : int, optional
+        Blocks per update (default: one per thread that runs them, e.g. the
+        workers' threads of the active distributed client); each update reduces
+        its window in one pass of the engine (a Dask compute for dask/Zarr input).
+    shuffle : bool, default=True
+        Visit the blocks of each pass in a random order (seeded by ``random_state``).
+    validation : array-like, dask array or Zarr source, optional
+        Held-out rows: their mean log-likelihood is recorded every
+        ``report_every`` updates and at the end.
+    report_every : int, default=10
+        Updates between progress lines (``verbose``), callbacks and validations.
+    callback : callable, optional
+        Called with the latest :class:`~distmix.engines.stream.StreamRecord`.
+    **params
+        Estimator parameters (``n_components``, ``learning_decay``, ``checkpoint``, ...).
+
+    Returns
+    -------
+    GaussianMixture
+        Fitted; ``n_steps_``, ``n_samples_seen_`` and ``stream_history_`` describe the stream.
+    """
+    if model is None:
+        model = GaussianMixture(**params)
+    elif params:
+        model.set_params(**params)
+    return model.fit_stream(
+        source,
+        sample_weight=sample_weight,
+        n_passes=n_passes,
+        window=window,
+        shuffle=shuffle,
+        validation=validation,
+        report_every=report_every,
+        callback=callback,
+    )
 
 
 _ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")

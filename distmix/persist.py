@@ -254,3 +254,157 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         finished=bool(meta.get("finished", False)),
         extra=dict(meta.get("extra", {})),
     )
+
+
+# -- streams ----------------------------------------------------------------------
+STREAM_CHECKPOINT_FORMAT = "distmix-stream-checkpoint"
+_RECORD_FIELDS = (
+    "n_steps",
+    "n_samples_seen",
+    "step_size",
+    "batch_log_likelihood",
+    "running_log_likelihood",
+    "validation_log_likelihood",
+)
+_POSITION_FIELDS = ("rows_done", "segment_start", "segment_stop", "pass_index", "batch_index")
+
+
+def stream_arrays(state: Any, position: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(meta, arrays)`` holding a :class:`~distmix.engines.stream.StreamState` exactly."""
+    meta: dict[str, Any] = {
+        "n_steps": state.n_steps,
+        "n_samples_seen": state.n_samples_seen,
+        "weight_seen": state.weight_seen,
+        "n_averaged": state.n_averaged,
+        "has_stats": state.stats is not None,
+        "has_averaged": state.averaged is not None,
+        "position": None
+        if position is None
+        else {name: int(getattr(position, name)) for name in _POSITION_FIELDS},
+    }
+    arrays: dict[str, Any] = dict(params_arrays(state.params, "stream_params_"))
+    if state.averaged is not None:
+        arrays.update(params_arrays(state.averaged, "stream_averaged_"))
+    if state.stats is not None:
+        arrays["stream_stats"] = state.stats.pack()
+        arrays["stream_stats_reference"] = state.stats.reference
+    history = np.array(
+        [
+            [
+                np.nan if getattr(r, name) is None else float(getattr(r, name))
+                for name in _RECORD_FIELDS
+            ]
+            for r in state.history
+        ],
+        dtype=np.float64,
+    ).reshape(len(state.history), len(_RECORD_FIELDS))
+    arrays["stream_history"] = history
+    return meta, arrays
+
+
+def stream_from_arrays(
+    meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], covariance_type: str, source: Any
+) -> tuple[Any, Any]:
+    """Inverse of :func:`stream_arrays`: ``(StreamState, StreamPosition or None)``, validated."""
+    from distmix.engines.stream import StreamPosition, StreamRecord, StreamState
+    from distmix.suffstats import SuffStats
+
+    try:
+        params = params_from_arrays(arrays, covariance_type, source, "stream_params_")
+        averaged = (
+            params_from_arrays(arrays, covariance_type, source, "stream_averaged_")
+            if meta["has_averaged"]
+            else None
+        )
+        stats = None
+        if meta["has_stats"]:
+            reference = np.asarray(arrays["stream_stats_reference"], dtype=np.float64)
+            if reference.shape != params.means.shape:
+                raise ModelFileError(
+                    f"{source}: stream_stats_reference has shape {reference.shape}, "
+                    f"expected {params.means.shape}."
+                )
+            stats = SuffStats.unpack(arrays["stream_stats"], covariance_type, reference)
+            if not all(
+                np.all(np.isfinite(getattr(stats, name)))
+                for name in ("resp_sum", "x_sum", "second")
+            ):
+                raise ModelFileError(f"{source}: stream_stats contains NaN or infinity.")
+        history = np.asarray(arrays["stream_history"], dtype=np.float64)
+        if history.ndim != 2 or history.shape[1] != len(_RECORD_FIELDS):
+            raise ModelFileError(
+                f"{source}: stream_history has shape {history.shape}, expected "
+                f"(n, {len(_RECORD_FIELDS)})."
+            )
+        records = tuple(
+            StreamRecord(
+                int(row[0]),
+                int(row[1]),
+                float(row[2]),
+                float(row[3]),
+                float(row[4]),
+                None if np.isnan(row[5]) else float(row[5]),
+            )
+            for row in history
+        )
+        state = StreamState(
+            params=params,
+            stats=stats,
+            n_steps=int(meta["n_steps"]),
+            n_samples_seen=int(meta["n_samples_seen"]),
+            weight_seen=float(meta["weight_seen"]),
+            averaged=averaged,
+            n_averaged=int(meta["n_averaged"]),
+            history=records,
+        )
+        raw = meta.get("position")
+        position = (
+            None if raw is None else StreamPosition(**{k: int(raw[k]) for k in _POSITION_FIELDS})
+        )
+    except KeyError as error:
+        raise ModelFileError(f"{source}: the stream state lacks {error.args[0]!r}.") from None
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ModelFileError):
+            raise
+        raise ModelFileError(f"{source}: invalid stream state ({error}).") from error
+    if state.n_steps < 0 or state.n_samples_seen < 0 or min(_position_values(position)) < 0:
+        raise ModelFileError(f"{source}: negative counters in the stream state.")
+    return state, position
+
+
+def _position_values(position: Any) -> list[int]:
+    if position is None:
+        return [0]
+    return [int(getattr(position, name)) for name in _POSITION_FIELDS]
+
+
+def save_stream_checkpoint(
+    path: str | os.PathLike[str],
+    fingerprint: Mapping[str, Any],
+    state: Any,
+    position: Any,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a stream's state and position atomically to ``path``."""
+    stream_meta, arrays = stream_arrays(state, position)
+    meta = {
+        "format": STREAM_CHECKPOINT_FORMAT,
+        "version": FORMAT_VERSION,
+        "fingerprint": dict(fingerprint),
+        "stream": stream_meta,
+        "extra": dict(extra or {}),
+    }
+    write_archive(path, meta, arrays)
+
+
+def load_stream_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any, dict]:
+    """``(fingerprint, state, position, extra)`` of a stream checkpoint, validated."""
+    meta, arrays = read_archive(path, STREAM_CHECKPOINT_FORMAT)
+    fingerprint = meta.get("fingerprint")
+    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("covariance_type"), str):
+        raise ModelFileError(f"{path}: the checkpoint's fingerprint names no covariance_type.")
+    stream = meta.get("stream")
+    if not isinstance(stream, dict):
+        raise ModelFileError(f"{path}: the checkpoint holds no stream state.")
+    state, position = stream_from_arrays(stream, arrays, fingerprint["covariance_type"], path)
+    return fingerprint, state, position, dict(meta.get("extra", {}))

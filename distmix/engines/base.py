@@ -46,6 +46,21 @@ def block_offsets(block_rows: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @functools.cache
+def check_row_offsets(
+    row_offsets: tuple[int, ...] | None, block_rows: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The blocks' global first rows: ``row_offsets`` as given, or their positions."""
+    if row_offsets is None:
+        return block_offsets(block_rows)
+    offsets = tuple(int(o) for o in row_offsets)
+    if len(offsets) != len(block_rows):
+        raise ValueError(
+            f"row_offsets has {len(offsets)} entries for {len(block_rows)} blocks; "
+            "give one global first row per block."
+        )
+    return offsets
+
+
 def _threadpool_controller() -> Any:
     from threadpoolctl import ThreadpoolController
 

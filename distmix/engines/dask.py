@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from distmix.engines.base import BlockFn, block_offsets, one_blas_thread
+from distmix.engines.base import BlockFn, check_row_offsets, one_blas_thread
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
 from distmix.suffstats import _to_numpy
 
@@ -143,6 +143,9 @@ class DaskEngine:
         Keep the blocks in (cluster) memory across passes; ``"auto"`` does so
         when they take at most ``persist_fraction`` of the workers' memory.
     persist_fraction : float
+    row_offsets : tuple of int, optional
+        Global index of every block's first row, for naming bad rows (default:
+        the blocks' positions in ``X``).
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class DaskEngine:
         scheduler: Any = None,
         persist: bool | str = False,
         persist_fraction: float = 0.5,
+        row_offsets: tuple[int, ...] | None = None,
     ) -> None:
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: -1})
@@ -170,6 +174,7 @@ class DaskEngine:
         self.sample_weight = sample_weight
         self.split_every = check_split_every(split_every)
         self.scheduler = scheduler
+        self._row_offsets = check_row_offsets(row_offsets, self.block_rows)
         self._x_blocks = list(X.to_delayed(optimize_graph=False).ravel())
         self._w_blocks = (
             list(sample_weight.to_delayed(optimize_graph=False).ravel())
@@ -193,7 +198,7 @@ class DaskEngine:
                 fn, block, w, offset, args_key, dask_key_name=(name, "block", i)
             )
             for i, (block, w, offset) in enumerate(
-                zip(self._x_blocks, w_blocks, block_offsets(self.block_rows), strict=True)
+                zip(self._x_blocks, w_blocks, self._row_offsets, strict=True)
             )
         ]
         return dask_tree_sum(parts, self.split_every, name + "-sum")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from distmix.chunks import check_block_size
-from distmix.engines.base import BlockFn, block_offsets, one_blas_thread
+from distmix.engines.base import BlockFn, block_offsets, check_row_offsets, one_blas_thread
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
 from distmix.suffstats import _to_numpy
 
@@ -49,6 +49,10 @@ class LocalEngine:
     n_threads : int or None
         Blocks run at once (``None``: one per core; 1: serially, BLAS free to
         use its own threads).
+    row_offsets : tuple of int, optional
+        Global index of every block's first row, for naming bad rows (default:
+        the blocks' positions in ``X``). A stream gives the source's rows here
+        when ``X`` holds a window of blocks gathered from anywhere in it.
     """
 
     def __init__(
@@ -58,12 +62,14 @@ class LocalEngine:
         block_size: int | tuple[int, ...] | None = None,
         split_every: int = DEFAULT_SPLIT_EVERY,
         n_threads: int | None = None,
+        row_offsets: tuple[int, ...] | None = None,
     ) -> None:
         self.X = X
         self.sample_weight = sample_weight
         self.n_rows, self.n_features = int(X.shape[0]), int(X.shape[1])
         self.split_every = check_split_every(split_every)
         self._block_rows = split_rows(self.n_rows, block_size)
+        self._row_offsets = check_row_offsets(row_offsets, self._block_rows)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         self.n_threads = max(1, min(n_threads or cores or 1, len(self._block_rows)))
         self._pool: ThreadPoolExecutor | None = None  # made on first use, reused by every pass
@@ -73,10 +79,12 @@ class LocalEngine:
         return self._block_rows
 
     def _blocks(self) -> Any:
-        for start, length in zip(block_offsets(self._block_rows), self._block_rows, strict=True):
+        for start, length, offset in zip(
+            block_offsets(self._block_rows), self._block_rows, self._row_offsets, strict=True
+        ):
             stop = start + length
             w = None if self.sample_weight is None else self.sample_weight[start:stop]
-            yield self.X[start:stop, ...], w, start
+            yield self.X[start:stop, ...], w, offset
 
     def map_reduce(self, fn: BlockFn, *args: Any) -> Any:
         def run(item: tuple[Any, Any, int]) -> Any:
