@@ -69,6 +69,8 @@ from distmix.persist import (
     read_archive,
     save_checkpoint,
     save_stream_checkpoint,
+    stream_arrays,
+    stream_from_arrays,
     write_archive,
 )
 from distmix.reduce import check_split_every
@@ -548,7 +550,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for name in (
             "_stream_state",
             "_stream_position",
-            "_stream_seed",
+            "_stream_plan",
             "n_steps_",
             "n_samples_seen_",
             "stream_history_",
@@ -560,9 +562,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         source: Any,
         *,
         sample_weight: Any = None,
-        n_passes: int = 1,
+        n_passes: int | None = None,
         window: int | None = None,
-        shuffle: bool = True,
+        shuffle: bool | None = None,
         validation: Any = None,
         report_every: int = 10,
         callback: Callable[[StreamRecord], None] | None = None,
@@ -623,14 +625,31 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         source: Any,
         sample_weight: Any,
         *,
-        n_passes: int,
+        n_passes: int | None,
         window: int | None,
-        shuffle: bool,
+        shuffle: bool | None,
         validation: Any,
         report_every: int,
         callback: Callable[[StreamRecord], None] | None,
     ) -> None:
         self._check_parameters()
+        state: StreamState | None = None
+        position = StreamPosition()
+        continuing = self.warm_start and getattr(self, "_stream_state", None) is not None
+        if continuing:
+            state, position = self._stream_state, self._stream_position or StreamPosition()
+        # settings not given continue those of the stream being continued or resumed
+        stored: dict[str, Any] = dict(self.__dict__.get("_stream_plan") or {}) if continuing else {}
+        if self.checkpoint is not None and self.resume and Path(self.checkpoint).exists():
+            fingerprint_before, _, _, _ = load_stream_checkpoint(self.checkpoint)
+            stored.update({k: fingerprint_before.get(k) for k in _PLAN_KEYS})
+        n_passes = stored.get("n_passes") or 1 if n_passes is None else n_passes
+        shuffle = stored.get("shuffle", True) if shuffle is None else shuffle
+        window = stored.get("window") if window is None else window
+        if self.random_state is None and stored.get("seed") is not None:
+            seed = int(stored["seed"])
+        else:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         for name, value in (("n_passes", n_passes), ("report_every", report_every)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
@@ -638,16 +657,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1
         ):
             raise ValueError(f"window must be None or an integer >= 1, got {window!r}.")
-        state: StreamState | None = None
-        position = StreamPosition()
-        continuing = self.warm_start and getattr(self, "_stream_state", None) is not None
-        if continuing:
-            state, position = self._stream_state, self._stream_position or StreamPosition()
-        stored_seed = self.__dict__.get("_stream_seed") if continuing else None
-        if stored_seed is not None:
-            seed = int(stored_seed)
-        else:
-            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         if _is_batch_iterable(source):
             if sample_weight is not None:
                 raise ValueError(
@@ -679,7 +688,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             state, position = resumed
         n_rows = int(X.shape[0])
         val_engine = None
-        self._stream_seed = seed
+        self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
         started = time.perf_counter()
         rows_here = 0
         for after, ranges in plan.walk(position, n_rows):
@@ -801,7 +810,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 val_engine = self._engine(validation, reset=False)
             state = with_validation(state, mean_log_likelihood_of(val_engine, state.model_params))
             self._report_stream(state, rows_here, time.perf_counter() - started, callback)
-        self._stream_seed = seed
+        self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
         self._set_stream(state, None)
 
     def _resume_stream(
@@ -965,6 +974,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             "lower_bound": float(self.lower_bound_),
             "n_features_in": int(self.n_features_in_),
         }
+        state = getattr(self, "_stream_state", None)
+        if state is not None:
+            # a streamed model carries its stream: loaded with warm_start=True, it continues it
+            stream_meta, stream_arrays_ = stream_arrays(state, self._stream_position)
+            stream_meta["plan"] = self.__dict__.get("_stream_plan")
+            meta["stream"] = stream_meta
+            arrays.update(stream_arrays_)
         write_archive(path, meta, arrays)
 
     # -- prediction ---------------------------------------------------------
@@ -1086,6 +1102,9 @@ def _dask_sample_weight(sample_weight: Any, X: Any) -> Any:
     return w
 
 
+_PLAN_KEYS = ("seed", "window", "n_passes", "shuffle")
+
+
 def _is_batch_iterable(source: Any) -> bool:
     """An iterable of batches (not an array, a Zarr source or a nested list of numbers)."""
     if is_zarr_source(source) or hasattr(source, "shape") or isinstance(source, (str, bytes)):
@@ -1117,9 +1136,9 @@ def fit_stream(
     model: GaussianMixture | None = None,
     *,
     sample_weight: Any = None,
-    n_passes: int = 1,
+    n_passes: int | None = None,
     window: int | None = None,
-    shuffle: bool = True,
+    shuffle: bool | None = None,
     validation: Any = None,
     report_every: int = 10,
     callback: Callable[[StreamRecord], None] | None = None,
@@ -1150,6 +1169,8 @@ def fit_stream(
         its window in one pass of the engine (a Dask compute for dask/Zarr input).
     shuffle : bool, default=True
         Visit the blocks of each pass in a random order (seeded by ``random_state``).
+        ``n_passes``, ``window`` and ``shuffle`` left at ``None`` continue the
+        settings of the stream being continued (``warm_start``) or resumed.
     validation : array-like, dask array or Zarr source, optional
         Held-out rows: their mean log-likelihood is recorded every
         ``report_every`` updates and at the end.
@@ -1214,14 +1235,24 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
         raise ModelFileError(f"{path}: covariance_type disagrees between header and settings.")
     model.covariance_type = covariance_type
     history = np.asarray(arrays.get("lower_bounds", np.empty(0)), dtype=np.float64)
-    if history.ndim != 1 or history.size != meta.get("n_iter"):
-        raise ModelFileError(
-            f"{path}: lower_bounds does not hold n_iter={meta.get('n_iter')} values."
-        )
+    stream = meta.get("stream")
+    expected = meta.get("n_iter")
+    if isinstance(stream, dict):  # a streamed model keeps the history of its newest updates
+        expected = np.asarray(arrays.get("stream_history", np.empty((0, 0)))).shape[0]
+    if history.ndim != 1 or history.size != expected:
+        raise ModelFileError(f"{path}: lower_bounds does not hold n_iter={expected} values.")
     model._set_params(params)
     model.converged_ = bool(meta.get("converged"))
     model.n_iter_ = int(meta["n_iter"])
     model.lower_bound_ = float(meta["lower_bound"])
     model.lower_bounds_ = history.tolist()
     model.n_features_in_ = params.n_features
+    if isinstance(stream, dict):
+        state, position = stream_from_arrays(stream, arrays, covariance_type, path)
+        if not state.model_params.allclose(params, rtol=0.0):
+            raise ModelFileError(f"{path}: the stream state disagrees with the model's parameters.")
+        model._set_stream(state, position)
+        model._set_params(params)  # the stored bits
+        if isinstance(stream.get("plan"), dict):
+            model._stream_plan = {k: stream["plan"].get(k) for k in _PLAN_KEYS}
     return model

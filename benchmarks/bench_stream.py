@@ -1,0 +1,750 @@
+"""Streaming (stepwise online EM) over a Zarr store: accuracy, bounded memory, throughput.
+
+What is measured
+----------------
+Every dataset is a 2-D float64 Zarr array of rows drawn from a known,
+well-separated full-covariance mixture (``distmix.datasets.random_mixture``;
+the rows of chunk ``j`` come from ``distmix.datasets.sample_rows``, exactly as
+``distmix.datasets.write_zarr`` would write them, two chunks at a time on
+threads). All fits use K = the number of components the data were drawn from.
+
+1. **Accuracy of one pass.** On ``--rows`` rows (2,000,000 × 16, K = 8), both
+   fits start from the same Params (``distmix.GaussianMixture(K, max_iter=0)``,
+   i.e. k-means‖ + Lloyd without any EM iteration, on the store's first
+   ``--init-rows`` rows) passed as ``weights_init``/``means_init``/
+   ``precisions_init``:
+
+   * batch EM, ``GaussianMixture(...).fit(path)`` run to convergence
+     (``--tol``, ``--max-iter``): one pass over the store per iteration;
+   * one pass of online EM, ``distmix.fit_stream(path, ...)`` with the defaults
+     (``n_passes=1``, ``shuffle=True``, ``window`` = one block per core,
+     ``learning_decay=0.6``, ``learning_offset=1``).
+
+   Both are scored on ``--heldout-rows`` rows of the same mixture drawn with
+   another seed (``model.score``: mean log-likelihood per row). Target:
+   **batch − stream ≤ 0.02 nats per row**. The held-out log-likelihood of the
+   start and of the true mixture bracket the two. ``--sweep`` repeats the
+   stream for a few (learning_decay, learning_offset) pairs and with
+   Polyak–Ruppert averaging.
+
+2. **Memory is bounded.** A store of ``--memory-rows`` (N) rows and one of
+   ``--memory-factor`` × N rows are each streamed (one pass, same settings) in a
+   fresh Python process (this script re-invoked with a hidden ``--child``
+   option), which reports its peak resident set size
+   (``getrusage(RUSAGE_SELF).ru_maxrss``: the kernel's high-water mark, no
+   sampling gap), its RSS after the imports, and its RSS at every 10th update.
+   Target: **peak(10·N) / peak(N) − 1 < 10 %**.
+
+3. **Throughput.** Over the larger store, in this process, interleaved
+   (``--repeats`` rounds in rotating order after one warm-up of each; medians):
+   ``stream`` = one ``fit_stream`` pass; ``read`` =
+   ``dask.array.from_zarr(path).sum().compute()`` (every chunk read and decoded
+   once, same chunks); ``batch iteration`` = one EM iteration over the same
+   blocks (``distmix.em.e_step(DaskEngine(open_dataset(path), persist=False))``
+   then ``m_step``). Target: **stream rows/s ÷ read rows/s ≥ 0.7**. One pass of
+   online EM does the same E-step work as one batch iteration, plus one M-step
+   and one Dask compute per update, so stream ≈ batch iteration is expected;
+   where the E-step is compute bound (D = 16, K = 8 on a few cores) the ratio
+   to the read cannot reach 0.7.
+
+Every verdict is printed (PASS/FAIL); the exit status is 0 whatever they say,
+and non-zero only if the script itself fails. Other jobs on the machine skew
+every figure: the load average is printed before and after.
+
+Usage
+-----
+::
+
+    python benchmarks/bench_stream.py --quick    # 200,000-row stores: ~1-2 min
+    python benchmarks/bench_stream.py            # 2,000,000 and 20,000,000 rows (2.5 GiB)
+    python benchmarks/bench_stream.py --sweep    # also a small learning-rate sweep
+    python benchmarks/bench_stream.py --keep     # keep the stores; a later run reuses them
+
+Stores go to ``--workdir`` (default the temp dir) and are deleted at the end
+unless ``--keep``; a kept store with the same shape, seed and chunks is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import psutil
+import sklearn
+import threadpoolctl
+import zarr
+
+import distmix
+import distmix.chunks
+import distmix.datasets
+import distmix.em
+import distmix.mstep
+from distmix.params import Params
+
+TARGET_GAP = 0.02  # nats per row, batch − stream
+TARGET_MEMORY_GROWTH = 0.10  # peak(10·N) / peak(N) − 1
+TARGET_STREAM_OVER_READ = 0.7  # rows/s ratio
+REG_COVAR = 1e-6
+HELDOUT_SEED_OFFSET = 1  # held-out rows: the same mixture, rows drawn with seed + this
+STORE_TAG = "benchmarks/bench_stream.py"
+MIB = 2**20
+
+FULL = {"rows": 2_000_000, "heldout": 200_000, "memory_rows": 2_000_000, "repeats": 3}
+QUICK = {"rows": 200_000, "heldout": 20_000, "memory_rows": 200_000, "repeats": 2}
+#: (learning_decay, learning_offset, average_after as a share of the updates) for --sweep
+SWEEP = [
+    (0.51, 1.0, None),
+    (0.6, 1.0, None),
+    (0.75, 1.0, None),
+    (0.9, 1.0, None),
+    (1.0, 1.0, None),
+    (0.6, 10.0, None),
+    (0.75, 10.0, None),
+    (1.0, 10.0, None),
+    (0.6, 1.0, 0.5),
+]
+
+
+# -- results and the table ---------------------------------------------------------
+@dataclass
+class Result:
+    """One line of the final table: a figure, its target and whether it was met."""
+
+    label: str
+    value: float
+    unit: str = ""
+    fmt: str = ".4f"
+    target: str = ""
+    passed: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+def print_table(results: list[Result]) -> None:
+    width = max(len(r.label) for r in results) + 2
+    print(f"{'measure':<{width}}{'value':>16}  {'target':<12}verdict")
+    print("-" * (width + 38))
+    for r in results:
+        value = f"{r.value:{r.fmt}} {r.unit}".rstrip()
+        print(f"{r.label:<{width}}{value:>16}  {r.target:<12}{r.verdict}")
+
+
+# -- the environment ------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def n_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def print_header(workdir: str) -> None:
+    memory = psutil.virtual_memory()
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(
+        f"date: {now}   host: {cpu_model()}, {n_cores()} cores, "
+        f"{memory.total / 2**30:.1f} GiB memory ({memory.available / 2**30:.1f} GiB available)"
+    )
+    print(
+        f"python {platform.python_version()}  numpy {np.__version__}  dask {dask.__version__}  "
+        f"zarr {zarr.__version__}  scikit-learn {sklearn.__version__}  "
+        f"distmix {distmix.__version__}"
+    )
+    blas = ", ".join(
+        f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} threads)"
+        for p in threadpoolctl.threadpool_info()
+        if p.get("user_api") == "blas"
+    )
+    print(f"BLAS: {blas or 'unknown'}")
+    print(
+        f"workdir {workdir}: {shutil.disk_usage(workdir).free / 2**30:.1f} GiB free   "
+        f"load average (1, 5, 15 min): {load_average()}"
+    )
+    print(flush=True)
+
+
+# -- the stores -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Store:
+    path: str
+    n_rows: int
+    n_features: int
+    chunk_rows: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_rows * self.n_features * 8
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n_rows / self.chunk_rows)
+
+
+def store_tag(n: int, d: int, k: int, seed: int, chunk_rows: int) -> dict[str, Any]:
+    return {
+        "generator": STORE_TAG,
+        "rows": n,
+        "features": d,
+        "components": k,
+        "seed": seed,
+        "chunk_rows": chunk_rows,
+    }
+
+
+def write_store(path: str, n: int, d: int, k: int, seed: int, chunk_rows: int) -> None:
+    """The rows ``write_zarr(path, n, d, k, seed, chunk_rows)`` writes, two chunks at a time.
+
+    Every chunk has its own random stream (``sample_rows``), so chunks can be drawn
+    in any order and on any thread; the attributes come last, as in ``write_zarr``.
+    """
+    mixture = distmix.datasets.random_mixture(d, k, seed)
+    array = distmix.chunks.create_zarr_array(path, (n, d), chunk_rows, overwrite=True)
+
+    def write_chunk(start: int) -> None:
+        stop = min(start + chunk_rows, n)
+        array[start:stop] = distmix.datasets.sample_rows(mixture, start, stop, seed, chunk_rows)
+
+    # NumPy releases the GIL in the random draws and products: two chunks use two cores
+    with threadpoolctl.threadpool_limits(1), ThreadPoolExecutor(max(1, n_cores())) as pool:
+        list(pool.map(write_chunk, range(0, n, chunk_rows)))
+    array.attrs.update({**mixture.to_attrs(), "bench_stream": store_tag(n, d, k, seed, chunk_rows)})
+
+
+def ensure_store(
+    workdir: str, n: int, d: int, k: int, seed: int, chunk_rows: int, generated: list[str]
+) -> Store:
+    """A store of ``n`` rows in ``workdir``: reused if a kept one matches, else written."""
+    path = os.path.join(workdir, f"distmix-bench-stream-{n}x{d}-k{k}-seed{seed}-c{chunk_rows}.zarr")
+    store = Store(path, n, d, chunk_rows)
+    if path in generated:
+        return store  # made (or found) earlier in this run
+    generated.append(path)
+    tag = store_tag(n, d, k, seed, chunk_rows)
+    try:
+        if dict(zarr.open_array(path, mode="r").attrs).get("bench_stream") == tag:
+            print(f"reusing {path} (kept by an earlier run)", flush=True)
+            return store
+    except Exception:  # absent, or not a finished array of ours: write it
+        pass
+    free = shutil.disk_usage(workdir).free
+    if store.nbytes + 2**30 > free:
+        raise SystemExit(
+            f"not enough disk in {workdir} for {n:,} x {d} rows ({store.nbytes / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB free): pass --workdir on a larger disk or fewer rows."
+        )
+    print(
+        f"writing {path}: {n:,} x {d} float64 ({store.nbytes / MIB:,.0f} MiB, "
+        f"{store.n_chunks:,} chunks of {chunk_rows:,} rows) ...",
+        end=" ",
+        flush=True,
+    )
+    start = time.perf_counter()
+    write_store(path, n, d, k, seed, chunk_rows)
+    seconds = time.perf_counter() - start
+    print(f"{seconds:.1f} s ({store.nbytes / MIB / seconds:.0f} MiB/s)", flush=True)
+    return store
+
+
+def cached_share(path: str) -> float | None:
+    """Share of the store's bytes now in the page cache (util-linux ``fincore``), if known."""
+    if shutil.which("fincore") is None:
+        return None
+    files = [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+    total = sum(os.path.getsize(f) for f in files)
+    resident = 0
+    for i in range(0, len(files), 256):
+        command = ["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES"]
+        try:
+            out = subprocess.run(
+                command + files[i : i + 256], capture_output=True, text=True, check=True
+            ).stdout
+            resident += sum(int(word) for word in out.split())
+        except (OSError, subprocess.CalledProcessError, ValueError):
+            return None
+    # pages are counted whole: a file's last page can count a little more than its bytes
+    return min(resident / total, 1.0) if total else None
+
+
+# -- shared pieces ----------------------------------------------------------------------
+def initial_params(store: Store, k: int, init_rows: int, seed: int) -> Params:
+    """The common start: k-means (k-means‖ + Lloyd) on the store's first rows, no EM iteration.
+
+    Rows are drawn independently, so the first rows are a random sample of the mixture.
+    """
+    rows = np.asarray(zarr.open_array(store.path, mode="r")[: min(init_rows, store.n_rows)])
+    start = distmix.GaussianMixture(k, max_iter=0, random_state=seed).fit(rows)
+    return Params.from_precisions(start.weights_, start.means_, start.precisions_, "full")
+
+
+def init_kwargs(params: Params) -> dict[str, Any]:
+    return {
+        "weights_init": params.weights,
+        "means_init": params.means,
+        "precisions_init": params.precisions,
+    }
+
+
+def heldout_log_likelihood(params: Params, heldout: np.ndarray) -> float:
+    """Mean log-likelihood per held-out row under ``params`` (one in-memory pass)."""
+    engine = distmix.LocalEngine(heldout, None, 8192, 8)
+    return distmix.em.mean_log_likelihood_of(engine, params)
+
+
+def stream_once(store: Store, k: int, start: Params, **kwargs: Any) -> distmix.GaussianMixture:
+    """One pass of online EM over the store, from ``start``, with fit_stream's defaults."""
+    return distmix.fit_stream(
+        store.path, n_components=k, random_state=0, **init_kwargs(start), **kwargs
+    )
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()  # no collector pause from the previous contender's garbage
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+# -- 1. accuracy ------------------------------------------------------------------------
+def measure_accuracy(s: argparse.Namespace, store: Store, start: Params) -> list[Result]:
+    k, d = s.components, s.features
+    truth = distmix.datasets.random_mixture(d, k, s.seed)
+    heldout = distmix.datasets.sample_rows(
+        truth, 0, s.heldout_rows, s.seed + HELDOUT_SEED_OFFSET, s.chunk_rows
+    )
+    true_params = Params.from_covariances(truth.weights, truth.means, truth.covariances, "full")
+    ll_true = heldout_log_likelihood(true_params, heldout)
+    ll_start = heldout_log_likelihood(start, heldout)
+    print(
+        f"[1] accuracy: {store.n_rows:,} x {d}, K={k}, {store.n_chunks} chunks of "
+        f"{store.chunk_rows:,} rows; held-out {s.heldout_rows:,} rows (seed "
+        f"{s.seed + HELDOUT_SEED_OFFSET})",
+        flush=True,
+    )
+
+    batch_s, batch = timed(
+        lambda: distmix.GaussianMixture(
+            k, tol=s.tol, max_iter=s.max_iter, random_state=s.seed, **init_kwargs(start)
+        ).fit(store.path)
+    )
+    ll_batch = batch.score(heldout)
+    print(
+        f"  batch EM: {batch.n_iter_} iterations (= passes over the store), converged "
+        f"{batch.converged_} at tol {s.tol:g}, {batch_s:.1f} s "
+        f"({batch_s / max(batch.n_iter_, 1):.2f} s per iteration, blocks kept in memory by "
+        "persist='auto' where they fit)",
+        flush=True,
+    )
+
+    n_updates = math.ceil(store.n_chunks / s.window)
+    report_every = max(1, n_updates // 8)
+    stream_s, stream = timed(
+        lambda: stream_once(store, k, start, validation=heldout, report_every=report_every)
+    )
+    ll_stream = stream.score(heldout)
+    last = stream.stream_history_[-1]
+    print(
+        f"  stream: 1 pass, window {s.window} chunks = {s.window * store.chunk_rows:,} rows per "
+        f"update, {stream.n_steps_} updates, {stream.n_samples_seen_:,} rows seen, "
+        f"learning_decay {stream.learning_decay}, learning_offset {stream.learning_offset}, "
+        f"last step size {last['step_size']:.4f}; {stream_s:.1f} s (with "
+        f"{sum(r['validation_log_likelihood'] is not None for r in stream.stream_history_)} "
+        "held-out scorings)",
+        flush=True,
+    )
+    curve = "  ".join(
+        f"{r['n_samples_seen'] / store.n_rows:.0%}: {r['validation_log_likelihood']:.4f}"
+        for r in stream.stream_history_
+        if r["validation_log_likelihood"] is not None
+    )
+    print(f"  stream held-out ll by share of the pass read: {curve}")
+    print(
+        "  parameters, batch vs stream (same component order, one start): max |d weight| "
+        f"{np.max(np.abs(batch.weights_ - stream.weights_)):.2e}, max |d mean| "
+        f"{np.max(np.abs(batch.means_ - stream.means_)):.2e}, max |d covariance| "
+        f"{np.max(np.abs(batch.covariances_ - stream.covariances_)):.2e}"
+    )
+    gap = ll_batch - ll_stream
+    print(
+        f"  held-out ll: start {ll_start:.5f}  stream {ll_stream:.5f}  batch {ll_batch:.5f}  "
+        f"true mixture {ll_true:.5f};  batch - stream {gap:.5f}",
+        flush=True,
+    )
+    if s.sweep:
+        sweep(s, store, start, heldout, ll_batch, n_updates)
+    print()
+    return [
+        Result("held-out ll of the start (k-means)", ll_start, "nats"),
+        Result(f"held-out ll, batch EM ({batch.n_iter_} passes)", ll_batch, "nats"),
+        Result(f"held-out ll, stream (1 pass, {stream.n_steps_} updates)", ll_stream, "nats"),
+        Result("held-out ll, true mixture", ll_true, "nats"),
+        Result("gap batch - stream", gap, "nats", ".5f", f"<= {TARGET_GAP}", gap <= TARGET_GAP),
+        Result(
+            f"stream updates ({s.window} x {store.chunk_rows:,} rows each)",
+            stream.n_steps_,
+            "",
+            ".0f",
+        ),
+        Result("batch EM fit", batch_s, "s", ".1f"),
+        Result("stream pass (with scorings)", stream_s, "s", ".1f"),
+    ]
+
+
+def sweep(
+    s: argparse.Namespace,
+    store: Store,
+    start: Params,
+    heldout: np.ndarray,
+    ll_batch: float,
+    n_updates: int,
+) -> None:
+    print(
+        f"  sweep: one pass each, window {s.window}, {n_updates} updates; held-out ll and "
+        "batch - stream"
+    )
+    print(f"    {'decay':>6}{'offset':>8}{'average_after':>15}{'held-out ll':>13}{'gap':>10}")
+    for decay, offset, share in SWEEP:
+        after = None if share is None else int(share * n_updates)
+        model = stream_once(
+            store,
+            s.components,
+            start,
+            learning_decay=decay,
+            learning_offset=offset,
+            average_after=after,
+        )
+        ll = model.score(heldout)
+        shown = "-" if after is None else str(after)
+        print(f"    {decay:>6}{offset:>8g}{shown:>15}{ll:>13.5f}{ll_batch - ll:>10.5f}", flush=True)
+
+
+# -- 2. memory -------------------------------------------------------------------------
+@dataclass
+class ChildRun:
+    n_rows: int
+    seconds: float
+    peak_rss: int
+    rss_after_imports: int
+    n_steps: int
+    rss_by_rows: list[tuple[int, int]] = field(default_factory=list)
+
+
+def stream_in_child(store: Store, k: int, init_file: str) -> ChildRun:
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        store.path,
+        "--child-init",
+        init_file,
+        "--components",
+        str(k),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the child streaming {store.path} failed (exit {done.returncode}):\n{done.stderr}"
+        )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return ChildRun(
+        store.n_rows,
+        report["seconds"],
+        report["peak_rss"],
+        report["rss_after_imports"],
+        report["n_steps"],
+        [tuple(pair) for pair in report["rss_by_rows"]],
+    )
+
+
+def child_main(path: str, init_file: str, k: int) -> int:
+    """In a fresh process: stream ``path`` once, print what memory it took as one JSON line."""
+    rss_after_imports = psutil.Process().memory_info().rss
+    with np.load(init_file) as f:
+        start = {name: f[name] for name in ("weights_init", "means_init", "precisions_init")}
+    rss_by_rows: list[tuple[int, int]] = []
+
+    def record(entry: Any) -> None:
+        rss_by_rows.append((int(entry.n_samples_seen), psutil.Process().memory_info().rss))
+
+    began = time.perf_counter()
+    model = distmix.fit_stream(
+        path, n_components=k, random_state=0, callback=record, report_every=10, **start
+    )
+    seconds = time.perf_counter() - began
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss": peak,
+                "rss_after_imports": rss_after_imports,
+                "n_steps": int(model.n_steps_),
+                "rss_by_rows": rss_by_rows,
+            }
+        )
+    )
+    return 0
+
+
+def measure_memory(
+    s: argparse.Namespace, small: Store, large: Store, start: Params
+) -> list[Result]:
+    print(
+        f"[2] memory: one stream pass in a fresh process over {small.n_rows:,} and "
+        f"{large.n_rows:,} rows x {small.n_features} ({small.nbytes / MIB:,.0f} and "
+        f"{large.nbytes / MIB:,.0f} MiB on disk)",
+        flush=True,
+    )
+    init_file = os.path.join(s.workdir, f"distmix-bench-stream-init-{os.getpid()}.npz")
+    np.savez(init_file, **init_kwargs(start))
+    runs = []
+    try:
+        for store in (small, large):
+            run = stream_in_child(store, s.components, init_file)
+            runs.append(run)
+            trace = run.rss_by_rows
+            picks = sorted({0, len(trace) // 2, len(trace) - 1}) if trace else []
+            along = ", ".join(
+                f"{trace[i][0] / run.n_rows:.0%} {trace[i][1] / MIB:.0f}" for i in picks
+            )
+            print(
+                f"  {run.n_rows:>12,} rows: peak RSS {run.peak_rss / MIB:.0f} MiB (after imports "
+                f"{run.rss_after_imports / MIB:.0f} MiB), {run.n_steps} updates in "
+                f"{run.seconds:.1f} s ({run.n_rows / run.seconds:,.0f} rows/s); RSS MiB along "
+                f"the pass: {along}",
+                flush=True,
+            )
+    finally:
+        os.remove(init_file)
+    growth = runs[1].peak_rss / runs[0].peak_rss - 1
+    above = [r.peak_rss - r.rss_after_imports for r in runs]
+    print(
+        f"  growth of the peak: {growth:+.1%} for {large.n_rows / small.n_rows:.0f}x the rows "
+        f"(above the imports: {above[0] / MIB:.0f} -> {above[1] / MIB:.0f} MiB)"
+    )
+    print()
+    return [
+        Result(f"peak RSS streaming {small.n_rows:,} rows", runs[0].peak_rss / MIB, "MiB", ".0f"),
+        Result(f"peak RSS streaming {large.n_rows:,} rows", runs[1].peak_rss / MIB, "MiB", ".0f"),
+        Result(
+            "peak RSS growth",
+            100 * growth,
+            "%",
+            "+.1f",
+            f"< {100 * TARGET_MEMORY_GROWTH:.0f} %",
+            growth < TARGET_MEMORY_GROWTH,
+        ),
+    ]
+
+
+# -- 3. throughput ------------------------------------------------------------------------
+def read_store(store: Store) -> float:
+    """Every chunk read and decoded once, reduced to one number."""
+    return float(da.from_zarr(store.path).sum().compute())
+
+
+def batch_iteration(store: Store, params: Params) -> Params:
+    """One EM iteration over the store's blocks, read from storage (no persist)."""
+    engine = distmix.DaskEngine(distmix.chunks.open_dataset(store.path), persist=False)
+    stats = distmix.em.e_step(engine, params)
+    return distmix.mstep.m_step(stats, REG_COVAR, previous=params)
+
+
+def measure_throughput(s: argparse.Namespace, store: Store, start: Params) -> list[Result]:
+    print(
+        f"[3] throughput over {store.n_rows:,} x {store.n_features} ({store.nbytes / MIB:,.0f} "
+        f"MiB, {store.n_chunks} chunks of {store.chunk_rows:,} rows), this process, Dask's "
+        f"threaded scheduler; one warm-up each, then {s.repeats} interleaved rounds",
+        flush=True,
+    )
+    cached = cached_share(store.path)
+    if cached is not None:
+        print(f"  share of the store in the page cache before: {cached:.0%}")
+    contenders: dict[str, Callable[[], Any]] = {
+        "stream": lambda: stream_once(store, s.components, start),
+        "read": lambda: read_store(store),
+        "batch iteration": lambda: batch_iteration(store, start),
+    }
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    n_steps = 0
+    for round_ in range(-1, s.repeats):  # round -1: the warm-up
+        shift = max(round_, 0) % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds, out = timed(contenders[name])
+            if name == "stream":
+                n_steps = out.n_steps_
+            if round_ >= 0:
+                times[name].append(seconds)
+            label = "warm-up" if round_ < 0 else f"round {round_ + 1}"
+            print(f"    {label:<8} {name:<16}{seconds:8.2f} s", flush=True)
+    cached = cached_share(store.path)
+    if cached is not None:
+        print(f"  share of the store in the page cache after: {cached:.0%}")
+    median = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(
+            f"  {name:<16} median {median[name]:.2f} s  ({store.n_rows / median[name]:,.0f} "
+            f"rows/s, {store.nbytes / MIB / median[name]:,.0f} MiB/s)  every round: "
+            + " ".join(f"{x:.2f}" for x in t)
+        )
+    ratio = median["read"] / median["stream"]
+    per_update = median["stream"] / max(n_steps, 1)
+    beyond = (median["stream"] - median["batch iteration"]) / max(n_steps, 1)
+    print(
+        f"  stream: {n_steps} updates, {per_update * 1e3:.1f} ms each "
+        f"({s.window} chunks = {s.window * store.chunk_rows:,} rows per update); "
+        f"(stream - batch iteration) / updates = {beyond * 1e3:.1f} ms: what an update costs "
+        "beyond its share of the E-step (one Dask compute, one M-step)"
+    )
+    print()
+    return [
+        Result("stream rows/s", store.n_rows / median["stream"], "", ",.0f"),
+        Result("read rows/s", store.n_rows / median["read"], "", ",.0f"),
+        Result(
+            "stream / read (rows/s)",
+            ratio,
+            "",
+            ".3f",
+            f">= {TARGET_STREAM_OVER_READ}",
+            ratio >= TARGET_STREAM_OVER_READ,
+        ),
+        Result("batch EM iteration (same store)", median["batch iteration"], "s", ".2f"),
+        Result("stream pass", median["stream"], "s", ".2f"),
+        Result("stream pass / batch iteration", median["stream"] / median["batch iteration"]),
+    ]
+
+
+# -- main ----------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="200,000-row stores: a smoke run of 1-2 minutes"
+    )
+    parser.add_argument("--rows", type=int, help="rows of the accuracy store (2,000,000)")
+    parser.add_argument("--heldout-rows", type=int, help="held-out rows for scoring (200,000)")
+    parser.add_argument(
+        "--memory-rows", type=int, help="N: rows of the smaller memory store (2,000,000)"
+    )
+    parser.add_argument(
+        "--memory-factor", type=int, default=10, help="the larger store has this x N rows (10)"
+    )
+    parser.add_argument("--features", type=int, default=16, help="D (16)")
+    parser.add_argument("--components", type=int, default=8, help="K, drawn and fitted (8)")
+    parser.add_argument(
+        "--chunk-rows", type=int, default=16_384, help="rows per Zarr chunk (16,384)"
+    )
+    parser.add_argument(
+        "--init-rows", type=int, default=20_000, help="rows the common k-means start sees"
+    )
+    parser.add_argument("--tol", type=float, default=1e-6, help="batch EM's tol (1e-6)")
+    parser.add_argument("--max-iter", type=int, default=1000, help="batch EM's max_iter (1000)")
+    parser.add_argument("--repeats", type=int, help="timed rounds of the throughput (3)")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also stream for a few learning_decay/offset pairs"
+    )
+    parser.add_argument(
+        "--only",
+        choices=("accuracy", "memory", "throughput"),
+        action="append",
+        help="run only these parts (repeatable; default all)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mixture and rows (0)")
+    parser.add_argument(
+        "--workdir", default=tempfile.gettempdir(), help="where the stores go (the temp dir)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the stores (a later run reuses them)"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-init", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    args.rows = args.rows or defaults["rows"]
+    args.heldout_rows = args.heldout_rows or defaults["heldout"]
+    args.memory_rows = args.memory_rows or defaults["memory_rows"]
+    args.repeats = args.repeats or defaults["repeats"]
+    args.window = n_cores()  # fit_stream's default window without a distributed client
+    for name in ("rows", "heldout_rows", "memory_rows", "memory_factor", "chunk_rows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer.")
+    if args.init_rows < args.components:
+        parser.error("--init-rows must be at least --components.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args.child, args.child_init, args.components)
+    os.makedirs(args.workdir, exist_ok=True)
+    parts = args.only or ["accuracy", "memory", "throughput"]
+    print_header(args.workdir)
+    d, k, seed, chunk = args.features, args.components, args.seed, args.chunk_rows
+    generated: list[str] = []
+    results: list[Result] = []
+    try:
+        main_store = ensure_store(args.workdir, args.rows, d, k, seed, chunk, generated)
+        small = large = main_store
+        if "memory" in parts or "throughput" in parts:
+            small = ensure_store(args.workdir, args.memory_rows, d, k, seed, chunk, generated)
+            large_rows = args.memory_factor * args.memory_rows
+            large = ensure_store(args.workdir, large_rows, d, k, seed, chunk, generated)
+        print()
+        start = initial_params(main_store, k, args.init_rows, seed)
+        if "accuracy" in parts:
+            results += measure_accuracy(args, main_store, start)
+        if "memory" in parts:
+            results += measure_memory(args, small, large, start)
+        if "throughput" in parts:
+            results += measure_throughput(args, large, start)
+        print_table(results)
+        print(f"\nload average after the run (1, 5, 15 min): {load_average()}")
+    finally:
+        for path in generated:
+            if args.keep:
+                print(f"kept {path}")
+            elif os.path.exists(path):
+                shutil.rmtree(path, ignore_errors=True)
+                print(f"deleted {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
