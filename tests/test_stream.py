@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import COVARIANCE_TYPES, mixture_data, starting_params
+from conftest import COVARIANCE_TYPES, local_cluster, mixture_data, starting_params
 
 import distmix
 from distmix import GaussianMixture, fit_stream
@@ -216,6 +216,23 @@ def test_numpy_dask_and_zarr_sources_give_the_same_stream(X, tmp_path):
     # another seed reads the blocks in another order: another (similar) model
     d = fit_stream(X, block_size=250, **{**opts, "random_state": 5})
     assert not np.allclose(d.means_, a.means_, rtol=1e-12)
+
+
+def test_stream_windows_run_on_a_dask_cluster(X, tmp_path):
+    """Each update's window of Zarr blocks is one compute on a real two-process
+    LocalCluster: the same model as the stream in this process."""
+    start = start_for(X)
+    path = str(write_array(tmp_path / "x.zarr", X, 250).store_path.store.root)
+    opts = dict(n_components=N_COMPONENTS, random_state=1, **start)
+    here = fit_stream(path, window=2, **opts)
+    from distributed import get_task_stream
+
+    with local_cluster(2) as client, get_task_stream(client) as tasks:
+        there = fit_stream(path, **opts)  # window: the cluster's 2 worker threads
+    workers = {t["worker"] for t in tasks.data if "estep_block" in str(t["key"])}
+    assert len(workers) == 2, workers  # the E-steps ran on both worker processes
+    assert there.n_steps_ == here.n_steps_ == 8
+    assert_same_model(there, here, rtol=1e-10)
 
 
 def test_iterables_of_batches(X, X_val):
