@@ -1110,8 +1110,11 @@ def _is_batch_iterable(source: Any) -> bool:
     if is_zarr_source(source) or hasattr(source, "shape") or isinstance(source, (str, bytes)):
         return False
     if isinstance(source, (list, tuple)):
+        # batches are 2-D arrays or (2-D array, weights) pairs; a list of 1-D rows is an array
         return len(source) > 0 and all(
-            hasattr(item, "shape") or isinstance(item, tuple) for item in source
+            getattr(item, "ndim", 0) == 2
+            or (isinstance(item, tuple) and len(item) == 2 and getattr(item[0], "ndim", 0) == 2)
+            for item in source
         )
     return hasattr(source, "__iter__")
 

@@ -442,3 +442,15 @@ def test_invalid_stream_settings_are_named(X):
             fit_stream(X, n_components=2, **kwargs)
     with pytest.raises(ValueError, match="appended .* not removed"):
         list(StreamPlan.for_blocks([10, 10]).walk(StreamPosition(rows_done=30), 20))
+
+
+def test_lists_of_rows_are_arrays_and_lists_of_blocks_are_batches(X):
+    rows_as_list = [row for row in X[:600]]  # 1-D rows: one array-like
+    model = fit_stream(rows_as_list, n_components=2, random_state=0, block_size=100, window=2)
+    assert model.n_samples_seen_ == 600 and model.n_steps_ == 3  # 6 blocks, 2 per update
+    tuples = [tuple(row) for row in X[:600]]
+    assert (
+        fit_stream(tuples, n_components=2, random_state=0, block_size=100, window=2).n_steps_ == 3
+    )
+    batches = [X[:300], X[300:600]]
+    assert fit_stream(batches, n_components=2, random_state=0).n_steps_ == 2
