@@ -10,6 +10,7 @@ threads.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -72,7 +73,6 @@ class LocalEngine:
         self._row_offsets = check_row_offsets(row_offsets, self._block_rows)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         self.n_threads = max(1, min(n_threads or cores or 1, len(self._block_rows)))
-        self._pool: ThreadPoolExecutor | None = None  # made on first use, reused by every pass
 
     @property
     def block_rows(self) -> tuple[int, ...]:
@@ -94,9 +94,7 @@ class LocalEngine:
         if self.n_threads == 1:
             return tree_sum(map(run, self._blocks()), self.split_every)
         # NumPy arrays: BLAS to one thread while the blocks run side by side
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="distmix-block")
-        pool = self._pool
+        pool = _shared_pool(self.n_threads)
         with one_blas_thread() if _on_host(self.X) else nullcontext():
             return tree_sum(
                 _ordered_map(pool, run, self._blocks(), 2 * self.n_threads), self.split_every
@@ -113,6 +111,25 @@ class LocalEngine:
             if idx.size
             else np.empty((0, self.n_features))
         )
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _shared_pool(n_threads: int) -> ThreadPoolExecutor:
+    """One thread pool per size for the whole process, made on first use.
+
+    Engines come and go (a stream makes one per update); their blocks run on
+    the same long-lived threads.
+    """
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n_threads)
+        if pool is None:
+            pool = _POOLS[n_threads] = ThreadPoolExecutor(
+                n_threads, thread_name_prefix="distmix-block"
+            )
+        return pool
 
 
 def _ordered_map(
