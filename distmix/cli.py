@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import re
 import sys
 import tempfile
 import time
@@ -86,7 +87,7 @@ def _open_data(path: str) -> Any:
 
     if path.endswith(".npy"):
         if not Path(path).is_file():
-            raise SystemExit(f"error: {path}: no such file.")
+            raise FileNotFoundError(f"{path}: no such file.")
         array = np.load(path, mmap_mode="r")
         return da.from_array(
             array, chunks=(max(1, 2**23 // max(1, array.itemsize * array.shape[-1])), -1)
@@ -105,31 +106,115 @@ def _client(spec: str | None) -> Any:
     return connect(spec)
 
 
-def _fit(args: argparse.Namespace) -> int:
+#: flags of ``distmix fit`` that only batch EM uses, and why a stream has no use for them
+_BATCH_ONLY = {
+    "max_iter": ("--max-iter", "online EM stops after --passes passes over the data"),
+    "tol": ("--tol", "online EM has no convergence test; it stops after --passes passes"),
+    "n_init": ("--n-init", "a stream is initialised once, from its first window of blocks"),
+    "progress": ("--progress", "every update prints a line of its own (see --report-every)"),
+}
+#: batch EM's defaults for those flags (their parser default is None, to see them given)
+_BATCH_DEFAULTS = {"max_iter": 100, "tol": 1e-3, "n_init": 1}
+#: flags of ``distmix fit`` that only --stream uses: ``dest`` → flag
+_STREAM_ONLY = {
+    "passes": "--passes",
+    "window": "--window",
+    "shuffle": "--no-shuffle",
+    "learning_decay": "--learning-decay",
+    "learning_offset": "--learning-offset",
+    "forgetting_factor": "--forgetting-factor",
+    "average_after": "--average-after",
+    "report_every": "--report-every",
+    "validation": "--validation",
+}
+#: estimator parameters whose flag is not ``--`` + the name with dashes
+_FLAG_OF_PARAMETER = {"n_components": "--components", "block_size": "--block-rows"}
+
+
+def _flag(parameter: str) -> str:
+    return _FLAG_OF_PARAMETER.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def _check_fit_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that the chosen kind of fit would ignore, before anything runs."""
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint PATH: the file to continue from.")
+    if args.stream:
+        for dest, (flag, reason) in _BATCH_ONLY.items():
+            value = getattr(args, dest)
+            if value is not None and value is not False:  # --no-progress is harmless
+                raise ValueError(
+                    f"{flag} does not apply with --stream: {reason}. "
+                    "Drop it, or fit by batch EM without --stream."
+                )
+        for dest, flag in (
+            ("passes", "--passes"),
+            ("window", "--window"),
+            ("report_every", "--report-every"),
+        ):
+            value = getattr(args, dest)
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be an integer >= 1, got {value}.")
+    else:
+        for dest, flag in _STREAM_ONLY.items():
+            if getattr(args, dest) is not None:
+                if dest == "shuffle":
+                    flag = "--shuffle" if args.shuffle else "--no-shuffle"
+                raise ValueError(f"{flag} applies only to online EM: add --stream, or drop {flag}.")
+        for dest, default in _BATCH_DEFAULTS.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, default)
+
+
+def _model_for(args: argparse.Namespace) -> Any:
+    """The ``GaussianMixture`` that ``args`` describe, its settings checked (flags named)."""
     from distmix.estimator import GaussianMixture
 
+    settings: dict[str, Any] = {
+        "covariance_type": args.covariance_type,
+        "reg_covar": args.reg_covar,
+        "init_params": args.init_params,
+        "random_state": args.random_state,
+        "verbose": 0 if args.quiet else 2,
+        "verbose_interval": 1,
+        "block_size": args.block_rows,
+        "split_every": args.split_every,
+        "checkpoint": args.checkpoint,
+        "resume": args.resume,
+    }
+    if args.stream:
+        # only the flags given: the estimator's defaults are the stream's defaults
+        for name in ("learning_decay", "learning_offset", "forgetting_factor", "average_after"):
+            if getattr(args, name) is not None:
+                settings[name] = getattr(args, name)
+    else:
+        settings.update(max_iter=args.max_iter, tol=args.tol, n_init=args.n_init)
+    model = GaussianMixture(args.components, **settings)
+    try:
+        model._check_parameters()
+    except ValueError as error:
+        # the estimator names its parameters; a command-line user knows the flags
+        message = str(error)
+        first = re.match(r"\w+", message)
+        if first is not None and first.group() in model.get_params():
+            message = _flag(first.group()) + message[first.end() :]
+            message = message.replace("must be None or ", "must be ")
+        raise ValueError(message) from None
+    return model
+
+
+def _fit(args: argparse.Namespace) -> int:
+    _check_fit_flags(args)
+    model = _model_for(args)
+    if args.stream:
+        return _fit_stream(args, model)
     X = _open_data(args.data)
-    model = GaussianMixture(
-        args.components,
-        covariance_type=args.covariance_type,
-        tol=args.tol,
-        reg_covar=args.reg_covar,
-        max_iter=args.max_iter,
-        n_init=args.n_init,
-        init_params=args.init_params,
-        random_state=args.random_state,
-        verbose=0 if args.quiet else 2,
-        verbose_interval=1,
-        block_size=args.block_rows,
-        split_every=args.split_every,
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-    )
     rows, features = X.shape
     print(f"{args.data}: {rows:,} rows × {features} features in {X.numblocks[0]} blocks")
     from distmix.engines.dask import show_progress
 
-    progress = show_progress() if args.progress else contextlib.nullcontext()
+    progress_bar = sys.stdout.isatty() if args.progress is None else args.progress
+    progress = show_progress() if progress_bar else contextlib.nullcontext()
     with _client(args.cluster) as client:
         if client is not None:
             print(f"Dask cluster at {client.scheduler.address}, dashboard {client.dashboard_link}")
@@ -141,6 +226,97 @@ def _fit(args: argparse.Namespace) -> int:
     print(
         f"{status} after {model.n_iter_} iterations in {seconds:.1f}s; "
         f"mean log-likelihood {model.lower_bound_:.6f}"
+    )
+    if args.out:
+        model.save(args.out)
+        print(f"model written to {args.out}")
+    return 0
+
+
+def _fit_stream(args: argparse.Namespace, model: Any) -> int:
+    """``distmix fit --stream``: stepwise online EM, one update per window of blocks."""
+    from distmix.estimator import _default_window
+    from distmix.persist import load_stream_checkpoint
+
+    X = _open_data(args.data)
+    # a Zarr source goes to the estimator as its path, so that the stream reads whole
+    # chunks (and --block-rows rounds to them) exactly as distmix.fit_stream(path) does
+    source: Any = X if args.data.endswith(".npy") else args.data
+    if args.block_rows is not None and source is args.data:
+        from distmix.chunks import open_dataset
+
+        X = open_dataset(args.data, block_rows=args.block_rows)
+    validation = None if args.validation is None else _open_data(args.validation)
+    rows, features = X.shape
+    if validation is not None and validation.shape[1] != features:
+        raise ValueError(
+            f"--validation {args.validation} has {validation.shape[1]} features, "
+            f"DATA {args.data} has {features}: give held-out rows of the same features."
+        )
+    print(f"{args.data}: {rows:,} rows × {features} features in {X.numblocks[0]} blocks")
+    # the plan of the stream: the flags given, else (as distmix.fit_stream does) those of
+    # the stream being resumed, else the defaults; resolved here to print them first
+    stored: dict[str, Any] = {}
+    seen_before = 0
+    if args.resume and Path(args.checkpoint).exists():
+        stored, state, position, _ = load_stream_checkpoint(args.checkpoint)
+        seen_before = state.n_samples_seen
+        if position is not None and position.in_segment:
+            where = (
+                f"stopped in pass {position.pass_index + 1} over rows "
+                f"{position.segment_start:,}–{position.segment_stop:,}"
+            )
+        else:
+            done = position.rows_done if position is not None else 0
+            where = f"the first {done:,} rows streamed in full"
+        print(
+            f"resuming the stream in {args.checkpoint} after {state.n_steps:,} updates "
+            f"({state.n_samples_seen:,} rows read; {where})"
+        )
+    passes = args.passes if args.passes is not None else int(stored.get("n_passes") or 1)
+    shuffle = args.shuffle if args.shuffle is not None else bool(stored.get("shuffle", True))
+    report_every = (
+        args.report_every if args.report_every is not None else _stream_defaults()["report_every"]
+    )
+    with _client(args.cluster) as client:
+        if client is not None:
+            print(f"Dask cluster at {client.scheduler.address}, dashboard {client.dashboard_link}")
+        # by default one block per thread that runs them: the workers' threads when a
+        # client is active, else this machine's cores
+        window = args.window or stored.get("window") or _default_window(X)
+        schedule = model._schedule()
+        floor = schedule.forgetting_factor
+        print(
+            f"online EM: {window} block{'s' * (window != 1)} per update, {passes} "
+            f"pass{'es' * (passes != 1)}, blocks {'shuffled' if shuffle else 'in order'}; "
+            f"step size (t + {schedule.learning_offset:g})^-{schedule.learning_decay:g}"
+            + ("" if floor is None else f", at least {floor:g}")
+        )
+        start = time.perf_counter()
+        model.fit_stream(
+            source,
+            n_passes=passes,
+            window=window,
+            shuffle=shuffle,
+            validation=validation,
+            report_every=report_every,
+        )
+        seconds = time.perf_counter() - start
+    read = model.n_samples_seen_ - seen_before
+    held_out = [
+        r["validation_log_likelihood"]
+        for r in model.stream_history_
+        if r["validation_log_likelihood"] is not None
+    ]
+    if read == 0:
+        this_run = "nothing new to read in this run"
+    else:
+        this_run = f"{read:,} read in this run in {seconds:.1f}s, {read / seconds:,.0f} rows/s"
+    print(
+        f"streamed {model.n_steps_:,} update{'s' * (model.n_steps_ != 1)} over "
+        f"{model.n_samples_seen_:,} rows ({this_run}); "
+        f"running mean log-likelihood {model.lower_bound_:.6f}"
+        + (f"; held-out {held_out[-1]:.6f}" if held_out else "")
     )
     if args.out:
         model.save(args.out)
@@ -191,10 +367,16 @@ def _info(args: argparse.Namespace) -> int:
         f"{args.model}: GaussianMixture, {model.n_components} components × "
         f"{model.n_features_in_} features, covariance_type={model.covariance_type!r}"
     )
-    print(
-        f"fit: {model.n_iter_} iterations, converged={model.converged_}, "
-        f"mean log-likelihood {model.lower_bound_:.6f}"
-    )
+    if hasattr(model, "n_steps_"):
+        print(
+            f"online EM: {model.n_steps_:,} updates over {model.n_samples_seen_:,} rows, "
+            f"running mean log-likelihood {model.lower_bound_:.6f}"
+        )
+    else:
+        print(
+            f"fit: {model.n_iter_} iterations, converged={model.converged_}, "
+            f"mean log-likelihood {model.lower_bound_:.6f}"
+        )
     with np.printoptions(precision=4, suppress=True):
         for k in range(model.n_components):
             print(f"  component {k}: weight {model.weights_[k]:.4f}, mean {model.means_[k]}")
@@ -231,6 +413,30 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_FIT_EXAMPLES = """\
+examples:
+  distmix fit data.zarr -k 8 --out model.npz
+      batch EM on a local Dask cluster
+  distmix fit data.zarr -k 8 --stream --checkpoint state.npz --resume --out model.npz
+      online EM, one pass; rerun the same command after rows were appended to
+      data.zarr (or after a crash) to read only what the stream has not read yet
+"""
+
+
+def _stream_defaults() -> dict[str, Any]:
+    """The defaults of ``distmix.fit_stream`` and of the estimator's stream parameters."""
+    import inspect
+
+    from distmix.estimator import GaussianMixture, fit_stream
+
+    defaults = {}
+    for function in (fit_stream, GaussianMixture.__init__):
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                defaults[name] = parameter.default
+    return defaults
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distmix",
@@ -260,9 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        help="fit a GaussianMixture to a dataset",
-        description="Fit a Gaussian mixture by EM to DATA (a Zarr array path or URL, or a .npy "
-        "file) on a Dask cluster, printing one line per iteration, and save the model.",
+        help="fit a GaussianMixture to a dataset (batch EM, or online EM with --stream)",
+        # written wrapped: the raw formatter keeps the examples' layout (and this one's)
+        description="""\
+Fit a Gaussian mixture to DATA (a Zarr array path or URL, or a .npy file) on a
+Dask cluster and save the model. By default by batch EM: every iteration reads
+all of DATA and prints a line. With --stream by online EM: see "streaming" below.""",
+        epilog=_FIT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fit.add_argument("data", metavar="DATA", help="Zarr array (path or fsspec URL) or .npy file")
     fit.add_argument("--components", "-k", type=int, required=True, help="number of components")
@@ -272,36 +483,120 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", "-o", metavar="MODEL", help="write the fitted model here (.npz)")
     _add_cluster(fit)
     fit.add_argument(
-        "--max-iter", type=int, default=100, help="EM iterations at most (default 100)"
-    )
-    fit.add_argument(
-        "--tol",
-        type=float,
-        default=1e-3,
-        help="stop when the mean log-likelihood changes less (default 1e-3)",
-    )
-    fit.add_argument("--n-init", type=int, default=1, help="initialisations; the best is kept")
-    fit.add_argument(
         "--init-params",
         default="kmeans",
         choices=["kmeans", "k-means++", "random", "random_from_data"],
+        help="how to start (with --stream: from the first window of blocks)",
     )
     fit.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     fit.add_argument("--reg-covar", type=float, default=1e-6, help="added to covariance diagonals")
     fit.add_argument("--block-rows", type=int, help="rows per block (default: the Zarr chunks)")
     fit.add_argument("--split-every", type=int, default=8, help="fan-in of the reduction tree")
     fit.add_argument(
-        "--checkpoint", metavar="PATH", help="write the fit's state here after every iteration"
+        "--checkpoint",
+        metavar="PATH",
+        help="write the fit's state here after every iteration (with --stream: every update)",
     )
     fit.add_argument(
         "--resume", action="store_true", help="continue from --checkpoint if it exists"
     )
-    fit.add_argument("--quiet", "-q", action="store_true", help="no per-iteration lines")
     fit.add_argument(
+        "--quiet", "-q", action="store_true", help="no per-iteration (per-update) lines"
+    )
+
+    batch = fit.add_argument_group("batch EM (not with --stream)")
+    batch.add_argument(
+        "--max-iter",
+        type=int,
+        help=f"EM iterations at most (default {_BATCH_DEFAULTS['max_iter']})",
+    )
+    batch.add_argument(
+        "--tol",
+        type=float,
+        help=f"stop when the mean log-likelihood changes less (default {_BATCH_DEFAULTS['tol']:g})",
+    )
+    batch.add_argument(
+        "--n-init",
+        type=int,
+        help=f"initialisations; the best is kept (default {_BATCH_DEFAULTS['n_init']})",
+    )
+    batch.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=sys.stdout.isatty(),
         help="a progress bar of the block reads of every pass (default: on a terminal)",
+    )
+
+    stream_defaults = _stream_defaults()
+    stream = fit.add_argument_group(
+        "streaming (online EM)",
+        description="""\
+--stream fits by stepwise online EM: the model is updated after every window
+of blocks, folding their statistics into a running average with a decaying
+step size, so DATA is read once per pass instead of once per EM iteration.
+With --checkpoint the state is saved after every update; rerunning the same
+command with --checkpoint state.npz --resume continues an interrupted stream
+exactly, or, after rows were appended to the Zarr array, reads only those
+(--passes, --window and --no-shuffle, if left out, continue the checkpoint's).""",
+    )
+    stream.add_argument(
+        "--stream", action="store_true", help="fit by online EM instead of batch EM"
+    )
+    stream.add_argument(
+        "--passes",
+        type=int,
+        metavar="N",
+        help="passes over DATA (default 1)",
+    )
+    stream.add_argument(
+        "--window",
+        type=int,
+        metavar="W",
+        help="blocks per update (default: one per worker thread, or per core without a cluster)",
+    )
+    stream.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        help="--no-shuffle reads the blocks in order (default: a random order every pass, "
+        "seeded by --random-state)",
+    )
+    stream.add_argument(
+        "--learning-decay",
+        type=float,
+        metavar="KAPPA",
+        help="κ in (0.5, 1] of the step size (t + t0)^-κ of update t "
+        f"(default {stream_defaults['learning_decay']:g})",
+    )
+    stream.add_argument(
+        "--learning-offset",
+        type=float,
+        metavar="T0",
+        help="t0 >= 0 of the step size; larger trusts the first updates less "
+        f"(default {stream_defaults['learning_offset']:g})",
+    )
+    stream.add_argument(
+        "--forgetting-factor",
+        type=float,
+        metavar="F",
+        help="a floor in (0, 1] on the step size, to follow data that drift (default: none)",
+    )
+    stream.add_argument(
+        "--average-after",
+        type=int,
+        metavar="N",
+        help="keep the average of the parameters of the updates after the N-th (default: "
+        "the latest parameters)",
+    )
+    stream.add_argument(
+        "--report-every",
+        type=int,
+        metavar="N",
+        help=f"updates between progress lines (default {stream_defaults['report_every']})",
+    )
+    stream.add_argument(
+        "--validation",
+        metavar="PATH",
+        help="held-out rows (Zarr array or .npy file) whose mean log-likelihood every "
+        "progress line shows",
     )
     fit.set_defaults(run=_fit)
 

@@ -828,7 +828,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"checkpoint {self.checkpoint} was written by a different stream ("
                 + "; ".join(differences)
-                + "). Use resume=False to start over, or another checkpoint path."
+                + "). Start over without resuming (resume=False; on the command line, "
+                "drop --resume), or use another checkpoint path."
             )
         return state, position or StreamPosition()
 
