@@ -5,8 +5,8 @@ What is measured
 Every dataset is a 2-D float64 Zarr array of rows drawn from a known,
 well-separated full-covariance mixture (``distmix.datasets.random_mixture``;
 the rows of chunk ``j`` come from ``distmix.datasets.sample_rows``, exactly as
-``distmix.datasets.write_zarr`` would write them, two chunks at a time on
-threads). All fits use K = the number of components the data were drawn from.
+``distmix.datasets.write_zarr`` would write them, one chunk per core at a
+time). All fits use K = the number of components the data were drawn from.
 
 1. **Accuracy of one pass.** On ``--rows`` rows (2,000,000 × 16, K = 8), both
    fits start from the same Params (``distmix.GaussianMixture(K, max_iter=0)``,
@@ -25,14 +25,17 @@ threads). All fits use K = the number of components the data were drawn from.
    **batch − stream ≤ 0.02 nats per row**. The held-out log-likelihood of the
    start and of the true mixture bracket the two. ``--sweep`` repeats the
    stream for a few (learning_decay, learning_offset) pairs and with
-   Polyak–Ruppert averaging.
+   Polyak–Ruppert averaging; ``--separation`` (default 8) moves the true means
+   closer together, for a harder fit.
 
 2. **Memory is bounded.** A store of ``--memory-rows`` (N) rows and one of
    ``--memory-factor`` × N rows are each streamed (one pass, same settings) in a
    fresh Python process (this script re-invoked with a hidden ``--child``
-   option), which reports its peak resident set size
-   (``getrusage(RUSAGE_SELF).ru_maxrss``: the kernel's high-water mark, no
-   sampling gap), its RSS after the imports, and its RSS at every 10th update.
+   option), which reports its peak resident set size (``VmHWM`` in
+   ``/proc/self/status``: the kernel's high-water mark of the process's own
+   address space, no sampling gap), its RSS after the imports, and its RSS at
+   every 10th update. (Not ``ru_maxrss``: Linux carries it across ``execve``,
+   so a child's value starts at its parent's peak.)
    Target: **peak(10·N) / peak(N) − 1 < 10 %**.
 
 3. **Throughput.** Over the larger store, in this process, interleaved
@@ -59,6 +62,7 @@ Usage
     python benchmarks/bench_stream.py            # 2,000,000 and 20,000,000 rows (2.5 GiB)
     python benchmarks/bench_stream.py --sweep    # also a small learning-rate sweep
     python benchmarks/bench_stream.py --keep     # keep the stores; a later run reuses them
+    python benchmarks/bench_stream.py --only memory --chunk-rows 65536
 
 Stores go to ``--workdir`` (default the temp dir) and are deleted at the end
 unless ``--keep``; a kept store with the same shape, seed and chunks is reused.
@@ -67,13 +71,13 @@ unless ``--keep``; a kept store with the same shape, seed and chunks is reused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -217,46 +221,62 @@ class Store:
         return math.ceil(self.n_rows / self.chunk_rows)
 
 
-def store_tag(n: int, d: int, k: int, seed: int, chunk_rows: int) -> dict[str, Any]:
-    return {
-        "generator": STORE_TAG,
-        "rows": n,
-        "features": d,
-        "components": k,
-        "seed": seed,
-        "chunk_rows": chunk_rows,
-    }
+@dataclass(frozen=True)
+class DataSpec:
+    """The mixture the rows are drawn from and how they are cut into chunks."""
+
+    n_features: int
+    n_components: int
+    seed: int
+    chunk_rows: int
+    separation: float
+
+    def mixture(self) -> distmix.datasets.TrueMixture:
+        return distmix.datasets.random_mixture(
+            self.n_features, self.n_components, self.seed, self.separation
+        )
+
+    def tag(self, n: int) -> dict[str, Any]:
+        """What a store records about itself, so that a kept one can be reused."""
+        return {"generator": STORE_TAG, "rows": n, **dataclasses.asdict(self)}
+
+    def file_name(self, n: int) -> str:
+        return (
+            f"distmix-bench-stream-{n}x{self.n_features}-k{self.n_components}-seed{self.seed}"
+            f"-sep{self.separation:g}-c{self.chunk_rows}.zarr"
+        )
 
 
-def write_store(path: str, n: int, d: int, k: int, seed: int, chunk_rows: int) -> None:
-    """The rows ``write_zarr(path, n, d, k, seed, chunk_rows)`` writes, two chunks at a time.
+def write_store(path: str, n: int, spec: DataSpec) -> None:
+    """The rows ``write_zarr(path, n, D, K, seed, chunk_rows)`` writes, one chunk per core.
 
-    Every chunk has its own random stream (``sample_rows``), so chunks can be drawn
-    in any order and on any thread; the attributes come last, as in ``write_zarr``.
+    (Exactly those rows at the default separation, 8.) Every chunk has its own
+    random stream (``sample_rows``), so chunks can be drawn in any order and on
+    any thread; the attributes come last, as in ``write_zarr``.
     """
-    mixture = distmix.datasets.random_mixture(d, k, seed)
-    array = distmix.chunks.create_zarr_array(path, (n, d), chunk_rows, overwrite=True)
+    mixture = spec.mixture()
+    rows = spec.chunk_rows
+    array = distmix.chunks.create_zarr_array(path, (n, spec.n_features), rows, overwrite=True)
 
     def write_chunk(start: int) -> None:
-        stop = min(start + chunk_rows, n)
-        array[start:stop] = distmix.datasets.sample_rows(mixture, start, stop, seed, chunk_rows)
+        stop = min(start + rows, n)
+        array[start:stop] = distmix.datasets.sample_rows(mixture, start, stop, spec.seed, rows)
 
-    # NumPy releases the GIL in the random draws and products: two chunks use two cores
+    # NumPy releases the GIL in the random draws and products: one chunk per core
     with threadpoolctl.threadpool_limits(1), ThreadPoolExecutor(max(1, n_cores())) as pool:
-        list(pool.map(write_chunk, range(0, n, chunk_rows)))
-    array.attrs.update({**mixture.to_attrs(), "bench_stream": store_tag(n, d, k, seed, chunk_rows)})
+        list(pool.map(write_chunk, range(0, n, rows)))
+    array.attrs.update({**mixture.to_attrs(), "bench_stream": spec.tag(n)})
 
 
-def ensure_store(
-    workdir: str, n: int, d: int, k: int, seed: int, chunk_rows: int, generated: list[str]
-) -> Store:
+def ensure_store(workdir: str, n: int, spec: DataSpec, generated: list[str]) -> Store:
     """A store of ``n`` rows in ``workdir``: reused if a kept one matches, else written."""
-    path = os.path.join(workdir, f"distmix-bench-stream-{n}x{d}-k{k}-seed{seed}-c{chunk_rows}.zarr")
+    d, chunk_rows = spec.n_features, spec.chunk_rows
+    path = os.path.join(workdir, spec.file_name(n))
     store = Store(path, n, d, chunk_rows)
     if path in generated:
         return store  # made (or found) earlier in this run
     generated.append(path)
-    tag = store_tag(n, d, k, seed, chunk_rows)
+    tag = spec.tag(n)
     try:
         if dict(zarr.open_array(path, mode="r").attrs).get("bench_stream") == tag:
             print(f"reusing {path} (kept by an earlier run)", flush=True)
@@ -276,7 +296,7 @@ def ensure_store(
         flush=True,
     )
     start = time.perf_counter()
-    write_store(path, n, d, k, seed, chunk_rows)
+    write_store(path, n, spec)
     seconds = time.perf_counter() - start
     print(f"{seconds:.1f} s ({store.nbytes / MIB / seconds:.0f} MiB/s)", flush=True)
     return store
@@ -327,10 +347,12 @@ def heldout_log_likelihood(params: Params, heldout: np.ndarray) -> float:
     return distmix.em.mean_log_likelihood_of(engine, params)
 
 
-def stream_once(store: Store, k: int, start: Params, **kwargs: Any) -> distmix.GaussianMixture:
-    """One pass of online EM over the store, from ``start``, with fit_stream's defaults."""
+def stream_once(
+    store: Store, k: int, start: Params, window: int, **kwargs: Any
+) -> distmix.GaussianMixture:
+    """One pass of online EM over the store, from ``start``, otherwise fit_stream's defaults."""
     return distmix.fit_stream(
-        store.path, n_components=k, random_state=0, **init_kwargs(start), **kwargs
+        store.path, n_components=k, window=window, random_state=0, **init_kwargs(start), **kwargs
     )
 
 
@@ -344,7 +366,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 # -- 1. accuracy ------------------------------------------------------------------------
 def measure_accuracy(s: argparse.Namespace, store: Store, start: Params) -> list[Result]:
     k, d = s.components, s.features
-    truth = distmix.datasets.random_mixture(d, k, s.seed)
+    truth = s.spec.mixture()
     heldout = distmix.datasets.sample_rows(
         truth, 0, s.heldout_rows, s.seed + HELDOUT_SEED_OFFSET, s.chunk_rows
     )
@@ -352,7 +374,8 @@ def measure_accuracy(s: argparse.Namespace, store: Store, start: Params) -> list
     ll_true = heldout_log_likelihood(true_params, heldout)
     ll_start = heldout_log_likelihood(start, heldout)
     print(
-        f"[1] accuracy: {store.n_rows:,} x {d}, K={k}, {store.n_chunks} chunks of "
+        f"[1] accuracy: {store.n_rows:,} x {d}, K={k} (separation {s.separation:g}), "
+        f"{store.n_chunks} chunks of "
         f"{store.chunk_rows:,} rows; held-out {s.heldout_rows:,} rows (seed "
         f"{s.seed + HELDOUT_SEED_OFFSET})",
         flush=True,
@@ -375,7 +398,9 @@ def measure_accuracy(s: argparse.Namespace, store: Store, start: Params) -> list
     n_updates = math.ceil(store.n_chunks / s.window)
     report_every = max(1, n_updates // 8)
     stream_s, stream = timed(
-        lambda: stream_once(store, k, start, validation=heldout, report_every=report_every)
+        lambda: stream_once(
+            store, k, start, s.window, validation=heldout, report_every=report_every
+        )
     )
     ll_stream = stream.score(heldout)
     last = stream.stream_history_[-1]
@@ -445,6 +470,7 @@ def sweep(
             store,
             s.components,
             start,
+            s.window,
             learning_decay=decay,
             learning_offset=offset,
             average_after=after,
@@ -465,7 +491,7 @@ class ChildRun:
     rss_by_rows: list[tuple[int, int]] = field(default_factory=list)
 
 
-def stream_in_child(store: Store, k: int, init_file: str) -> ChildRun:
+def stream_in_child(store: Store, k: int, window: int, init_file: str) -> ChildRun:
     command = [
         sys.executable,
         os.path.abspath(__file__),
@@ -475,6 +501,8 @@ def stream_in_child(store: Store, k: int, init_file: str) -> ChildRun:
         init_file,
         "--components",
         str(k),
+        "--window",
+        str(window),
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -492,7 +520,20 @@ def stream_in_child(store: Store, k: int, init_file: str) -> ChildRun:
     )
 
 
-def child_main(path: str, init_file: str, k: int) -> int:
+def peak_rss_of_this_process() -> int:
+    """Bytes: the high-water mark of this process's resident set since its ``execve``.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` would not do: Linux keeps it across
+    ``execve``, so a child started by a 250 MiB parent reports at least 250 MiB.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status: the memory part needs Linux")
+
+
+def child_main(path: str, init_file: str, k: int, window: int) -> int:
     """In a fresh process: stream ``path`` once, print what memory it took as one JSON line."""
     rss_after_imports = psutil.Process().memory_info().rss
     with np.load(init_file) as f:
@@ -504,10 +545,16 @@ def child_main(path: str, init_file: str, k: int) -> int:
 
     began = time.perf_counter()
     model = distmix.fit_stream(
-        path, n_components=k, random_state=0, callback=record, report_every=10, **start
+        path,
+        n_components=k,
+        window=window,
+        random_state=0,
+        callback=record,
+        report_every=10,
+        **start,
     )
     seconds = time.perf_counter() - began
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = peak_rss_of_this_process()
     print(
         json.dumps(
             {
@@ -536,7 +583,7 @@ def measure_memory(
     runs = []
     try:
         for store in (small, large):
-            run = stream_in_child(store, s.components, init_file)
+            run = stream_in_child(store, s.components, s.window, init_file)
             runs.append(run)
             trace = run.rss_by_rows
             picks = sorted({0, len(trace) // 2, len(trace) - 1}) if trace else []
@@ -597,7 +644,7 @@ def measure_throughput(s: argparse.Namespace, store: Store, start: Params) -> li
     if cached is not None:
         print(f"  share of the store in the page cache before: {cached:.0%}")
     contenders: dict[str, Callable[[], Any]] = {
-        "stream": lambda: stream_once(store, s.components, start),
+        "stream": lambda: stream_once(store, s.components, start, s.window),
         "read": lambda: read_store(store),
         "batch iteration": lambda: batch_iteration(store, start),
     }
@@ -673,6 +720,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--init-rows", type=int, default=20_000, help="rows the common k-means start sees"
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="chunks per online-EM update (default: fit_stream's, one per core)",
+    )
     parser.add_argument("--tol", type=float, default=1e-6, help="batch EM's tol (1e-6)")
     parser.add_argument("--max-iter", type=int, default=1000, help="batch EM's max_iter (1000)")
     parser.add_argument("--repeats", type=int, help="timed rounds of the throughput (3)")
@@ -687,6 +739,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the mixture and rows (0)")
     parser.add_argument(
+        "--separation",
+        type=float,
+        default=8.0,
+        help="scale of the true means (random_mixture's separation, 8: well separated; "
+        "smaller values make EM's job harder)",
+    )
+    parser.add_argument(
         "--workdir", default=tempfile.gettempdir(), help="where the stores go (the temp dir)"
     )
     parser.add_argument(
@@ -700,8 +759,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.heldout_rows = args.heldout_rows or defaults["heldout"]
     args.memory_rows = args.memory_rows or defaults["memory_rows"]
     args.repeats = args.repeats or defaults["repeats"]
-    args.window = n_cores()  # fit_stream's default window without a distributed client
-    for name in ("rows", "heldout_rows", "memory_rows", "memory_factor", "chunk_rows"):
+    # fit_stream's default without a distributed client; passed explicitly so it can be printed
+    args.window = args.window or n_cores()
+    args.spec = DataSpec(
+        args.features, args.components, args.seed, args.chunk_rows, args.separation
+    )
+    for name in ("rows", "heldout_rows", "memory_rows", "memory_factor", "chunk_rows", "window"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer.")
     if args.init_rows < args.components:
@@ -712,22 +775,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        return child_main(args.child, args.child_init, args.components)
+        return child_main(args.child, args.child_init, args.components, args.window)
     os.makedirs(args.workdir, exist_ok=True)
     parts = args.only or ["accuracy", "memory", "throughput"]
     print_header(args.workdir)
-    d, k, seed, chunk = args.features, args.components, args.seed, args.chunk_rows
+    spec, k = args.spec, args.components
     generated: list[str] = []
     results: list[Result] = []
     try:
-        main_store = ensure_store(args.workdir, args.rows, d, k, seed, chunk, generated)
+        main_store = ensure_store(args.workdir, args.rows, spec, generated)
         small = large = main_store
+        if "memory" in parts:
+            small = ensure_store(args.workdir, args.memory_rows, spec, generated)
         if "memory" in parts or "throughput" in parts:
-            small = ensure_store(args.workdir, args.memory_rows, d, k, seed, chunk, generated)
             large_rows = args.memory_factor * args.memory_rows
-            large = ensure_store(args.workdir, large_rows, d, k, seed, chunk, generated)
+            large = ensure_store(args.workdir, large_rows, spec, generated)
         print()
-        start = initial_params(main_store, k, args.init_rows, seed)
+        start = initial_params(main_store, k, args.init_rows, args.seed)
         if "accuracy" in parts:
             results += measure_accuracy(args, main_store, start)
         if "memory" in parts:

@@ -45,7 +45,6 @@ def block_offsets(block_rows: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(o) for o in np.concatenate([[0], np.cumsum(block_rows)[:-1]]))
 
 
-@functools.cache
 def check_row_offsets(
     row_offsets: tuple[int, ...] | None, block_rows: tuple[int, ...]
 ) -> tuple[int, ...]:
