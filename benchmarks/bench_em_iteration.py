@@ -74,6 +74,7 @@ import dask.array as da
 import numpy as np
 import sklearn
 import threadpoolctl
+from _machine import cpu_model, load_average
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
@@ -231,23 +232,6 @@ def bench_shape(n: int, d: int, k: int, repeats: int, seed: int) -> ShapeResult:
 
 
 # -- report -------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    """The machine's load averages: other jobs running meanwhile skew every figure."""
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def print_environment() -> None:

@@ -140,6 +140,7 @@ import psutil
 import sklearn
 import threadpoolctl
 import zarr
+from _machine import cpu_model, load_average
 from dask.utils import format_bytes, parse_bytes
 from distributed import Client, KilledWorker, LocalCluster, wait
 from sklearn.exceptions import ConvergenceWarning
@@ -565,23 +566,6 @@ def reps(t: list[float]) -> str:
 
 
 # -- the environment -------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    """The machine's load averages: other jobs running meanwhile skew every figure."""
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def print_environment(workdir: str) -> None:

@@ -96,6 +96,7 @@ import psutil
 import sklearn
 import threadpoolctl
 import zarr
+from _machine import cpu_model, load_average, n_cores
 
 import distmix
 import distmix.chunks
@@ -155,28 +156,6 @@ def print_table(results: list[Result]) -> None:
 
 
 # -- the environment ------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def n_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def print_header(workdir: str) -> None:

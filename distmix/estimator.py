@@ -8,12 +8,13 @@ Nothing in distmix imports it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -374,15 +375,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self
         """
+        with self._unchanged_on_error():
+            self._fit(X, sample_weight)
+        return self
+
+    @contextlib.contextmanager
+    def _unchanged_on_error(self) -> Iterator[None]:
+        """A call that raises leaves the estimator exactly as it was (every attribute)."""
         saved = dict(self.__dict__)
         try:
-            self._fit(X, sample_weight)
+            yield
         except BaseException:
-            # a failed fit leaves the estimator exactly as it was
             self.__dict__.clear()
             self.__dict__.update(saved)
             raise
-        return self
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """Fit, then the most probable component of every row (lazy for dask input)."""
@@ -496,14 +502,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self
         """
-        saved = dict(self.__dict__)
-        try:
+        with self._unchanged_on_error():  # a bad batch leaves the model as it was
             self._partial_fit(X, sample_weight)
-        except BaseException:
-            # a bad batch leaves the model exactly as it was
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
         return self
 
     def _partial_fit(self, X: Any, sample_weight: Any) -> None:
@@ -511,13 +511,25 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         state: StreamState | None = getattr(self, "_stream_state", None)
         fitted = hasattr(self, "precisions_cholesky_")
         engine = self._engine(X, sample_weight, reset=not fitted, many_passes=False)
+        if state is None and fitted:
+            state = StreamState(self._params())
+        state, _ = self._stream_step(engine, state)
+        self._set_stream(state, getattr(self, "_stream_position", None))
+
+    def _stream_step(
+        self, engine: LocalEngine | DaskEngine, state: StreamState | None
+    ) -> tuple[StreamState, int]:
+        """One online-EM update with the rows of ``engine``; ``(new state, rows read)``.
+
+        A stream without a state starts from ``_start_params`` on these rows.
+        """
         if state is None:
-            state = StreamState(self._params() if fitted else self._start_params(engine))
+            state = StreamState(self._start_params(engine))
         stats = batch_stats(engine, state.params)
-        state = online_update(
+        new = online_update(
             state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
         )
-        self._set_stream(state, getattr(self, "_stream_position", None))
+        return new, int(stats.n_rows)
 
     def _start_params(self, engine: LocalEngine | DaskEngine) -> Params:
         """Params to start a stream from: the user's, or ``init_params`` on ``engine``'s rows."""
@@ -570,8 +582,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         callback: Callable[[StreamRecord], None] | None = None,
     ) -> GaussianMixture:
         """Stepwise online EM over ``source`` in batches: see :func:`distmix.fit_stream`."""
-        saved = dict(self.__dict__)
-        try:
+        with self._unchanged_on_error():
             self._fit_stream(
                 source,
                 sample_weight,
@@ -582,10 +593,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 report_every=report_every,
                 callback=callback,
             )
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
         return self
 
     def _stream_fingerprint(self, n_features: int, plan: StreamPlan, weighted: bool) -> dict:
@@ -687,28 +694,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if resumed is not None:
             state, position = resumed
         n_rows = int(X.shape[0])
-        val_engine = None
+        held_out = _HeldOut(self, validation)
         self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
         started = time.perf_counter()
         rows_here = 0
         for after, ranges in plan.walk(position, n_rows):
             engine = window_engine(X, w, ranges, split_every=self.split_every)
-            if state is None:
-                state = StreamState(self._start_params(engine))
-            stats = batch_stats(engine, state.params)
-            state = online_update(
-                state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
-            )
+            state, n_read = self._stream_step(engine, state)
             position = after
-            rows_here += int(stats.n_rows)
+            rows_here += n_read
             last = not after.in_segment and after.rows_done == n_rows
             if state.n_steps % report_every == 0 or last:
-                if validation is not None:
-                    if val_engine is None:
-                        val_engine = self._engine(validation, reset=False)
-                    state = with_validation(
-                        state, mean_log_likelihood_of(val_engine, state.model_params)
-                    )
+                state = held_out.record(state)
                 self._report_stream(state, rows_here, time.perf_counter() - started, callback)
             if self.checkpoint is not None:
                 save_stream_checkpoint(self.checkpoint, fingerprint, state, position)
@@ -761,7 +758,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             state, position = resumed
         if not continuing and resumed is None:
             position = StreamPosition()
-        val_engine = None
+        held_out = _HeldOut(self, validation)
         started, rows_here = time.perf_counter(), 0
         for pass_index in range(position.pass_index, n_passes):
             order: Any = source
@@ -778,23 +775,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     engine = self._engine(
                         X, w, reset=state is None and not continuing, many_passes=False
                     )
-                    if state is None:
-                        state = StreamState(self._start_params(engine))
-                    stats = batch_stats(engine, state.params)
+                    state, n_read = self._stream_step(engine, state)
                 except ValueError as error:
                     raise ValueError(f"{where}: {error}") from error
-                state = online_update(
-                    state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
-                )
-                rows_here += int(stats.n_rows)
+                rows_here += n_read
                 position = StreamPosition(0, 0, 0, pass_index, index + 1)
                 if state.n_steps % report_every == 0:
-                    if validation is not None:
-                        if val_engine is None:
-                            val_engine = self._engine(validation, reset=False)
-                        state = with_validation(
-                            state, mean_log_likelihood_of(val_engine, state.model_params)
-                        )
+                    state = held_out.record(state)
                     self._report_stream(state, rows_here, time.perf_counter() - started, callback)
                 if self.checkpoint is not None:
                     save_stream_checkpoint(self.checkpoint, fingerprint, state, position)
@@ -806,9 +793,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if validation is not None and (
             not state.history or state.history[-1].validation_log_likelihood is None
         ):
-            if val_engine is None:
-                val_engine = self._engine(validation, reset=False)
-            state = with_validation(state, mean_log_likelihood_of(val_engine, state.model_params))
+            state = held_out.record(state)
             self._report_stream(state, rows_here, time.perf_counter() - started, callback)
         self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
         self._set_stream(state, None)
@@ -819,18 +804,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.checkpoint is None or not self.resume or not Path(self.checkpoint).exists():
             return None
         stored, state, position, _ = load_stream_checkpoint(self.checkpoint)
-        differences = [
-            f"{key} {stored.get(key)!r} in the checkpoint, {value!r} now"
-            for key, value in fingerprint.items()
-            if stored.get(key) != value
-        ]
-        if differences:
-            raise ValueError(
-                f"checkpoint {self.checkpoint} was written by a different stream ("
-                + "; ".join(differences)
-                + "). Start over without resuming (resume=False; on the command line, "
-                "drop --resume), or use another checkpoint path."
-            )
+        _check_fingerprint(
+            self.checkpoint,
+            stored,
+            fingerprint,
+            "stream",
+            "Start over without resuming (resume=False; on the command line, drop --resume), "
+            "or use another checkpoint path.",
+        )
         return state, position or StreamPosition()
 
     def _report_stream(
@@ -879,17 +860,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.checkpoint is None or not self.resume or not Path(self.checkpoint).exists():
             return None
         state = load_checkpoint(self.checkpoint)
-        differences = [
-            f"{key} {state.fingerprint.get(key)!r} in the checkpoint, {value!r} now"
-            for key, value in fingerprint.items()
-            if state.fingerprint.get(key) != value
-        ]
-        if differences:
-            raise ValueError(
-                f"checkpoint {self.checkpoint} was written by a different fit ("
-                + "; ".join(differences)
-                + "). Fit with resume=False to start over, or use another checkpoint path."
-            )
+        _check_fingerprint(
+            self.checkpoint,
+            state.fingerprint,
+            fingerprint,
+            "fit",
+            "Fit with resume=False to start over, or use another checkpoint path.",
+        )
         return state
 
     def _iteration_callback(
@@ -1104,6 +1081,40 @@ def _dask_sample_weight(sample_weight: Any, X: Any) -> Any:
 
 
 _PLAN_KEYS = ("seed", "window", "n_passes", "shuffle")
+
+
+def _check_fingerprint(
+    path: Any, stored: dict[str, Any], current: dict[str, Any], what: str, hint: str
+) -> None:
+    """Refuse a checkpoint written by another fit or stream, naming every difference."""
+    differences = [
+        f"{key} {stored.get(key)!r} in the checkpoint, {value!r} now"
+        for key, value in current.items()
+        if stored.get(key) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"checkpoint {path} was written by a different {what} ("
+            + "; ".join(differences)
+            + "). "
+            + hint
+        )
+
+
+class _HeldOut:
+    """The held-out rows of a stream, scored on demand (their engine made on first use)."""
+
+    def __init__(self, model: GaussianMixture, validation: Any) -> None:
+        self.model, self.validation = model, validation
+        self._engine: LocalEngine | DaskEngine | None = None
+
+    def record(self, state: StreamState) -> StreamState:
+        """``state`` with the held-out log-likelihood of its model Params (if rows were given)."""
+        if self.validation is None:
+            return state
+        if self._engine is None:
+            self._engine = self.model._engine(self.validation, reset=False)
+        return with_validation(state, mean_log_likelihood_of(self._engine, state.model_params))
 
 
 def _is_batch_iterable(source: Any) -> bool:
