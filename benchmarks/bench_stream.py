@@ -48,7 +48,12 @@ time). All fits use K = the number of components the data were drawn from.
    online EM does the same E-step work as one batch iteration, plus one M-step
    and one Dask compute per update, so stream ≈ batch iteration is expected;
    where the E-step is compute bound (D = 16, K = 8 on a few cores) the ratio
-   to the read cannot reach 0.7.
+   to the read cannot reach 0.7. Three upper bounds make that a measurement
+   (E-step work alone, no reading, over the read): distmix's E-step on every
+   core; only its BLAS products (the quadratic forms' GEMMs and the second
+   moments' SYRKs); and only the flop floor (triangular quadratic forms and
+   the upper triangle of ``r x xᵀ``: ``2·K·D·(D+1)`` flops per row) at this
+   machine's DGEMM rate.
 
 Every verdict is printed (PASS/FAIL); the exit status is 0 whatever they say,
 and non-zero only if the script itself fails. Other jobs on the machine skew
@@ -612,6 +617,96 @@ def batch_iteration(store: Store, params: Params) -> Params:
     return distmix.mstep.m_step(stats, REG_COVAR, previous=params)
 
 
+def _best_of(fn: Callable[[], Any], repeats: int = 5) -> float:
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        seconds, _ = timed(fn)
+        best = min(best, seconds)
+    return best
+
+
+def flop_floor_per_row(k: int, d: int) -> int:
+    """Fewest floating-point operations a full-covariance E-step needs per row.
+
+    Per component: the quadratic form ``‖(x − μ_k) U_k‖²`` with a triangular
+    ``U_k`` (D(D+1)/2 multiply-adds) and the upper triangle of ``r x xᵀ``
+    (another D(D+1)/2); each multiply-add is 2 flops. Exponentials, the
+    log-sum-exp and the first moments come on top.
+    """
+    return 2 * k * d * (d + 1)
+
+
+def _best_loop(fn: Callable[[], Any], repeats: int) -> float:
+    """Fastest of ``repeats`` calls, back to back (warm caches, no gc.collect())."""
+    best = math.inf
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def measure_ceiling(store: Store, start: Params, read_rows_per_s: float) -> list[Result]:
+    """Upper bounds on stream / read, from E-step work alone (no reading at all).
+
+    A pass cannot go faster than its E-step, so ``stream / read`` is at most
+    ``E / R``, ``R`` being the read baseline's rows/s and ``E`` the rows/s of:
+
+    * distmix's E-step on every core over blocks already in memory
+      (``LocalEngine`` over the store's first chunks, the stream's start Params);
+    * only its two BLAS products per component, on the blocks the kernel gets
+      (one thread, divided by the cores): ``(x − μ_k) @ U_k`` for the quadratic
+      forms and ``xcᵀ xc`` (syrk) for the second moments;
+    * only the flop floor (:func:`flop_floor_per_row`) at this machine's DGEMM
+      rate on ``(n, D) @ (D, D)`` (the best of a few sizes, one thread, times
+      the cores): what a perfectly efficient float64 kernel would allow.
+    """
+    k, d = start.n_components, store.n_features
+    rows = min(16 * store.chunk_rows, store.n_rows)
+    blocks = np.asarray(zarr.open_array(store.path, mode="r")[:rows])
+    engine = distmix.LocalEngine(blocks, None, store.chunk_rows, 8)
+    estep = _best_of(lambda: distmix.em.e_step(engine, start)) / rows  # seconds per row
+    piece = distmix.chunks.default_block_rows(k, d)
+    n_kernel = min(store.chunk_rows, rows) if store.chunk_rows <= 2 * piece else piece
+    x = blocks[:n_kernel]
+    u = start.precisions_cholesky
+
+    def blas_products() -> None:
+        for j in range(k):
+            xc = x - start.means[j]
+            xc @ u[j]
+            xc.T @ xc
+
+    def centring() -> None:
+        for j in range(k):
+            x - start.means[j]
+
+    u_mat = np.triu(np.ones((d, d)))
+    gflops = 0.0
+    with threadpoolctl.threadpool_limits(1):
+        blas = (_best_loop(blas_products, 20) - _best_loop(centring, 20)) / n_kernel / n_cores()
+        for n in (1024, 2048, 4096, 8192, 16384):  # in and out of cache
+            a_mat = np.random.default_rng(0).standard_normal((n, d))
+            gemm = _best_loop(lambda a=a_mat: a @ u_mat, 50)
+            gflops = max(gflops, 2 * n * d * d / gemm / 1e9)
+    floor_flops = flop_floor_per_row(k, d)
+    floor = floor_flops / (gflops * 1e9 * n_cores())  # seconds per row on every core
+    needed = 1.0 / (TARGET_STREAM_OVER_READ * read_rows_per_s)
+    print(
+        f"  per row on {n_cores()} cores: a pass at stream / read = {TARGET_STREAM_OVER_READ} "
+        f"{1e9 * needed:,.0f} ns (read included); distmix's E-step alone {1e9 * estep:,.0f} "
+        f"ns; its BLAS products alone ({n_kernel:,}-row blocks) {1e9 * blas:,.0f} ns; flop "
+        f"floor {floor_flops:,} flop at {gflops:.1f} GFLOP/s per core (DGEMM (n x {d}) @ "
+        f"({d} x {d})) {1e9 * floor:,.0f} ns"
+    )
+    return [
+        Result("bound: E-step alone / read (rows/s)", 1.0 / estep / read_rows_per_s, "", ".3f"),
+        Result("bound: its BLAS products alone / read", 1.0 / blas / read_rows_per_s, "", ".3f"),
+        Result("bound: flop floor at DGEMM rate / read", 1.0 / floor / read_rows_per_s, "", ".3f"),
+    ]
+
+
 def measure_throughput(s: argparse.Namespace, store: Store, start: Params) -> list[Result]:
     print(
         f"[3] throughput over {store.n_rows:,} x {store.n_features} ({store.nbytes / MIB:,.0f} "
@@ -659,6 +754,7 @@ def measure_throughput(s: argparse.Namespace, store: Store, start: Params) -> li
         f"(stream - batch iteration) / updates = {beyond * 1e3:.1f} ms: what an update costs "
         "beyond its share of the E-step (one Dask compute, one M-step)"
     )
+    ceiling = measure_ceiling(store, start, store.n_rows / median["read"])
     print()
     return [
         Result("stream rows/s", store.n_rows / median["stream"], "", ",.0f"),
@@ -674,6 +770,7 @@ def measure_throughput(s: argparse.Namespace, store: Store, start: Params) -> li
         Result("batch EM iteration (same store)", median["batch iteration"], "s", ".2f"),
         Result("stream pass", median["stream"], "s", ".2f"),
         Result("stream pass / batch iteration", median["stream"] / median["batch iteration"]),
+        *ceiling,
     ]
 
 

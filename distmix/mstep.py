@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from distmix._blas import one_blas_thread
 from distmix.params import Params
 from distmix.suffstats import SuffStats
 
@@ -94,8 +95,17 @@ def m_step(stats: SuffStats, reg_covar: float, previous: Params | None = None) -
     Returns
     -------
     Params
+
+    Notes
+    -----
+    Runs with BLAS held to one thread (see :mod:`distmix._blas`).
     """
-    stats = stats.to_host()
+    with one_blas_thread():
+        return _m_step(stats.to_host(), reg_covar, previous)
+
+
+def _m_step(stats: SuffStats, reg_covar: float, previous: Params | None) -> Params:
+    """:func:`m_step` on host statistics."""
     total = float(np.sum(stats.resp_sum))
     if not total > 0:
         raise ValueError(

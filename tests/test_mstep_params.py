@@ -81,6 +81,25 @@ def test_m_step_matches_direct_formulas(covariance_type, reference_offset):
     np.testing.assert_allclose(params.covariances, want["covariances"], rtol=1e-10, atol=1e-10)
 
 
+def test_m_step_restores_blas_threads_even_when_it_raises():
+    """The M-step holds BLAS to one thread while it runs, and only then."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return sorted(
+            (i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"
+        )
+
+    before = blas_threads()
+    X = mixture_data(2, n_rows=200, n_features=D)
+    stats = resp_stats(X, np.full((200, 3), 1 / 3), X[:3], "full")
+    assert m_step(stats, reg_covar=1e-6).n_components == 3
+    assert blas_threads() == before
+    with pytest.raises(ValueError, match="total weight"):
+        m_step(stats.scale(0.0), reg_covar=1e-6)
+    assert blas_threads() == before
+
+
 def test_reg_covar_is_added(covariance_type):
     X = mixture_data(1, n_rows=200, n_features=D)
     rng = np.random.default_rng(1)

@@ -8,7 +8,6 @@ and returns something with an associative ``+`` (SuffStats, NumPy arrays, ...).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -58,16 +57,3 @@ def check_row_offsets(
             "give one global first row per block."
         )
     return offsets
-
-
-@functools.cache
-def _threadpool_controller() -> Any:
-    """One controller per process: scanning the loaded BLAS libraries costs ~2 ms."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def one_blas_thread() -> Any:
-    """Context manager holding BLAS to one thread (while blocks run side by side)."""
-    return _threadpool_controller().limit(limits=1, user_api="blas")

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from distmix.engines.base import BlockFn, check_row_offsets, one_blas_thread
+from distmix._blas import one_blas_thread
+from distmix.engines.base import BlockFn, check_row_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
 from distmix.suffstats import _to_numpy
 

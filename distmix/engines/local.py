@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from distmix._blas import one_blas_thread
 from distmix.chunks import check_block_size
-from distmix.engines.base import BlockFn, block_offsets, check_row_offsets, one_blas_thread
+from distmix.engines.base import BlockFn, block_offsets, check_row_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
 from distmix.suffstats import _to_numpy
 
