@@ -48,6 +48,7 @@ Usage
 
     python benchmarks/bench_em_iteration.py            # full shapes, 5 repeats
     python benchmarks/bench_em_iteration.py --quick    # N / 20, smoke run
+    python benchmarks/bench_em_iteration.py --covariance-type diag   # the same for diag
 
 The machine's BLAS (``threadpoolctl.threadpool_info()``) and the OpenBLAS
 environment variables that change its kernels are printed first, since the
@@ -117,7 +118,7 @@ def mixture_rows(n: int, d: int, k: int, seed: int) -> np.ndarray:
     return X
 
 
-def starting_params(X: np.ndarray, k: int, seed: int) -> Params:
+def starting_params(X: np.ndarray, k: int, seed: int, covariance_type: str = "full") -> Params:
     """Params of a short scikit-learn fit on a random subsample of ``X``.
 
     Realistic responsibilities (neither uniform nor hard) without paying for a
@@ -127,9 +128,9 @@ def starting_params(X: np.ndarray, k: int, seed: int) -> Params:
     rows = rng.choice(X.shape[0], size=min(INIT_SUBSAMPLE_ROWS, X.shape[0]), replace=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        gm = GaussianMixture(k, covariance_type="full", max_iter=10, random_state=seed)
+        gm = GaussianMixture(k, covariance_type=covariance_type, max_iter=10, random_state=seed)
         gm.fit(X[np.sort(rows)])
-    return Params.from_covariances(gm.weights_, gm.means_, gm.covariances_, "full")
+    return Params.from_covariances(gm.weights_, gm.means_, gm.covariances_, covariance_type)
 
 
 # -- one iteration per contender ------------------------------------------------
@@ -202,13 +203,15 @@ class ShapeResult:
         return statistics.median(self.times[name])
 
 
-def bench_shape(n: int, d: int, k: int, repeats: int, seed: int) -> ShapeResult:
+def bench_shape(
+    n: int, d: int, k: int, repeats: int, seed: int, covariance_type: str = "full"
+) -> ShapeResult:
     X = mixture_rows(n, d, k, seed)
-    params = starting_params(X, k, seed)
+    params = starting_params(X, k, seed, covariance_type)
     block_rows = distmix.chunks.default_block_rows(k, d)
     local = distmix.engines.LocalEngine(X, None, block_size=block_rows)
     dask_engine = distmix.engines.DaskEngine(da.from_array(X, chunks=(block_rows, d)))
-    gm = GaussianMixture(k, covariance_type="full", reg_covar=REG_COVAR)
+    gm = GaussianMixture(k, covariance_type=covariance_type, reg_covar=REG_COVAR)
 
     run: dict[str, Callable[[], Outcome]] = {
         "sklearn": lambda: sklearn_iteration(gm, X, params),
@@ -330,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1e-9,
         help="largest relative difference of the next parameters accepted (default 1e-9)",
     )
+    parser.add_argument(
+        "--covariance-type",
+        choices=("full", "tied", "diag", "spherical"),
+        default="full",
+        help="covariance type of the mixture fitted (default full; the targets are for full)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}.")
@@ -338,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n, d, k in SHAPES:
         n = n // QUICK_DIVISOR if args.quick else n
-        print(f"running N={n:,} D={d} K={k} ...", flush=True)
-        results.append(bench_shape(n, d, k, args.repeats, args.seed))
+        print(f"running N={n:,} D={d} K={k} {args.covariance_type} ...", flush=True)
+        results.append(bench_shape(n, d, k, args.repeats, args.seed, args.covariance_type))
         gc.collect()  # free this shape's data before the next is generated
     print()
     agree = print_table(results, args.tolerance)

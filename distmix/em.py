@@ -23,7 +23,13 @@ import numpy as np
 
 from distmix.chunks import NonFinite, default_block_rows, raise_if_nonfinite
 from distmix.engines.base import Engine
-from distmix.estep import chunk_stats, log_resp_and_norm, namespace, prepare_block
+from distmix.estep import (
+    PER_COMPONENT_TYPES,
+    chunk_stats,
+    log_resp_and_norm,
+    namespace,
+    prepare_block,
+)
 from distmix.mstep import m_step
 from distmix.params import Params
 from distmix.suffstats import SuffStats, _to_numpy
@@ -66,18 +72,40 @@ def _malloc_tuned() -> bool:
     return any(name.startswith("MALLOC_") and name.endswith("_") for name in os.environ)
 
 
+#: bytes of the (K, rows, D) float64 stack the diag/spherical kernels build per piece
+STACK_BYTES = 2 * 2**20
+
+
+def kernel_piece_rows(covariance_type: str, n_components: int, n_features: int) -> int:
+    """Rows of the pieces a large NumPy block goes through the E-step kernel in.
+
+    ``full`` and ``tied`` go component by component (``(rows, D)`` temporaries):
+    :func:`~distmix.chunks.default_block_rows`. ``diag`` and ``spherical`` build
+    the ``(K, rows, D)`` stack of centred rows, so their pieces shrink with K to
+    keep it near ``STACK_BYTES`` (at least 256 rows). Measured on one core
+    (ns/row, K × D = 8 × 16 / 32 × 16 / 32 × 64, diag): a 2–4 MiB stack 226–233
+    / 782–823 / 2,439, an 8 MiB stack or more 633–697 / 2,066–2,152 / 7,150–7,600.
+    """
+    rows = default_block_rows(n_components, n_features)
+    if covariance_type in PER_COMPONENT_TYPES:
+        return rows
+    stack_rows = STACK_BYTES // (8 * max(1, n_components) * max(1, n_features))
+    return int(min(rows, max(stack_rows, 256)))
+
+
 def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
     """Engine-facing E-step: ``chunk_stats`` with the engine's argument order.
 
-    A NumPy block much larger than a cache-sized piece (a whole Zarr chunk, say)
-    goes through the kernel piece by piece and the pieces' SuffStats are added:
-    the kernel's (n, D) and (K, n) temporaries then stay in cache. Measured on
-    8 MiB blocks at D = 16, K = 8: 2.1× faster with glibc's default malloc, but
-    1.3× slower under a malloc tunable (every piece's temporaries are fresh
-    mmaps), so blocks go whole in that case. Every engine calls this function on
-    the same blocks; pieces and whole blocks differ only by float rounding.
+    A NumPy block much larger than a cache-sized piece (a whole Zarr chunk, say;
+    see :func:`kernel_piece_rows`) goes through the kernel piece by piece and
+    the pieces' SuffStats are added: the kernel's temporaries then stay in
+    cache. Measured on 8 MiB blocks at D = 16, K = 8: 2.1× faster with glibc's
+    default malloc, but 1.3× slower under a malloc tunable (every piece's
+    temporaries are fresh mmaps; measured for diag too), so blocks go whole in
+    that case. Every engine calls this function on the same blocks; pieces and
+    whole blocks differ only by float rounding.
     """
-    piece = default_block_rows(params.n_components, params.n_features)
+    piece = kernel_piece_rows(params.covariance_type, params.n_components, params.n_features)
     n = int(block.shape[0])
     if n <= 2 * piece or not isinstance(block, np.ndarray) or _malloc_tuned():
         return chunk_stats(block, params, sample_weight, row_offset)

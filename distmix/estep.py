@@ -39,11 +39,11 @@ LOG_2PI = math.log(2.0 * math.pi)
 # namespaces (CuPy, torch, ...) take the batched path, one call for all
 # components. The two agree to rounding; a test compares them through
 # ``array_api_strict``.
-_PER_COMPONENT_TYPES = ("full", "tied")
+PER_COMPONENT_TYPES = ("full", "tied")
 
 
 def _per_component(xp: Any, covariance_type: str) -> bool:
-    return covariance_type in _PER_COMPONENT_TYPES and array_api_compat.is_numpy_namespace(xp)
+    return covariance_type in PER_COMPONENT_TYPES and array_api_compat.is_numpy_namespace(xp)
 
 
 def _per_component_mahalanobis(x: Any, means: Any, u: Any) -> Any:

@@ -27,7 +27,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from distmix import GaussianMixture
 from distmix.chunks import default_block_rows
-from distmix.em import estep_block
+from distmix.em import STACK_BYTES, estep_block, kernel_piece_rows
 from distmix.engines import DaskEngine
 from distmix.estep import chunk_stats
 from distmix.params import Params
@@ -573,7 +573,7 @@ def test_large_block_in_cache_sized_pieces_equals_the_whole_block(
         monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     rng = np.random.default_rng(3)
     d = 4
-    piece = default_block_rows(3, d)
+    piece = kernel_piece_rows(covariance_type, 3, d)
     X = rng.normal(size=(3 * piece + 17, d)) * 3 + 1e3
     start = starting_params(X, 3, covariance_type, seed=4)
     params = Params.from_precisions(
@@ -588,3 +588,18 @@ def test_large_block_in_cache_sized_pieces_equals_the_whole_block(
     bad[[2 * piece + 5, 3 * piece + 1]] = np.nan
     stats = estep_block(bad, w, 5000, params)
     assert (stats.n_nonfinite, stats.first_nonfinite) == (2, 5000 + 2 * piece + 5)
+
+
+@pytest.mark.parametrize(("n_components", "n_features"), [(1, 16), (8, 16), (32, 64), (512, 512)])
+def test_kernel_pieces_keep_the_diag_stack_near_its_budget(n_components, n_features):
+    """diag/spherical pieces shrink with K (their (K, rows, D) stack stays within
+    STACK_BYTES, down to 256 rows); full/tied keep the engine's block size."""
+    block = default_block_rows(n_components, n_features)
+    for covariance_type in ("full", "tied"):
+        assert kernel_piece_rows(covariance_type, n_components, n_features) == block
+    for covariance_type in ("diag", "spherical"):
+        rows = kernel_piece_rows(covariance_type, n_components, n_features)
+        assert 1 <= rows <= block
+        stack = 8 * n_components * n_features * rows
+        assert stack <= STACK_BYTES or rows == 256
+        assert rows == block or 2 * stack > STACK_BYTES or rows == 256
