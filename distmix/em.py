@@ -12,7 +12,9 @@ E-step of the last iteration, i.e. of the Params *before* its M-step.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -93,30 +95,49 @@ def kernel_piece_rows(covariance_type: str, n_components: int, n_features: int) 
     return int(min(rows, max(stack_rows, 256)))
 
 
-def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
-    """Engine-facing E-step: ``chunk_stats`` with the engine's argument order.
+def _pieces(block: Any, params: Params) -> list[slice] | None:
+    """Row slices a NumPy block goes through a kernel in, or ``None`` for whole.
 
-    A NumPy block much larger than a cache-sized piece (a whole Zarr chunk, say;
-    see :func:`kernel_piece_rows`) goes through the kernel piece by piece and
-    the pieces' SuffStats are added: the kernel's temporaries then stay in
-    cache. Measured on 8 MiB blocks at D = 16, K = 8: 2.1× faster with glibc's
-    default malloc, but 1.3× slower under a malloc tunable (every piece's
-    temporaries are fresh mmaps; measured for diag too), so blocks go whole in
-    that case. Every engine calls this function on the same blocks; pieces and
-    whole blocks differ only by float rounding.
+    A block much larger than a cache-sized piece (a whole Zarr chunk, say; see
+    :func:`kernel_piece_rows`) goes piece by piece: the kernel's temporaries
+    then stay in cache. Measured on 8 MiB blocks at D = 16, K = 8: 2.1× faster
+    with glibc's default malloc, but 1.3× slower under a malloc tunable (every
+    piece's temporaries are fresh mmaps; measured for diag too), so blocks go
+    whole in that case.
     """
     piece = kernel_piece_rows(params.covariance_type, params.n_components, params.n_features)
     n = int(block.shape[0])
     if n <= 2 * piece or not isinstance(block, np.ndarray) or _malloc_tuned():
+        return None
+    return [slice(start, min(start + piece, n)) for start in range(0, n, piece)]
+
+
+def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
+    """Engine-facing E-step: ``chunk_stats`` with the engine's argument order.
+
+    Large NumPy blocks go through the kernel in pieces (:func:`_pieces`) whose
+    SuffStats are added. Every engine calls this function on the same blocks;
+    pieces and whole blocks differ only by float rounding.
+    """
+    pieces = _pieces(block, params)
+    if pieces is None:
         return chunk_stats(block, params, sample_weight, row_offset)
     total = None
-    for start in range(0, n, piece):
-        stop = min(start + piece, n)
-        w = None if sample_weight is None else sample_weight[start:stop]
-        stats = chunk_stats(block[start:stop], params, w, row_offset + start)
+    for rows in pieces:
+        w = None if sample_weight is None else sample_weight[rows]
+        stats = chunk_stats(block[rows], params, w, row_offset + rows.start)
         total = stats if total is None else total + stats
     assert total is not None
     return total
+
+
+def rowwise_in_pieces(block_fn: Callable[[Any, Params], Any], block: Any, params: Params) -> Any:
+    """A row-wise kernel (prediction: one output row per input row) over ``block``,
+    in pieces where :func:`_pieces` says so, the outputs stacked in row order."""
+    pieces = _pieces(block, params)
+    if pieces is None:
+        return block_fn(block, params)
+    return np.concatenate([block_fn(block[rows], params) for rows in pieces], axis=0)
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,18 @@ def log_likelihood_block(
     block: Any, sample_weight: Any, row_offset: int, params: Params
 ) -> LogLikelihoodTotal:
     """Engine-facing: the block's log-likelihood under ``params`` (for ``score``)."""
+    pieces = _pieces(block, params)
+    if pieces is not None:
+        parts = [
+            log_likelihood_block(
+                block[rows],
+                None if sample_weight is None else sample_weight[rows],
+                row_offset + rows.start,
+                params,
+            )
+            for rows in pieces
+        ]
+        return functools.reduce(operator.add, parts)
     xp = namespace(block)
     x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
     _, log_norm = log_resp_and_norm(x, params)

@@ -37,7 +37,7 @@ from distmix.chunks import (
     open_dataset,
     raise_if_nonfinite,
 )
-from distmix.em import EMResult, IterationInfo, mean_log_likelihood_of, run_em
+from distmix.em import EMResult, IterationInfo, mean_log_likelihood_of, rowwise_in_pieces, run_em
 from distmix.engines import DaskEngine, LocalEngine
 from distmix.engines.stream import (
     StepSchedule,
@@ -1048,7 +1048,7 @@ def _checked_block(
     if n_bad:
         first = int(xp.argmax(xp.astype(bad, xp.int8)))
         raise_if_nonfinite(n_bad, row_offset + first)
-    return block_fn(block, params)
+    return rowwise_in_pieces(block_fn, block, params)
 
 
 def _dask_sample_weight(sample_weight: Any, X: Any) -> Any:

@@ -25,9 +25,15 @@ from conftest import COVARIANCE_TYPES, mixture_data, starting_params
 from dask.callbacks import Callback
 from sklearn.exceptions import ConvergenceWarning
 
-from distmix import GaussianMixture
+from distmix import GaussianMixture, estep
 from distmix.chunks import default_block_rows
-from distmix.em import STACK_BYTES, estep_block, kernel_piece_rows
+from distmix.em import (
+    STACK_BYTES,
+    estep_block,
+    kernel_piece_rows,
+    log_likelihood_block,
+    rowwise_in_pieces,
+)
 from distmix.engines import DaskEngine
 from distmix.estep import chunk_stats
 from distmix.params import Params
@@ -603,3 +609,39 @@ def test_kernel_pieces_keep_the_diag_stack_near_its_budget(n_components, n_featu
         stack = 8 * n_components * n_features * rows
         assert stack <= STACK_BYTES or rows == 256
         assert rows == block or 2 * stack > STACK_BYTES or rows == 256
+
+
+@pytest.mark.parametrize("malloc_tuned", [False, True], ids=["glibc-default", "malloc-tunable"])
+def test_predictions_and_score_in_pieces_equal_the_whole_block(
+    covariance_type, malloc_tuned, monkeypatch
+):
+    """Prediction kernels and the log-likelihood go through large blocks in the
+    same pieces as the E-step: the same outputs, row for row, as the whole block."""
+    for name in [n for n in os.environ if n.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    if malloc_tuned:
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    rng = np.random.default_rng(5)
+    d, k = 4, 3
+    X = rng.normal(size=(3 * kernel_piece_rows(covariance_type, k, d) + 17, d)) * 3 - 1e3
+    start = starting_params(X, k, covariance_type, seed=6)
+    params = Params.from_precisions(
+        start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
+    )
+    for fn in (estep.score_samples_block, estep.predict_proba_block, estep.predict_block):
+        whole = fn(X, params)
+        pieces = rowwise_in_pieces(fn, X, params)
+        assert pieces.shape == whole.shape
+        if fn is estep.predict_block:
+            np.testing.assert_array_equal(pieces, whole)
+        else:
+            assert_close(pieces, whole, 1e-12, fn.__name__)
+    w = rng.uniform(0.0, 2.0, size=X.shape[0])
+    bad = X.copy()
+    bad[[7, X.shape[0] - 3]] = np.nan
+    total = log_likelihood_block(bad, w, 100, params)
+    finite = np.isfinite(bad).all(axis=1)
+    want = float(np.sum(w[finite] * estep.score_samples_block(X[finite], params)))
+    assert_close(total.log_lik, want, 1e-12, "log_lik")
+    assert_close(total.weight, float(np.sum(w[finite])), 1e-12, "weight")
+    assert (total.nonfinite.count, total.nonfinite.first) == (2, 107)
