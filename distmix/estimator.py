@@ -1131,8 +1131,19 @@ def _is_batch_iterable(source: Any) -> bool:
     return hasattr(source, "__iter__")
 
 
+#: seconds the default window waits for a first worker to join a client's cluster
+WORKER_WAIT_S = 60.0
+
+
 def _default_window(X: Any) -> int:
-    """Blocks per update: one per thread that can run them (workers' threads on a cluster)."""
+    """Blocks per update: one per thread that can run them (workers' threads on a cluster).
+
+    A cluster without any worker yet (a job-queue cluster whose jobs are still
+    queued, say) is waited for, up to ``WORKER_WAIT_S``, until one joins;
+    otherwise the window would be 1 on one run and the cluster's threads on the
+    next. The window changes the fit: pass ``window=`` for a fit that does not
+    depend on the cluster at all.
+    """
     if is_dask_array(X):
         try:
             from distributed import default_client
@@ -1141,6 +1152,15 @@ def _default_window(X: Any) -> int:
         except (ImportError, ValueError):
             pass
         else:
+            if not client.nthreads():
+                try:
+                    client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+                except TimeoutError as err:
+                    raise TimeoutError(
+                        f"no Dask worker joined the cluster of {client.scheduler.address} "
+                        f"within {WORKER_WAIT_S:g} s: the stream has nowhere to run (start "
+                        "workers, or pass window= to stream without waiting for them)."
+                    ) from err
             return max(1, sum(client.nthreads().values()))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, cores or 1)
@@ -1180,8 +1200,10 @@ def fit_stream(
     n_passes : int, default=1
     window : int, optional
         Blocks per update (default: one per thread that runs them, e.g. the
-        workers' threads of the active distributed client); each update reduces
-        its window in one pass of the engine (a Dask compute for dask/Zarr input).
+        workers' threads of the active distributed client, waiting for a first
+        worker to join if it has none yet); each update reduces its window in
+        one pass of the engine (a Dask compute for dask/Zarr input). The window
+        shapes the fit: give it to make a fit independent of the machine.
     shuffle : bool, default=True
         Visit the blocks of each pass in a random order (seeded by ``random_state``).
         ``n_passes``, ``window`` and ``shuffle`` left at ``None`` continue the

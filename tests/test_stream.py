@@ -235,6 +235,45 @@ def test_stream_windows_run_on_a_dask_cluster(X, tmp_path):
     assert_same_model(there, here, rtol=1e-10)
 
 
+def test_default_window_waits_for_a_cluster_s_first_worker(X, tmp_path, monkeypatch):
+    """A cluster whose worker has not joined yet: the default window waits for it
+    (its 2 threads → window 2) instead of streaming one block per update; with no
+    worker at all, a clear error after the wait."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    import distmix.estimator
+
+    start = start_for(X)
+    path = str(write_array(tmp_path / "x.zarr", X, 250).store_path.store.root)
+    opts = dict(n_components=N_COMPONENTS, random_state=1, **start)
+    here = fit_stream(path, window=2, **opts)
+    with (
+        LocalCluster(
+            n_workers=0,
+            threads_per_worker=2,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        monkeypatch.setattr(distmix.estimator, "WORKER_WAIT_S", 0.5)
+        with pytest.raises(TimeoutError, match=r"no Dask worker joined .*window="):
+            fit_stream(path, **opts)
+        assert not client.nthreads()
+        monkeypatch.setattr(distmix.estimator, "WORKER_WAIT_S", 60.0)
+        late = threading.Timer(1.0, cluster.scale, args=(1,))
+        late.start()
+        try:
+            there = fit_stream(path, **opts)
+        finally:
+            late.join()
+    assert there.n_steps_ == here.n_steps_ == 8
+    assert_same_model(there, here, rtol=1e-10)
+
+
 def test_iterables_of_batches(X, X_val):
     start = start_for(X)
     batches = np.array_split(X, 10)
