@@ -194,9 +194,20 @@ def weighted_log_prob(
 
 def log_sum_exp(xp: Any, a: Any, axis: int) -> Any:
     """``log Σ exp(a)`` along ``axis`` without overflow."""
+    return _normalise(xp, a, axis)[2]
+
+
+def _normalise(xp: Any, a: Any, axis: int) -> tuple[Any, Any, Any]:
+    """``(exp(a − peak), Σ exp(a − peak), log Σ exp(a))`` along ``axis``.
+
+    ``exp(a − peak) / Σ`` are the normalised weights (responsibilities when
+    ``a`` holds the weighted log-densities), so they need no second ``exp``.
+    """
     peak = xp.max(a, axis=axis, keepdims=True)
     peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
-    return xp.squeeze(peak, axis=axis) + xp.log(xp.sum(xp.exp(a - peak), axis=axis))
+    e = xp.exp(a - peak)
+    total = xp.sum(e, axis=axis)
+    return e, total, xp.squeeze(peak, axis=axis) + xp.log(total)
 
 
 def moments(xp: Any, xc: Any, resp: Any, covariance_type: str) -> tuple[Any, Any, Any]:
@@ -244,8 +255,8 @@ def chunk_stats(
     cov = params.covariance_type
     xc = None if _per_component(xp, cov) else centre(xp, x, kp.means)
     log_prob = weighted_log_prob(xp, x, kp, cov, xc)
-    log_norm = log_sum_exp(xp, log_prob, axis=0)  # (n,)
-    resp = xp.exp(log_prob - log_norm[None, :]) * w[None, :]
+    e, total, log_norm = _normalise(xp, log_prob, axis=0)  # (K, n), (n,), (n,)
+    resp = e * (w / total)[None, :]
     if xc is None:
         resp_sum = xp.sum(resp, axis=1)
         x_sum, second = _per_component_moments(x, kp.means, resp, tied=cov == "tied")
