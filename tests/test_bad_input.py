@@ -228,6 +228,21 @@ def test_predict_nonfinite_dask_later_block(fitted, data, method):
     assert_unchanged(fitted, before)
 
 
+@pytest.mark.parametrize("method", PREDICTION_METHODS)
+def test_predict_nonfinite_numpy_blocks_side_by_side(fitted, data, method):
+    """In-memory blocks of 10 rows run on threads: the first bad block in row order
+    is named (row 57 alone in its block), whichever block finished first; ``score``
+    sees every block."""
+    fitted.set_params(block_size=10)
+    X = with_nonfinite(data, [57, 80, 81])
+    before = snapshot(fitted)
+    count = 3 if method == "score" else 1
+    for _ in range(5):
+        with pytest.raises(ValueError, match=nonfinite_message(count, 57)):
+            _run(getattr(fitted, method)(X))
+    assert_unchanged(fitted, before)
+
+
 def test_score_nonfinite_dask_several_blocks(fitted, data):
     """``score`` returns a number, so it sees every block: count and first row are global."""
     X = as_dask(with_nonfinite(data, [123, 190, 191]))

@@ -92,18 +92,30 @@ class LocalEngine:
             block, w, start = item
             return _host(fn(block, w, start, *args))
 
-        if self.n_threads == 1:
-            return tree_sum(map(run, self._blocks()), self.split_every)
-        # NumPy arrays: BLAS to one thread while the blocks run side by side
-        pool = _shared_pool(self.n_threads)
-        with one_blas_thread() if _on_host(self.X) else nullcontext():
-            return tree_sum(
-                _ordered_map(pool, run, self._blocks(), 2 * self.n_threads), self.split_every
-            )
+        return self._each_block(run, lambda parts: tree_sum(parts, self.split_every))
 
     def map_blocks(self, fn: Any, *args: Any) -> list[Any]:
         """``[fn(block, *args, row_offset=start) for each block]`` (for prediction)."""
-        return [fn(block, *args, row_offset=start) for block, _, start in self._blocks()]
+
+        def run(item: tuple[Any, Any, int]) -> Any:
+            block, _, start = item
+            return fn(block, *args, row_offset=start)
+
+        return self._each_block(run, list)
+
+    def _each_block(
+        self, run: Callable[[Any], Any], consume: Callable[[Iterator[Any]], Any]
+    ) -> Any:
+        """``consume`` the results of ``run`` on every block, in block order.
+
+        Blocks run side by side on the shared pool (NumPy: with BLAS held to one
+        thread meanwhile); the first failing block, in order, raises.
+        """
+        if self.n_threads == 1:
+            return consume(map(run, self._blocks()))
+        pool = _shared_pool(self.n_threads)
+        with one_blas_thread() if _on_host(self.X) else nullcontext():
+            return consume(_ordered_map(pool, run, self._blocks(), 2 * self.n_threads))
 
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
