@@ -31,6 +31,7 @@ from distmix.estep import (
     log_resp_and_norm,
     namespace,
     prepare_block,
+    weighted_sum,
 )
 from distmix.mstep import m_step
 from distmix.params import Params
@@ -176,7 +177,7 @@ def log_likelihood_block(
     x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
     _, log_norm = log_resp_and_norm(x, params)
     return LogLikelihoodTotal(
-        float(_to_numpy(xp.sum(w * log_norm))),
+        float(_to_numpy(weighted_sum(xp, w, log_norm))),
         float(_to_numpy(xp.sum(w))),
         NonFinite(float(_to_numpy(n_bad)), float(_to_numpy(first))),
     )

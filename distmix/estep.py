@@ -202,12 +202,23 @@ def _normalise(xp: Any, a: Any, axis: int) -> tuple[Any, Any, Any]:
 
     ``exp(a − peak) / Σ`` are the normalised weights (responsibilities when
     ``a`` holds the weighted log-densities), so they need no second ``exp``.
+    Where every ``a`` is −inf (a finite row so far out that its distance to
+    every component overflows) the sum is 0 and ``log Σ exp(a)`` is −inf,
+    without a floating-point warning.
     """
     peak = xp.max(a, axis=axis, keepdims=True)
     peak = xp.where(xp.isfinite(peak), peak, xp.zeros_like(peak))
     e = xp.exp(a - peak)
     total = xp.sum(e, axis=axis)
-    return e, total, xp.squeeze(peak, axis=axis) + xp.log(total)
+    some = total > 0
+    log_total = xp.log(xp.where(some, total, xp.ones_like(total)))
+    log_norm = xp.where(some, xp.squeeze(peak, axis=axis) + log_total, -math.inf)
+    return e, total, log_norm
+
+
+def weighted_sum(xp: Any, w: Any, values: Any) -> Any:
+    """``Σ w · values`` where rows of weight 0 add exactly 0 (even at ±inf)."""
+    return xp.sum(w * xp.where(w > 0, values, xp.zeros_like(values)))
 
 
 def moments(xp: Any, xc: Any, resp: Any, covariance_type: str) -> tuple[Any, Any, Any]:
@@ -256,11 +267,15 @@ def chunk_stats(
     xc = None if _per_component(xp, cov) else centre(xp, x, kp.means)
     log_prob = weighted_log_prob(xp, x, kp, cov, xc)
     e, total, log_norm = _normalise(xp, log_prob, axis=0)  # (K, n), (n,), (n,)
-    resp = e * (w / total)[None, :]
+    # a row whose every density underflows (sum 0) adds 0 rather than NaN
+    resp = e * (w / xp.where(total > 0, total, xp.ones_like(total)))[None, :]
     if xc is None:
         resp_sum = xp.sum(resp, axis=1)
         x_sum, second = _per_component_moments(x, kp.means, resp, tied=cov == "tied")
     else:
+        no_density = total == 0
+        if bool(xp.any(no_density)):  # rare: keep their overflowed squares (inf · 0) out
+            xc = xp.where(no_density[None, :, None], xp.zeros_like(xc), xc)
         resp_sum, x_sum, second = moments(xp, xc, resp, cov)
     return SuffStats(
         params.covariance_type,
@@ -269,7 +284,7 @@ def chunk_stats(
         x_sum,
         second,
         float(x.shape[0]),
-        xp.sum(w * log_norm),
+        weighted_sum(xp, w, log_norm),
         n_bad,
         first,
     )

@@ -1141,8 +1141,10 @@ def _default_window(X: Any) -> int:
     A cluster without any worker yet (a job-queue cluster whose jobs are still
     queued, say) is waited for, up to ``WORKER_WAIT_S``, until one joins;
     otherwise the window would be 1 on one run and the cluster's threads on the
-    next. The window changes the fit: pass ``window=`` for a fit that does not
-    depend on the cluster at all.
+    next. An adaptive cluster starts workers only once there is work, so it is
+    not waited for. Still no worker: one block per update, with a warning. The
+    window changes the fit: pass ``window=`` for a fit that does not depend on
+    the cluster at all.
     """
     if is_dask_array(X):
         try:
@@ -1152,16 +1154,20 @@ def _default_window(X: Any) -> int:
         except (ImportError, ValueError):
             pass
         else:
-            if not client.nthreads():
-                try:
+            adaptive = getattr(getattr(client, "cluster", None), "_adaptive", None) is not None
+            if not client.nthreads() and not adaptive:
+                with contextlib.suppress(TimeoutError):
                     client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-                except TimeoutError as err:
-                    raise TimeoutError(
-                        f"no Dask worker joined the cluster of {client.scheduler.address} "
-                        f"within {WORKER_WAIT_S:g} s: the stream has nowhere to run (start "
-                        "workers, or pass window= to stream without waiting for them)."
-                    ) from err
-            return max(1, sum(client.nthreads().values()))
+            threads = sum(client.nthreads().values())
+            if not threads:
+                why = "is adaptive" if adaptive else f"had none within {WORKER_WAIT_S:g} s"
+                warnings.warn(
+                    f"the Dask cluster of {client.scheduler.address} has no worker yet (it "
+                    f"{why}): streaming one block per update. Pass window= to choose.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return max(1, threads)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, cores or 1)
 

@@ -134,6 +134,6 @@ def _m_step(stats: SuffStats, reg_covar: float, previous: Params | None) -> Para
             f"{EMPTY_RESP:g} of the total weight; they keep their previous mean and "
             "covariance. Consider fewer components or another initialisation.",
             EmptyComponentWarning,
-            stacklevel=2,
+            stacklevel=3,  # _m_step, m_step, its caller
         )
     return Params.from_covariances(weights, means, covariances, stats.covariance_type)

@@ -29,6 +29,7 @@ from distmix import GaussianMixture, estep
 from distmix.chunks import default_block_rows
 from distmix.em import (
     STACK_BYTES,
+    _pieces,
     estep_block,
     kernel_piece_rows,
     log_likelihood_block,
@@ -320,6 +321,28 @@ def test_zero_weight_equals_dropping_the_row(kind):
     assert_same_fit(weighted, kept)
 
 
+def test_zero_weight_row_too_far_out_for_any_density_is_dropped(covariance_type):
+    """A finite row so far from every component that all its densities underflow
+    (the squared distance overflows): with weight 0 it adds exactly nothing (no
+    NaN in the statistics or the log-likelihood), as if it were dropped."""
+    X = data(seed=9)
+    start = starting_params(X, N_COMPONENTS, covariance_type, seed=7)
+    params = Params.from_precisions(
+        start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
+    )
+    far = X.copy()
+    far[[3, 40]] = 1e200
+    w = np.ones(len(X))
+    w[[3, 40]] = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # the squares overflow to inf
+        got = chunk_stats(far, params, w)
+        total = log_likelihood_block(far, w, 0, params)
+    want = chunk_stats(np.delete(X, [3, 40], axis=0), params)
+    for field in ("resp_sum", "x_sum", "second", "log_lik"):
+        assert_close(getattr(got, field), getattr(want, field), 1e-12, field)
+    assert_close(total.log_lik, float(want.log_lik), 1e-12, "log_likelihood_block")
+
+
 # -- random state ---------------------------------------------------------------
 @pytest.mark.parametrize(
     ("init_params", "as_input"),
@@ -586,6 +609,7 @@ def test_large_block_in_cache_sized_pieces_equals_the_whole_block(
         start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
     )
     w = rng.uniform(0.0, 2.0, size=X.shape[0])
+    assert (_pieces(X, params) is None) == malloc_tuned
     whole = chunk_stats(X, params, w, 5000)
     pieces = estep_block(X, w, 5000, params)
     for field in ("resp_sum", "x_sum", "second", "log_lik", "n_rows"):
@@ -628,6 +652,7 @@ def test_predictions_and_score_in_pieces_equal_the_whole_block(
     params = Params.from_precisions(
         start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
     )
+    assert (_pieces(X, params) is None) == malloc_tuned
     for fn in (estep.score_samples_block, estep.predict_proba_block, estep.predict_block):
         whole = fn(X, params)
         pieces = rowwise_in_pieces(fn, X, params)

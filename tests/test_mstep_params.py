@@ -81,23 +81,58 @@ def test_m_step_matches_direct_formulas(covariance_type, reference_offset):
     np.testing.assert_allclose(params.covariances, want["covariances"], rtol=1e-10, atol=1e-10)
 
 
-def test_m_step_restores_blas_threads_even_when_it_raises():
-    """The M-step holds BLAS to one thread while it runs, and only then."""
+def _blas_threads() -> list[tuple[str, int]]:
     from threadpoolctl import threadpool_info
 
-    def blas_threads():
-        return sorted(
-            (i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"
-        )
+    return sorted(
+        (i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"
+    )
 
-    before = blas_threads()
+
+def test_m_step_runs_on_one_blas_thread_and_restores_it(monkeypatch):
+    """During the M-step every BLAS library runs one thread; afterwards (also after
+    an error) each has its own count back."""
+    import distmix.mstep
+
+    before = _blas_threads()
+    inside: list[list[tuple[str, int]]] = []
+    body = distmix.mstep._m_step
+
+    def observed(*args):
+        inside.append(_blas_threads())
+        return body(*args)
+
+    monkeypatch.setattr(distmix.mstep, "_m_step", observed)
     X = mixture_data(2, n_rows=200, n_features=D)
     stats = resp_stats(X, np.full((200, 3), 1 / 3), X[:3], "full")
     assert m_step(stats, reg_covar=1e-6).n_components == 3
-    assert blas_threads() == before
+    assert inside and all(n == 1 for _, n in inside[0])
+    assert _blas_threads() == before
     with pytest.raises(ValueError, match="total weight"):
         m_step(stats.scale(0.0), reg_covar=1e-6)
-    assert blas_threads() == before
+    assert _blas_threads() == before
+
+
+def test_blas_limit_is_restored_when_threads_overlap():
+    """The limit is process-wide: M-steps on two threads that enter and leave it in
+    any interleaving still leave every BLAS library with its own count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distmix._blas import one_blas_thread
+
+    before = _blas_threads()
+    X = mixture_data(2, n_rows=200, n_features=D)
+    stats = resp_stats(X, np.full((200, 3), 1 / 3), X[:3], "full")
+
+    def many(_):
+        for _ in range(300):
+            m_step(stats, reg_covar=1e-6)
+            with one_blas_thread():
+                pass
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(many, range(4)))
+    assert _blas_threads() == before
 
 
 def test_reg_covar_is_added(covariance_type):
@@ -148,8 +183,9 @@ def test_empty_component_keeps_previous_mean_and_covariance(empty_setup, covaria
     X, previous = empty_setup
     stats = chunk_stats(X, previous).to_host()
     assert stats.resp_sum[1] == 0.0
-    with pytest.warns(EmptyComponentWarning, match=r"component\(s\) \[1\]"):
+    with pytest.warns(EmptyComponentWarning, match=r"component\(s\) \[1\]") as caught:
         new = m_step(stats, 1e-6, previous=previous)
+    assert caught[0].filename == __file__  # the warning points at m_step's caller
     for name in ("weights", "means", "covariances", "precisions_cholesky"):
         assert np.all(np.isfinite(getattr(new, name))), name
     np.testing.assert_array_equal(new.means[1], previous.means[1])

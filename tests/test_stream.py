@@ -238,12 +238,13 @@ def test_stream_windows_run_on_a_dask_cluster(X, tmp_path):
 def test_default_window_waits_for_a_cluster_s_first_worker(X, tmp_path, monkeypatch):
     """A cluster whose worker has not joined yet: the default window waits for it
     (its 2 threads → window 2) instead of streaming one block per update; with no
-    worker at all, a clear error after the wait."""
+    worker after the wait, one block per update and a warning."""
     import threading
 
     from distributed import Client, LocalCluster
 
     import distmix.estimator
+    from distmix.chunks import open_dataset
 
     start = start_for(X)
     path = str(write_array(tmp_path / "x.zarr", X, 250).store_path.store.root)
@@ -260,8 +261,8 @@ def test_default_window_waits_for_a_cluster_s_first_worker(X, tmp_path, monkeypa
         Client(cluster) as client,
     ):
         monkeypatch.setattr(distmix.estimator, "WORKER_WAIT_S", 0.5)
-        with pytest.raises(TimeoutError, match=r"no Dask worker joined .*window="):
-            fit_stream(path, **opts)
+        with pytest.warns(UserWarning, match=r"no worker yet \(it had none within 0.5 s\)"):
+            assert distmix.estimator._default_window(open_dataset(path)) == 1
         assert not client.nthreads()
         monkeypatch.setattr(distmix.estimator, "WORKER_WAIT_S", 60.0)
         late = threading.Timer(1.0, cluster.scale, args=(1,))
@@ -271,6 +272,33 @@ def test_default_window_waits_for_a_cluster_s_first_worker(X, tmp_path, monkeypa
         finally:
             late.join()
     assert there.n_steps_ == here.n_steps_ == 8
+    assert_same_model(there, here, rtol=1e-10)
+
+
+def test_default_window_on_an_adaptive_cluster_does_not_wait(X, tmp_path):
+    """An adaptive cluster starts workers only when there is work: the stream
+    starts at once with one block per update (and says so), and the cluster scales
+    up to run it."""
+    from distributed import Client, LocalCluster
+
+    start = start_for(X)
+    path = str(write_array(tmp_path / "x.zarr", X, 250).store_path.store.root)
+    opts = dict(n_components=N_COMPONENTS, random_state=1, **start)
+    here = fit_stream(path, window=1, **opts)
+    with (
+        LocalCluster(
+            n_workers=0,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster),
+    ):
+        cluster.adapt(minimum=0, maximum=1, interval="200ms")
+        with pytest.warns(UserWarning, match=r"no worker yet \(it is adaptive\)"):
+            there = fit_stream(path, **opts)
+    assert there.n_steps_ == here.n_steps_ == 16
     assert_same_model(there, here, rtol=1e-10)
 
 

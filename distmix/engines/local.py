@@ -9,6 +9,7 @@ threads.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
 from collections import deque
@@ -148,14 +149,24 @@ def _shared_pool(n_threads: int) -> ThreadPoolExecutor:
 def _ordered_map(
     pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterator[Any], window: int
 ) -> Iterator[Any]:
-    """``map(fn, items)`` on ``pool`` with at most ``window`` blocks in flight, in order."""
+    """``map(fn, items)`` on ``pool`` with at most ``window`` blocks in flight, in order.
+
+    When a block fails (or the consumer stops early), the blocks not started yet
+    are cancelled and those running are waited for: none runs on after the
+    caller has moved on (and released its BLAS limit).
+    """
     pending: deque[Any] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
             yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        concurrent.futures.wait(pending)
 
 
 def _on_host(x: Any) -> bool:
