@@ -11,6 +11,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from typing import Any
@@ -235,31 +236,39 @@ def test_stream_windows_run_on_a_dask_cluster(X, tmp_path):
     assert_same_model(there, here, rtol=1e-10)
 
 
-def test_default_window_waits_for_a_cluster_s_first_worker(X, tmp_path, monkeypatch):
-    """A cluster whose worker has not joined yet: the default window waits for it
-    (its 2 threads → window 2) instead of streaming one block per update; with no
-    worker after the wait, one block per update and a warning."""
-    import threading
-
+@contextlib.contextmanager
+def workerless_cluster(X, tmp_path, threads_per_worker, reference_window):
+    """A LocalCluster on 127.0.0.1 started without workers, its client the
+    default; yields ``(cluster, client, path, opts, reference)``: a Zarr copy of
+    X, the stream options, and the in-process stream with ``reference_window``."""
     from distributed import Client, LocalCluster
 
-    import distmix.estimator
-    from distmix.chunks import open_dataset
-
-    start = start_for(X)
     path = str(write_array(tmp_path / "x.zarr", X, 250).store_path.store.root)
-    opts = dict(n_components=N_COMPONENTS, random_state=1, **start)
-    here = fit_stream(path, window=2, **opts)
+    opts = dict(n_components=N_COMPONENTS, random_state=1, **start_for(X))
+    reference = fit_stream(path, window=reference_window, **opts)
     with (
         LocalCluster(
             n_workers=0,
-            threads_per_worker=2,
+            threads_per_worker=threads_per_worker,
             processes=True,
             host="127.0.0.1",
             dashboard_address=":0",
         ) as cluster,
         Client(cluster) as client,
     ):
+        yield cluster, client, path, opts, reference
+
+
+def test_default_window_waits_for_a_cluster_s_first_worker(X, tmp_path, monkeypatch):
+    """A cluster whose worker has not joined yet: the default window waits for it
+    (its 2 threads → window 2) instead of streaming one block per update; with no
+    worker after the wait, one block per update and a warning."""
+    import threading
+
+    import distmix.estimator
+    from distmix.chunks import open_dataset
+
+    with workerless_cluster(X, tmp_path, 2, 2) as (cluster, client, path, opts, here):
         monkeypatch.setattr(distmix.estimator, "WORKER_WAIT_S", 0.5)
         with pytest.warns(UserWarning, match=r"no worker yet \(it had none within 0.5 s\)"):
             assert distmix.estimator._default_window(open_dataset(path)) == 1
@@ -279,22 +288,7 @@ def test_default_window_on_an_adaptive_cluster_does_not_wait(X, tmp_path):
     """An adaptive cluster starts workers only when there is work: the stream
     starts at once with one block per update (and says so), and the cluster scales
     up to run it."""
-    from distributed import Client, LocalCluster
-
-    start = start_for(X)
-    path = str(write_array(tmp_path / "x.zarr", X, 250).store_path.store.root)
-    opts = dict(n_components=N_COMPONENTS, random_state=1, **start)
-    here = fit_stream(path, window=1, **opts)
-    with (
-        LocalCluster(
-            n_workers=0,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster),
-    ):
+    with workerless_cluster(X, tmp_path, 1, 1) as (cluster, _, path, opts, here):
         cluster.adapt(minimum=0, maximum=1, interval="200ms")
         with pytest.warns(UserWarning, match=r"no worker yet \(it is adaptive\)"):
             there = fit_stream(path, **opts)
