@@ -77,7 +77,27 @@ def _per_component_moments(x: Any, means: Any, resp: Any, tied: bool) -> tuple[A
     return x_sum, second
 
 
-# -- squared Mahalanobis distance, per covariance type: (K, n, D) → (K, n) --
+# -- what each covariance type's formulas read from the centred stack xc --
+# full and tied: xc itself; diag: its squares (K, n, D); spherical: the squared
+# norms (K, n). Computed once per block and shared by the distance and the
+# second moment.
+def _features_diag(xp: Any, xc: Any) -> Any:
+    return xc * xc
+
+
+def _features_spherical(xp: Any, xc: Any) -> Any:
+    return xp.sum(xc * xc, axis=-1)
+
+
+FEATURES: dict[str, Callable[[Any, Any], Any]] = {
+    "full": lambda xp, xc: xc,
+    "tied": lambda xp, xc: xc,
+    "diag": _features_diag,
+    "spherical": _features_spherical,
+}
+
+
+# -- squared Mahalanobis distance, per covariance type: features → (K, n) --
 def _mahalanobis_full(xp: Any, xc: Any, u: Any) -> Any:
     y = xp.matmul(xc, u)  # (K, n, D) @ (K, D, D)
     return xp.sum(y * y, axis=-1)
@@ -88,12 +108,12 @@ def _mahalanobis_tied(xp: Any, xc: Any, u: Any) -> Any:
     return xp.sum(y * y, axis=-1)
 
 
-def _mahalanobis_diag(xp: Any, xc: Any, u: Any) -> Any:
-    return xp.matmul(xc * xc, (u * u)[:, :, None])[:, :, 0]
+def _mahalanobis_diag(xp: Any, squares: Any, u: Any) -> Any:
+    return xp.matmul(squares, (u * u)[:, :, None])[:, :, 0]
 
 
-def _mahalanobis_spherical(xp: Any, xc: Any, u: Any) -> Any:
-    return xp.sum(xc * xc, axis=-1) * (u * u)[:, None]
+def _mahalanobis_spherical(xp: Any, sq_norms: Any, u: Any) -> Any:
+    return sq_norms * (u * u)[:, None]
 
 
 MAHALANOBIS: dict[str, Callable[[Any, Any, Any], Any]] = {
@@ -105,7 +125,7 @@ MAHALANOBIS: dict[str, Callable[[Any, Any, Any], Any]] = {
 
 
 # -- second moment about the reference, per covariance type ----------------
-# Each takes the centred stack xc (K, n, D) and responsibilities resp (K, n).
+# Each takes the type's features (above) and responsibilities resp (K, n).
 def _second_full(xp: Any, xc: Any, resp: Any) -> Any:
     return xp.matmul(xp.matrix_transpose(xc * resp[:, :, None]), xc)  # (K, D, D)
 
@@ -116,12 +136,12 @@ def _second_tied(xp: Any, xc: Any, resp: Any) -> Any:
     return xp.matmul(xp.matrix_transpose(weighted), xp.reshape(xc, (k * n, d)))  # (D, D)
 
 
-def _second_diag(xp: Any, xc: Any, resp: Any) -> Any:
-    return xp.matmul(resp[:, None, :], xc * xc)[:, 0, :]  # (K, D)
+def _second_diag(xp: Any, squares: Any, resp: Any) -> Any:
+    return xp.matmul(resp[:, None, :], squares)[:, 0, :]  # (K, D)
 
 
-def _second_spherical(xp: Any, xc: Any, resp: Any) -> Any:
-    return xp.sum(resp * xp.sum(xc * xc, axis=-1), axis=1)  # (K,)
+def _second_spherical(xp: Any, sq_norms: Any, resp: Any) -> Any:
+    return xp.sum(resp * sq_norms, axis=1)  # (K,)
 
 
 SECOND_MOMENT: dict[str, Callable[[Any, Any, Any], Any]] = {
@@ -177,18 +197,20 @@ def centre(xp: Any, x: Any, reference: Any) -> Any:
 
 
 def weighted_log_prob(
-    xp: Any, x: Any, kp: KernelParams, covariance_type: str, xc: Any | None = None
+    xp: Any, x: Any, kp: KernelParams, covariance_type: str, features: Any | None = None
 ) -> Any:
     """``log w_k + log N(x_i | μ_k, Σ_k)``, shape ``(K, n)``.
 
-    ``xc`` is the centred stack when the caller has it (the generic path).
+    ``features`` are the type's features of the centred stack when the caller
+    has them (the generic path; see ``FEATURES``).
     """
     d = x.shape[-1]
     if _per_component(xp, covariance_type):
         maha = _per_component_mahalanobis(x, kp.means, kp.precisions_cholesky)
     else:
-        xc = centre(xp, x, kp.means) if xc is None else xc
-        maha = MAHALANOBIS[covariance_type](xp, xc, kp.precisions_cholesky)
+        if features is None:
+            features = FEATURES[covariance_type](xp, centre(xp, x, kp.means))
+        maha = MAHALANOBIS[covariance_type](xp, features, kp.precisions_cholesky)
     return -0.5 * (d * LOG_2PI + maha) + (kp.log_det + kp.log_weights)[:, None]
 
 
@@ -221,12 +243,19 @@ def weighted_sum(xp: Any, w: Any, values: Any) -> Any:
     return xp.sum(w * xp.where(w > 0, values, xp.zeros_like(values)))
 
 
-def moments(xp: Any, xc: Any, resp: Any, covariance_type: str) -> tuple[Any, Any, Any]:
-    """``(Σ r, Σ r xc, second moment)`` for responsibilities ``resp`` of shape (K, n)."""
+def moments(
+    xp: Any, xc: Any, resp: Any, covariance_type: str, features: Any | None = None
+) -> tuple[Any, Any, Any]:
+    """``(Σ r, Σ r xc, second moment)`` for responsibilities ``resp`` of shape (K, n).
+
+    ``features``: ``FEATURES[covariance_type](xp, xc)`` when the caller has them.
+    """
+    if features is None:
+        features = FEATURES[covariance_type](xp, xc)
     return (
         xp.sum(resp, axis=1),
         xp.matmul(resp[:, None, :], xc)[:, 0, :],
-        SECOND_MOMENT[covariance_type](xp, xc, resp),
+        SECOND_MOMENT[covariance_type](xp, features, resp),
     )
 
 
@@ -265,7 +294,8 @@ def chunk_stats(
     kp = _kernel_params(xp, x, params)
     cov = params.covariance_type
     xc = None if _per_component(xp, cov) else centre(xp, x, kp.means)
-    log_prob = weighted_log_prob(xp, x, kp, cov, xc)
+    features = None if xc is None else FEATURES[cov](xp, xc)
+    log_prob = weighted_log_prob(xp, x, kp, cov, features)
     e, total, log_norm = _normalise(xp, log_prob, axis=0)  # (K, n), (n,), (n,)
     # a row whose every density underflows (sum 0) adds 0 rather than NaN
     resp = e * (w / xp.where(total > 0, total, xp.ones_like(total)))[None, :]
@@ -276,7 +306,8 @@ def chunk_stats(
         no_density = total == 0
         if bool(xp.any(no_density)):  # rare: keep their overflowed squares (inf · 0) out
             xc = xp.where(no_density[None, :, None], xp.zeros_like(xc), xc)
-        resp_sum, x_sum, second = moments(xp, xc, resp, cov)
+            features = FEATURES[cov](xp, xc)
+        resp_sum, x_sum, second = moments(xp, xc, resp, cov, features)
     return SuffStats(
         params.covariance_type,
         params.means,
