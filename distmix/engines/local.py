@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from distmix._blas import one_blas_thread
@@ -50,8 +51,10 @@ class LocalEngine:
     split_every : int
         Fan-in of the reduction tree.
     n_threads : int or None
-        Blocks run at once (``None``: one per core; 1: serially, BLAS free to
-        use its own threads).
+        Blocks run at once (``None``: one per core, or 1 for CuPy arrays, whose
+        kernels run asynchronously on the caller's device and stream, which
+        pool threads would not share; 1: serially, BLAS free to use its own
+        threads).
     row_offsets : tuple of int, optional
         Global index of every block's first row, for naming bad rows (default:
         the blocks' positions in ``X``). A stream gives the source's rows here
@@ -74,6 +77,8 @@ class LocalEngine:
         self._block_rows = split_rows(self.n_rows, block_size)
         self._row_offsets = check_row_offsets(row_offsets, self._block_rows)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if n_threads is None and array_api_compat.is_cupy_array(X):
+            n_threads = 1
         self.n_threads = max(1, min(n_threads or cores or 1, len(self._block_rows)))
 
     @property
