@@ -617,12 +617,17 @@ def batch_iteration(store: Store, params: Params) -> Params:
     return distmix.mstep.m_step(stats, REG_COVAR, previous=params)
 
 
-def _best_of(fn: Callable[[], Any], repeats: int = 5) -> float:
+def _best_of(fn: Callable[[], Any], repeats: int = 5, *, collect: bool = True) -> float:
+    """Fastest of ``repeats`` calls after a warm-up; ``collect``: ``gc.collect()``
+    before each (False: back to back, caches warm)."""
     fn()
     best = math.inf
     for _ in range(repeats):
-        seconds, _ = timed(fn)
-        best = min(best, seconds)
+        if collect:
+            gc.collect()
+        began = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - began)
     return best
 
 
@@ -635,16 +640,6 @@ def flop_floor_per_row(k: int, d: int) -> int:
     log-sum-exp and the first moments come on top.
     """
     return 2 * k * d * (d + 1)
-
-
-def _best_loop(fn: Callable[[], Any], repeats: int) -> float:
-    """Fastest of ``repeats`` calls, back to back (warm caches, no gc.collect())."""
-    best = math.inf
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - began)
-    return best
 
 
 def measure_ceiling(store: Store, start: Params, read_rows_per_s: float) -> list[Result]:
@@ -685,10 +680,14 @@ def measure_ceiling(store: Store, start: Params, read_rows_per_s: float) -> list
     u_mat = np.triu(np.ones((d, d)))
     gflops = 0.0
     with threadpoolctl.threadpool_limits(1):
-        blas = (_best_loop(blas_products, 20) - _best_loop(centring, 20)) / n_kernel / n_cores()
+        blas = (
+            (_best_of(blas_products, 20, collect=False) - _best_of(centring, 20, collect=False))
+            / n_kernel
+            / n_cores()
+        )
         for n in (1024, 2048, 4096, 8192, 16384):  # in and out of cache
             a_mat = np.random.default_rng(0).standard_normal((n, d))
-            gemm = _best_loop(lambda a=a_mat: a @ u_mat, 50)
+            gemm = _best_of(lambda a=a_mat: a @ u_mat, 50, collect=False)
             gflops = max(gflops, 2 * n * d * d / gemm / 1e9)
     floor_flops = flop_floor_per_row(k, d)
     floor = floor_flops / (gflops * 1e9 * n_cores())  # seconds per row on every core

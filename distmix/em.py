@@ -113,6 +113,30 @@ def _pieces(block: Any, params: Params) -> list[slice] | None:
     return [slice(start, min(start + piece, n)) for start in range(0, n, piece)]
 
 
+def _summed_over_pieces(
+    kernel: Callable[[Any, Any, int, Params], Any],
+    block: Any,
+    sample_weight: Any,
+    row_offset: int,
+    params: Params,
+) -> Any:
+    """``kernel`` (engine argument order) on ``block``, or on each of its pieces
+    (:func:`_pieces`) with their weights and global first rows, the results added."""
+    pieces = _pieces(block, params)
+    if pieces is None:
+        return kernel(block, sample_weight, row_offset, params)
+    parts = (
+        kernel(
+            block[rows],
+            None if sample_weight is None else sample_weight[rows],
+            row_offset + rows.start,
+            params,
+        )
+        for rows in pieces
+    )
+    return functools.reduce(operator.add, parts)
+
+
 def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
     """Engine-facing E-step: ``chunk_stats`` with the engine's argument order.
 
@@ -120,16 +144,13 @@ def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params)
     SuffStats are added. Every engine calls this function on the same blocks;
     pieces and whole blocks differ only by float rounding.
     """
-    pieces = _pieces(block, params)
-    if pieces is None:
-        return chunk_stats(block, params, sample_weight, row_offset)
-    total = None
-    for rows in pieces:
-        w = None if sample_weight is None else sample_weight[rows]
-        stats = chunk_stats(block[rows], params, w, row_offset + rows.start)
-        total = stats if total is None else total + stats
-    assert total is not None
-    return total
+    return _summed_over_pieces(
+        lambda x, w, offset, p: chunk_stats(x, p, w, offset),
+        block,
+        sample_weight,
+        row_offset,
+        params,
+    )
 
 
 def rowwise_in_pieces(block_fn: Callable[[Any, Params], Any], block: Any, params: Params) -> Any:
@@ -160,19 +181,14 @@ class LogLikelihoodTotal:
 def log_likelihood_block(
     block: Any, sample_weight: Any, row_offset: int, params: Params
 ) -> LogLikelihoodTotal:
-    """Engine-facing: the block's log-likelihood under ``params`` (for ``score``)."""
-    pieces = _pieces(block, params)
-    if pieces is not None:
-        parts = [
-            log_likelihood_block(
-                block[rows],
-                None if sample_weight is None else sample_weight[rows],
-                row_offset + rows.start,
-                params,
-            )
-            for rows in pieces
-        ]
-        return functools.reduce(operator.add, parts)
+    """Engine-facing: the block's log-likelihood under ``params`` (for ``score``),
+    large NumPy blocks in the E-step's pieces."""
+    return _summed_over_pieces(_log_likelihood_whole, block, sample_weight, row_offset, params)
+
+
+def _log_likelihood_whole(
+    block: Any, sample_weight: Any, row_offset: int, params: Params
+) -> LogLikelihoodTotal:
     xp = namespace(block)
     x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
     _, log_norm = log_resp_and_norm(x, params)

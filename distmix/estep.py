@@ -298,12 +298,12 @@ def chunk_stats(
     log_prob = weighted_log_prob(xp, x, kp, cov, features)
     e, total, log_norm = _normalise(xp, log_prob, axis=0)  # (K, n), (n,), (n,)
     # a row whose every density underflows (sum 0) adds 0 rather than NaN
-    resp = e * (w / xp.where(total > 0, total, xp.ones_like(total)))[None, :]
+    no_density = total == 0
+    resp = e * (w / xp.where(no_density, xp.ones_like(total), total))[None, :]
     if xc is None:
         resp_sum = xp.sum(resp, axis=1)
         x_sum, second = _per_component_moments(x, kp.means, resp, tied=cov == "tied")
     else:
-        no_density = total == 0
         if bool(xp.any(no_density)):  # rare: keep their overflowed squares (inf · 0) out
             xc = xp.where(no_density[None, :, None], xp.zeros_like(xc), xc)
             features = FEATURES[cov](xp, xc)

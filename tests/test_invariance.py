@@ -169,6 +169,22 @@ def one_block_fit(**kwargs) -> GaussianMixture:
     return GaussianMixture(block_size=N_ROWS, **kwargs).fit(data())
 
 
+def start_params(X: np.ndarray, n_components: int, covariance_type: str, seed: int) -> Params:
+    """``starting_params`` as a Params (for calling kernels and engines directly)."""
+    start = starting_params(X, n_components, covariance_type, seed=seed)
+    return Params.from_precisions(
+        start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
+    )
+
+
+def set_malloc_tunable(monkeypatch: pytest.MonkeyPatch, tuned: bool) -> None:
+    """This process's environment without glibc malloc tunables, or with Dask's one."""
+    for name in [n for n in os.environ if n.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    if tuned:
+        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+
+
 # -- chunking -----------------------------------------------------------------
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("init_params", INIT_PARAMS)
@@ -326,10 +342,7 @@ def test_zero_weight_row_too_far_out_for_any_density_is_dropped(covariance_type)
     (the squared distance overflows): with weight 0 it adds exactly nothing (no
     NaN in the statistics or the log-likelihood), as if it were dropped."""
     X = data(seed=9)
-    start = starting_params(X, N_COMPONENTS, covariance_type, seed=7)
-    params = Params.from_precisions(
-        start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
-    )
+    params = start_params(X, N_COMPONENTS, covariance_type, seed=7)
     far = X.copy()
     far[[3, 40]] = 1e200
     w = np.ones(len(X))
@@ -479,10 +492,7 @@ def test_iteration_graph_is_one_params_key_and_a_tree(n_blocks, split_every):
     rng = np.random.default_rng(n_blocks)
     chunks = tuple(int(c) for c in rng.integers(1, 12, size=n_blocks))
     X = data(seed=15, n_rows=sum(chunks), n_components=2)
-    start = starting_params(X, 2, "full", seed=10)
-    params = Params.from_precisions(
-        start["weights_init"], start["means_init"], start["precisions_init"], "full"
-    )
+    params = start_params(X, 2, "full", seed=10)
     Xd = as_dask(X, chunks)
     graph = DaskEngine(Xd, split_every=split_every).graph(estep_block, params)
     hlg = graph.__dask_graph__()
@@ -596,18 +606,12 @@ def test_large_block_in_cache_sized_pieces_equals_the_whole_block(
 ):
     """A Zarr-chunk-sized block goes through the kernel in pieces (or whole under
     a malloc tunable): the same statistics, weights and non-finite row index."""
-    for name in [n for n in os.environ if n.startswith("MALLOC_")]:
-        monkeypatch.delenv(name)
-    if malloc_tuned:
-        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    set_malloc_tunable(monkeypatch, malloc_tuned)
     rng = np.random.default_rng(3)
     d = 4
     piece = kernel_piece_rows(covariance_type, 3, d)
     X = rng.normal(size=(3 * piece + 17, d)) * 3 + 1e3
-    start = starting_params(X, 3, covariance_type, seed=4)
-    params = Params.from_precisions(
-        start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
-    )
+    params = start_params(X, 3, covariance_type, seed=4)
     w = rng.uniform(0.0, 2.0, size=X.shape[0])
     assert (_pieces(X, params) is None) == malloc_tuned
     whole = chunk_stats(X, params, w, 5000)
@@ -641,17 +645,11 @@ def test_predictions_and_score_in_pieces_equal_the_whole_block(
 ):
     """Prediction kernels and the log-likelihood go through large blocks in the
     same pieces as the E-step: the same outputs, row for row, as the whole block."""
-    for name in [n for n in os.environ if n.startswith("MALLOC_")]:
-        monkeypatch.delenv(name)
-    if malloc_tuned:
-        monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    set_malloc_tunable(monkeypatch, malloc_tuned)
     rng = np.random.default_rng(5)
     d, k = 4, 3
     X = rng.normal(size=(3 * kernel_piece_rows(covariance_type, k, d) + 17, d)) * 3 - 1e3
-    start = starting_params(X, k, covariance_type, seed=6)
-    params = Params.from_precisions(
-        start["weights_init"], start["means_init"], start["precisions_init"], covariance_type
-    )
+    params = start_params(X, k, covariance_type, seed=6)
     assert (_pieces(X, params) is None) == malloc_tuned
     for fn in (estep.score_samples_block, estep.predict_proba_block, estep.predict_block):
         whole = fn(X, params)
