@@ -33,6 +33,12 @@ from distmix.estep import (
     prepare_block,
     weighted_sum,
 )
+from distmix.fingerprint import (
+    DataChangedError,
+    DataFingerprint,
+    block_fingerprint,
+    fingerprint_block,
+)
 from distmix.mstep import m_step
 from distmix.params import Params
 from distmix.suffstats import SuffStats, _to_numpy
@@ -213,6 +219,94 @@ def e_step(engine: Engine, params: Params) -> SuffStats:
     return stats
 
 
+@dataclass(frozen=True)
+class FingerprintedStats:
+    """A block's SuffStats and the fingerprint of its values, added side by side."""
+
+    stats: SuffStats
+    fingerprint: DataFingerprint
+
+    def __add__(self, other: FingerprintedStats) -> FingerprintedStats:
+        return FingerprintedStats(self.stats + other.stats, self.fingerprint + other.fingerprint)
+
+    def to_host(self) -> FingerprintedStats:
+        return FingerprintedStats(self.stats.to_host(), self.fingerprint)
+
+
+def estep_fingerprint_block(
+    block: Any, sample_weight: Any, row_offset: int, params: Params
+) -> FingerprintedStats:
+    """Engine-facing: :func:`estep_block` and the block's data fingerprint, from one read."""
+    return FingerprintedStats(
+        estep_block(block, sample_weight, row_offset, params),
+        block_fingerprint(block, sample_weight, row_offset),
+    )
+
+
+def e_step_fingerprinted(engine: Engine, params: Params) -> tuple[SuffStats, DataFingerprint]:
+    """:func:`e_step` that also fingerprints the values it reads, in the same pass."""
+    total = engine.map_reduce(estep_fingerprint_block, params).to_host()
+    stats = total.stats
+    raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
+    return stats, total.fingerprint
+
+
+class DataCheck:
+    """The fingerprint of a fit's data: recorded for a new checkpoint, checked on resume.
+
+    ``expected`` is the fingerprint a resumed checkpoint holds (``None`` for a
+    new fit). The value comes from the first E-step pass (:func:`run_em`'s
+    ``check_data``), or, where a resumed fit has no pass left to run, from one
+    read of the blocks (:meth:`ensure`). A mismatch raises before anything is
+    written.
+    """
+
+    def __init__(
+        self, checkpoint: str | os.PathLike[str], stored: Any = None, *, resuming: bool = False
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.resuming = resuming
+        self.expected = DataFingerprint.from_json(stored) if resuming else None
+        self.value: DataFingerprint | None = None
+        if resuming and self.expected is None:
+            raise DataChangedError(
+                f"checkpoint {checkpoint} records no fingerprint of the data it was written "
+                "for (it comes from an older distmix), so resuming it on these data cannot be "
+                "checked: start over without resuming (resume=False; on the command line, "
+                "drop --resume), or use another checkpoint path."
+            )
+
+    @property
+    def pending(self) -> bool:
+        """Whether the data have not been fingerprinted yet."""
+        return self.value is None
+
+    def observe(self, fingerprint: DataFingerprint) -> None:
+        if self.expected is not None and fingerprint != self.expected:
+            raise DataChangedError(
+                f"checkpoint {self.checkpoint} was written for other data: the rows it was "
+                f"fitted on have fingerprint {self.expected.describe()}, the rows given now "
+                f"{fingerprint.describe()}. Resume it only on the data it was written for; "
+                "to fit these data, start over without resuming (resume=False; on the "
+                "command line, drop --resume) or use another checkpoint path."
+            )
+        self.value = fingerprint
+
+    def add(self, fingerprint: DataFingerprint) -> None:
+        """Count more rows in (a stream's newly read rows)."""
+        assert self.value is not None
+        self.value = self.value + fingerprint
+
+    def ensure(self, engine: Engine) -> None:
+        """Fingerprint the data with one read of the blocks, unless already done."""
+        if self.value is None:
+            self.observe(engine.map_reduce(fingerprint_block))
+
+    def record(self) -> dict[str, Any]:
+        """The checkpoint's ``extra`` entry for the fingerprint (empty while pending)."""
+        return {} if self.value is None else {"data_fingerprint": self.value.to_json()}
+
+
 def mean_log_likelihood(stats: SuffStats) -> float:
     return float(stats.log_lik) / stats.weight_sum
 
@@ -227,12 +321,15 @@ def run_em(
     lower_bound: float = -math.inf,
     history: Sequence[float] = (),
     callback: Callable[[IterationInfo], None] | None = None,
+    check_data: Callable[[DataFingerprint], None] | None = None,
 ) -> EMResult:
     """Iterate EM from ``params`` over the rows of ``engine``.
 
     ``history`` holds the lower bounds of iterations already done (a resumed
     run): counting continues from there, up to ``max_iter`` in all, and
-    ``lower_bound`` defaults to its last value.
+    ``lower_bound`` defaults to its last value. ``check_data``, if given, hears
+    the fingerprint of the data (computed in the first iteration's pass) before
+    that iteration's M-step and callback; it may raise to stop the run.
     """
     past = list(history)
     if past:
@@ -242,7 +339,12 @@ def run_em(
     for n_iter in range(len(past) + 1, max_iter + 1):
         start = time.perf_counter()
         previous = lower_bound
-        stats = e_step(engine, params)
+        if check_data is not None:
+            stats, fingerprint = e_step_fingerprinted(engine, params)
+            check_data(fingerprint)
+            check_data = None  # once per run: the data do not change between passes
+        else:
+            stats = e_step(engine, params)
         lower_bound = mean_log_likelihood(stats)
         params = m_step(stats, reg_covar, previous=params)
         past.append(lower_bound)

@@ -37,7 +37,15 @@ from distmix.chunks import (
     open_dataset,
     raise_if_nonfinite,
 )
-from distmix.em import EMResult, IterationInfo, mean_log_likelihood_of, rowwise_in_pieces, run_em
+from distmix.em import (
+    DataCheck,
+    EMResult,
+    IterationInfo,
+    e_step_fingerprinted,
+    mean_log_likelihood_of,
+    rowwise_in_pieces,
+    run_em,
+)
 from distmix.engines import DaskEngine, LocalEngine
 from distmix.engines.stream import (
     StepSchedule,
@@ -50,6 +58,7 @@ from distmix.engines.stream import (
     window_engine,
     with_validation,
 )
+from distmix.fingerprint import DataFingerprint
 from distmix.init import initial_params
 from distmix.params import (
     Params,
@@ -411,6 +420,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         first = resumed.init_index if resumed else 0
         if resumed is not None and resumed.finished:
             first = n_init  # the checkpointed fit had finished: nothing left to run
+        # a checkpoint is bound to the values of its data: fingerprinted in the first
+        # pass of a new fit, checked against the first pass of a resumed one
+        data = (
+            None
+            if self.checkpoint is None
+            else DataCheck(
+                self.checkpoint,
+                resumed.extra.get("data_fingerprint") if resumed else None,
+                resuming=resumed is not None,
+            )
+        )
 
         for init in range(first, n_init):
             start = time.perf_counter()
@@ -444,7 +464,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     reg_covar=self.reg_covar,
                     lower_bound=lower_bound,
                     history=history,
-                    callback=self._iteration_callback(start, fingerprint, init, best, best_lb),
+                    callback=self._iteration_callback(
+                        start, fingerprint, init, best, best_lb, data
+                    ),
+                    check_data=data.observe if data is not None and data.pending else None,
                 )
             if self.verbose:
                 status = "converged" if result.converged else "did not converge"
@@ -455,13 +478,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if best is None or result.lower_bound > best_lb:
                 best = RunState(result.params, result.lower_bounds, result.converged)
                 best_lb = result.lower_bound
-            if self.checkpoint is not None:
+            if data is not None:
+                data.ensure(engine)  # a run that made no pass (resumed when converged)
                 save_checkpoint(
-                    self.checkpoint,
+                    data.checkpoint,
                     Checkpoint(
-                        fingerprint, init + 1, None, best, best_lb, finished=init == n_init - 1
+                        fingerprint,
+                        init + 1,
+                        None,
+                        best,
+                        best_lb,
+                        finished=init == n_init - 1,
+                        extra=data.record(),
                     ),
                 )
+        if data is not None:
+            data.ensure(engine)  # a finished fit resumed: checked before it is returned
         assert best is not None
         if not best.converged and self.max_iter > 0:
             warnings.warn(
@@ -517,15 +549,24 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._set_stream(state, getattr(self, "_stream_position", None))
 
     def _stream_step(
-        self, engine: LocalEngine | DaskEngine, state: StreamState | None
+        self,
+        engine: LocalEngine | DaskEngine,
+        state: StreamState | None,
+        data: DataCheck | None = None,
     ) -> tuple[StreamState, int]:
         """One online-EM update with the rows of ``engine``; ``(new state, rows read)``.
 
         A stream without a state starts from ``_start_params`` on these rows.
+        With ``data`` (whose fingerprint is known), the same pass fingerprints
+        the rows and adds them to it.
         """
         if state is None:
             state = StreamState(self._start_params(engine))
-        stats = batch_stats(engine, state.params)
+        if data is not None and not data.pending:
+            stats, rows_fingerprint = e_step_fingerprinted(engine, state.params)
+            data.add(rows_fingerprint)
+        else:
+            stats = batch_stats(engine, state.params)
         new = online_update(
             state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
         )
@@ -691,8 +732,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
         fingerprint = self._stream_fingerprint(X.shape[1], plan, w is not None)
         resumed = self._resume_stream(fingerprint)
-        if resumed is not None:
-            state, position = resumed
+        data = None
+        if self.checkpoint is not None:
+            # the checkpoint is bound to the values read so far (each row once, in the
+            # first pass over its segment): a resumed stream reads those rows once more,
+            # hash only, and refuses to go on if they changed, before writing anything
+            data = DataCheck(
+                self.checkpoint,
+                resumed[2].get("data_fingerprint") if resumed else None,
+                resuming=resumed is not None,
+            )
+            if resumed is not None:
+                state, position, _ = resumed
+                data.ensure(
+                    window_engine(X, w, plan.ranges_read(position), split_every=self.split_every)
+                )
+            elif not continuing:
+                data.observe(DataFingerprint())  # nothing read yet
         n_rows = int(X.shape[0])
         held_out = _HeldOut(self, validation)
         self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
@@ -700,15 +756,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         rows_here = 0
         for after, ranges in plan.walk(position, n_rows):
             engine = window_engine(X, w, ranges, split_every=self.split_every)
-            state, n_read = self._stream_step(engine, state)
+            first_pass = not position.in_segment or position.pass_index == 0
+            state, n_read = self._stream_step(engine, state, data if first_pass else None)
             position = after
             rows_here += n_read
             last = not after.in_segment and after.rows_done == n_rows
             if state.n_steps % report_every == 0 or last:
                 state = held_out.record(state)
                 self._report_stream(state, rows_here, time.perf_counter() - started, callback)
-            if self.checkpoint is not None:
-                save_stream_checkpoint(self.checkpoint, fingerprint, state, position)
+            if data is not None:
+                save_stream_checkpoint(
+                    data.checkpoint, fingerprint, state, position, extra=data.record()
+                )
         if state is None:
             if continuing:
                 return  # nothing new to read: the model stays as it is
@@ -755,7 +814,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         fingerprint.pop("n_features")
         resumed = self._resume_stream(fingerprint)
         if resumed is not None:
-            state, position = resumed
+            state, position, _ = resumed
         if not continuing and resumed is None:
             position = StreamPosition()
         held_out = _HeldOut(self, validation)
@@ -800,10 +859,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _resume_stream(
         self, fingerprint: dict[str, Any]
-    ) -> tuple[StreamState, StreamPosition] | None:
+    ) -> tuple[StreamState, StreamPosition, dict[str, Any]] | None:
+        """``(state, position, extra)`` of the checkpoint to resume, its settings checked."""
         if self.checkpoint is None or not self.resume or not Path(self.checkpoint).exists():
             return None
-        stored, state, position, _ = load_stream_checkpoint(self.checkpoint)
+        stored, state, position, extra = load_stream_checkpoint(self.checkpoint)
         _check_fingerprint(
             self.checkpoint,
             stored,
@@ -812,7 +872,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             "Start over without resuming (resume=False; on the command line, drop --resume), "
             "or use another checkpoint path.",
         )
-        return state, position or StreamPosition()
+        return state, position or StreamPosition(), extra
 
     def _report_stream(
         self,
@@ -876,17 +936,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         init: int,
         best: RunState | None,
         best_lb: float,
+        data: DataCheck | None,
     ) -> Any:
         def after_iteration(info: IterationInfo) -> None:
-            if self.checkpoint is not None:
+            if data is not None:
                 save_checkpoint(
-                    self.checkpoint,
+                    data.checkpoint,
                     Checkpoint(
                         fingerprint,
                         init,
                         RunState(info.params, info.lower_bounds, info.converged),
                         best,
                         best_lb,
+                        extra=data.record(),
                     ),
                 )
             if self.verbose and info.n_iter % self.verbose_interval == 0:

@@ -10,12 +10,16 @@ import time
 import warnings
 from pathlib import Path
 
+import dask
+import dask.array as da
+import dask.callbacks
 import numpy as np
 import pytest
 from conftest import mixture_data, starting_params
 from sklearn.exceptions import ConvergenceWarning
 
 import distmix
+from distmix.fingerprint import DataChangedError
 from distmix.persist import (
     ModelFileError,
     load_checkpoint,
@@ -193,13 +197,24 @@ def test_resume_refuses_a_checkpoint_of_another_fit(tmp_path):
     assert not hasattr(other, "means_")
 
 
-def test_finished_checkpoint_resumes_without_a_pass(tmp_path):
+def test_finished_checkpoint_resumes_with_one_read_that_checks_the_data(tmp_path):
+    """A finished fit resumed runs no E-step: one read fingerprints the rows, and other
+    rows of the same shape are refused (the checkpoint is not theirs)."""
     X = mixture_data(10, n_rows=300, n_features=2, n_components=2)
     path = tmp_path / "ck.npz"
     first = distmix.GaussianMixture(2, random_state=0, checkpoint=path).fit(X)
-    again = distmix.GaussianMixture(2, random_state=0, checkpoint=path, resume=True)
-    again.fit(X * np.nan)  # any pass over these rows would fail: none happens
+    computes = []
+    with dask.callbacks.Callback(start=lambda dsk: computes.append(len(dsk))):
+        again = distmix.GaussianMixture(
+            2, random_state=0, checkpoint=path, resume=True, persist=False
+        )
+        again.fit(da.from_array(X, chunks=100))
     np.testing.assert_array_equal(again.means_, first.means_)
+    assert len(computes) == 1  # the fingerprint's read, no EM pass
+    other = X.copy()
+    other[123, 1] += 1e-9
+    with pytest.raises(DataChangedError, match="written for other data"):
+        distmix.GaussianMixture(2, random_state=0, checkpoint=path, resume=True).fit(other)
 
 
 def _cli(*args: str) -> list[str]:

@@ -285,6 +285,23 @@ class StreamPlan:
             ranges = [ranges[i] for i in rng.permutation(len(ranges))]
         return [ranges[i : i + self.window] for i in range(0, len(ranges), self.window)]
 
+    def ranges_read(self, position: StreamPosition) -> list[Range]:
+        """The row ranges a stream's first passes have read before ``position``.
+
+        Every row read so far was read in the first pass over its segment: the
+        rows done, the segment in progress if it is past its first pass, else
+        the batches of its first pass before ``position``.
+        """
+        ranges = self.segment_ranges(0, position.rows_done) if position.rows_done else []
+        if position.in_segment:
+            start, stop = position.segment_start, position.segment_stop
+            if position.pass_index > 0:
+                ranges += self.segment_ranges(start, stop)
+            else:
+                for batch in self.batches(start, stop, 0)[: position.batch_index]:
+                    ranges += batch
+        return ranges
+
     def walk(
         self, position: StreamPosition, n_rows: int
     ) -> Iterator[tuple[StreamPosition, list[Range]]]:
