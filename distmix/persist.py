@@ -79,6 +79,56 @@ def write_archive(
     atomic_write_bytes(path, buffer.getvalue())
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npz_arrays(source: Path) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` at ``source``, never unpickling anything.
+
+    Anything else is refused with our own message: NumPy's own, for a pickled
+    object array or for bytes it takes for a pickle, suggests loading the file
+    "unsafely with allow_pickle=True", which is the one thing not to do with a
+    file of unknown origin.
+    """
+    not_ours = "distmix model files and checkpoints are .npz archives that distmix wrote"
+    with open(source, "rb") as handle:
+        head = handle.read(len(_NPY_MAGIC))
+    if not head.startswith(_ZIP_MAGIC):  # np.load would try a non-zip, non-.npy file as a pickle
+        what = (
+            "an empty file"
+            if not head
+            else "a single NumPy .npy array"
+            if head.startswith(_NPY_MAGIC)
+            else "not an .npz archive"
+        )
+        raise ModelFileError(f"{source}: {what}, not a distmix file; {not_ours}.")
+    contents: dict[str, np.ndarray] = {}
+    try:
+        with np.load(source, allow_pickle=False) as archive:
+            for name in archive.files:
+                try:
+                    value = archive[name]
+                except ValueError as error:
+                    if "pickle" not in str(error):
+                        raise
+                    raise ModelFileError(
+                        f"{source}: array {name!r} holds Python objects, which distmix never "
+                        f"unpickles; not a distmix file ({not_ours})."
+                    ) from None
+                if not isinstance(value, np.ndarray):  # a zip member that is no .npy
+                    raise ModelFileError(
+                        f"{source}: holds {name!r}, which is not a NumPy array; not a distmix "
+                        f"file ({not_ours})."
+                    )
+                contents[name] = value
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, ModelFileError):
+            raise
+        raise ModelFileError(f"{source}: not a readable distmix file ({error}).") from error
+    return contents
+
+
 def read_archive(
     path: str | os.PathLike[str], expected_format: str
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -86,11 +136,7 @@ def read_archive(
     source = Path(path)
     if not source.is_file():
         raise ModelFileError(f"{source}: no such file.")
-    try:
-        with np.load(source, allow_pickle=False) as archive:
-            contents = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ModelFileError(f"{source}: not a readable distmix file ({error}).") from error
+    contents = _read_npz_arrays(source)
     if "meta" not in contents:
         raise ModelFileError(f"{source}: no 'meta' header; not a distmix file.")
     try:
@@ -145,6 +191,8 @@ def params_from_arrays(
     for name, value in values.items():
         if not np.all(np.isfinite(value)):
             raise ModelFileError(f"{source}: {prefix}{name} contains NaN or infinity.")
+    if covariance_type in ("full", "tied"):
+        _check_symmetric(values["covariances"], covariance_type, source, prefix)
     try:
         rebuilt = Params.from_covariances(
             values["weights"], means, values["covariances"], covariance_type
@@ -165,6 +213,28 @@ def params_from_arrays(
         values["covariances"],
         values["precisions_cholesky"],
     )
+
+
+def _check_symmetric(
+    covariances: np.ndarray, covariance_type: str, source: Any, prefix: str
+) -> None:
+    """Refuse a full (K, D, D) or tied (D, D) covariance that is not symmetric.
+
+    The Cholesky factorisation reads one triangle only, so an asymmetric matrix
+    would otherwise load, and its other triangle would go unused. Tolerance:
+    1e-10 of the matrix's largest entry, far above the rounding of an M-step.
+    """
+    stack = covariances.reshape(-1, *covariances.shape[-2:])
+    for k, cov in enumerate(stack):
+        gap = np.abs(cov - cov.T)
+        if gap.max() > 1e-10 * np.abs(cov).max():
+            i, j = (int(index) for index in np.unravel_index(np.argmax(gap), gap.shape))
+            which = f"component {k}" if covariance_type == "full" else "the tied covariance"
+            raise ModelFileError(
+                f"{source}: {prefix}covariances is not symmetric for {which}: entry [{i}, {j}] "
+                f"is {cov[i, j]!r} but [{j}, {i}] is {cov[j, i]!r}. A covariance matrix equals "
+                "its transpose; the file is damaged or was not written by distmix."
+            )
 
 
 # -- checkpoints -----------------------------------------------------------------
