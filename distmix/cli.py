@@ -325,22 +325,27 @@ def _fit_stream(args: argparse.Namespace, model: Any) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from distmix.estimator import load
+    from distmix.outputs import check_output_path, write_output
 
+    # the output path is checked before anything is read; it is written all or
+    # nothing (a hidden temporary beside it, renamed onto it once complete)
+    inputs = {"MODEL": args.model, "DATA": args.data}
+    check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
     model = load(args.model)
     X = _open_data(args.data)
-    result = model.predict_proba(X) if args.proba else model.predict(X)
-    with _client(args.cluster):
-        if args.out.endswith(".npy"):
-            np.save(args.out, result.compute())
-        else:
-            result.to_zarr(args.out, overwrite=False)
-    print(
-        f"{'responsibilities' if args.proba else 'labels'} of {X.shape[0]:,} rows "
-        f"written to {args.out}"
-    )
+    if args.proba:
+        kind, result = "responsibilities", model.predict_proba(X)
+    elif args.score_samples:
+        kind, result = "log-densities", model.score_samples(X)
+    else:
+        kind, result = "labels", model.predict(X)
+    attributes = {"distmix": {"output": kind, "model": str(args.model), "data": str(args.data)}}
+    with _client(args.cluster) as client:
+        write_output(
+            args.out, result, overwrite=args.overwrite, client=client, attributes=attributes
+        )
+    print(f"{kind} of {X.shape[0]:,} rows written to {args.out}")
     return 0
 
 
@@ -603,8 +608,23 @@ exactly, or, after rows were appended to the Zarr array, reads only those
     predict = commands.add_parser("predict", help="labels or responsibilities of every row")
     predict.add_argument("model", metavar="MODEL")
     predict.add_argument("data", metavar="DATA")
-    predict.add_argument("--out", "-o", required=True, help="a .npy file or a new Zarr array")
-    predict.add_argument("--proba", action="store_true", help="responsibilities instead of labels")
+    predict.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        help="a local .npy file or Zarr array, written all or nothing (labels: int64, -1 "
+        "never written; floats: NaN never written; Zarr chunks checksummed with CRC-32C)",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (only once the new one is complete)",
+    )
+    what = predict.add_mutually_exclusive_group()
+    what.add_argument("--proba", action="store_true", help="responsibilities instead of labels")
+    what.add_argument(
+        "--score-samples", action="store_true", help="log-density of each row instead of labels"
+    )
     _add_cluster(predict)
     predict.set_defaults(run=_predict)
 

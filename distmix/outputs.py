@@ -1,0 +1,395 @@
+"""Predicted outputs (labels, responsibilities, log-densities) written all or nothing.
+
+A prediction is written into a hidden temporary sibling of the user's path
+(``.NAME.tmp-XXXXXXXX`` in the same directory, hence on the same file system)
+and renamed onto that path only after every block was computed and written and
+the files were flushed to disk. A reader therefore finds either no output or a
+complete one, never a partial one, even when the writer is killed (SIGKILL, a
+power cut) mid-write. On an error or Ctrl-C the temporary is removed; a
+``SIGKILL`` leaves it behind under its hidden name, where nothing reads it.
+
+* Zarr arrays end their codec chain with a CRC-32C checksum, as the datasets
+  of :mod:`distmix.chunks` do, and their fill value cannot be mistaken for
+  data: NaN for float outputs, -1 for labels. Every chunk is written.
+* ``.npy`` files are written through a temporary file, fsync, ``os.replace``.
+* An existing output is refused unless ``overwrite``; with it, the old output
+  is replaced only once the new one is complete (a file by ``os.replace``; a
+  directory is renamed aside, the new one renamed in, then the old deleted).
+
+:func:`check_output_path` validates the path before any work; errors name the
+user's path, never a temporary one. Only local paths are supported for now.
+
+Glue, not a kernel: this module touches files and schedulers and nothing below
+it imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def is_npy_path(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` names a ``.npy`` file (anything else is written as a Zarr array)."""
+    return os.fspath(out).endswith(".npy")
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path or path.startswith(("s3:", "gs:", "gcs:", "az:", "abfs:"))
+
+
+def _same_or_inside(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies inside the directory ``b`` (both resolved)."""
+    return a == b or b in a.parents
+
+
+def check_output_path(
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    inputs: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> Path:
+    """Refuse an output path that cannot or must not be written, before any work.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The user's output path: a ``.npy`` file or a Zarr array (a directory).
+    overwrite : bool, default=False
+        Whether an existing output there may be replaced (it must then be of
+        the same kind: a file for ``.npy``, a Zarr array directory otherwise).
+    inputs : mapping of str to path, optional
+        What the command reads, by role (``{"MODEL": ..., "DATA": ...}``): the
+        output may be none of them, lie inside none of them and contain none of
+        them (replacing it would delete an input). URLs among them are skipped.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out`` made absolute (its parent resolved).
+
+    Raises
+    ------
+    ValueError
+        ``out`` is a URL, or is (or contains, or lies in) one of ``inputs``.
+    FileExistsError
+        Something exists at ``out`` and ``overwrite`` is false, or it is not an
+        output of the same kind.
+    OSError
+        The parent directory does not exist, is not a directory, or cannot be
+        written (found by creating and removing a file there, which also works
+        for root, whom permission bits do not stop).
+    """
+    text = os.fspath(out)
+    if _is_url(text):
+        raise ValueError(
+            f"{text}: only local output paths are supported for now; write to a local "
+            "path and copy the result (for example with fsspec or the cloud's CLI)."
+        )
+    given = Path(text)
+    if given.name in ("", ".", ".."):
+        raise ValueError(f"{text!r}: not a file or directory name for the output.")
+    parent = given.parent.resolve()
+    if not parent.exists():
+        raise FileNotFoundError(
+            f"{text}: its directory {given.parent} does not exist; create it first."
+        )
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{text}: {given.parent} is not a directory.")
+    target = parent / given.name
+    for role, path in (inputs or {}).items():
+        source = os.fspath(path)
+        if _is_url(source):
+            continue
+        resolved = Path(source).resolve()
+        if _same_or_inside(target, resolved) or _same_or_inside(resolved, target.resolve()):
+            raise ValueError(
+                f"{text}: the output would overwrite or lie inside {role} ({source}); "
+                "choose another --out."
+            )
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise FileExistsError(
+                f"{text} already exists; pass --overwrite to replace it (the old output "
+                "is kept until the new one is complete), or choose another --out."
+            )
+        _check_replaceable(target, text)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.check-", dir=parent)
+    except OSError as error:
+        raise PermissionError(
+            f"{text}: cannot write in {given.parent} ({error.strerror or error}); "
+            "choose a writable --out."
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
+
+
+def _check_replaceable(target: Path, text: str) -> None:
+    """With ``overwrite``, replace only an output of the same kind: never a
+    directory by a ``.npy`` file, nor a directory that is not a Zarr array."""
+    if target.is_symlink():
+        raise FileExistsError(f"{text} is a symbolic link; remove it or choose another --out.")
+    if is_npy_path(target):
+        if not target.is_file():
+            raise FileExistsError(f"{text} exists and is not a file; it is not replaced.")
+    elif not (target / "zarr.json").is_file() and not (target / ".zarray").is_file():
+        raise FileExistsError(
+            f"{text} exists and is not a Zarr array; it is not replaced even with "
+            "--overwrite (remove it yourself if it is yours to delete)."
+        )
+
+
+def create_output_array(
+    store: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    *,
+    attributes: dict[str, Any] | None = None,
+) -> Any:
+    """An empty Zarr v3 array for a prediction, checksummed and with a telling fill value.
+
+    Parameters
+    ----------
+    store : str or os.PathLike
+        A local directory that holds no array yet.
+    shape, chunks : tuple of int
+        ``(n_rows,)`` for labels and log-densities, ``(n_rows, K)`` for
+        responsibilities; chunks hold whole rows.
+    dtype : integer or float dtype
+    attributes : dict, optional
+
+    Returns
+    -------
+    zarr.Array
+        Codecs: bytes then CRC-32C (a flipped or truncated chunk fails to decode);
+        fill value -1 for integers (never a component index) and NaN for floats;
+        empty chunks are written too, so a missing chunk means loss.
+    """
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        fill: Any = -1
+    elif dt.kind == "f":
+        fill = np.nan
+    else:
+        raise ValueError(f"predictions are integer labels or floats, got dtype {dt}.")
+    return zarr.create_array(
+        store=os.fspath(store),
+        shape=tuple(int(s) for s in shape),
+        chunks=tuple(int(c) for c in chunks),
+        dtype=dt,
+        fill_value=fill,
+        compressors=(Crc32cCodec(),),
+        zarr_format=3,
+        attributes=attributes,
+        config={"write_empty_chunks": True},
+    )
+
+
+def write_output(
+    out: str | os.PathLike[str],
+    result: Any,
+    *,
+    overwrite: bool = False,
+    client: Any = None,
+    attributes: dict[str, Any] | None = None,
+) -> Path:
+    """Compute ``result`` and write it to ``out``, all or nothing.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        A local ``.npy`` file or Zarr array, checked by :func:`check_output_path`
+        (call that earlier too, before any work, to fail fast).
+    result : dask.array.Array or numpy.ndarray, shape (n_rows,) or (n_rows, K)
+        The prediction; a dask array is computed block by block while it is
+        written (out of core for Zarr, and for ``.npy`` without ``client``).
+    overwrite : bool, default=False
+    client : distributed.Client, optional
+        The cluster ``result`` is computed on; ``None``: Dask's threads in this
+        process. Zarr chunks are then written by the workers, which must see the
+        output's directory (as they see the data's).
+    attributes : dict, optional
+        Stored with a Zarr output.
+
+    Returns
+    -------
+    pathlib.Path
+        The output's absolute path.
+    """
+    text = os.fspath(out)
+    target = check_output_path(text, overwrite=overwrite)
+    npy = is_npy_path(target)
+    with _staged(target, text, directory=not npy) as tmp:
+        if npy:
+            _write_npy(tmp, result, client)
+        else:
+            _write_zarr(tmp, result, client, attributes)
+        _fsync_tree(tmp)
+        _publish(tmp, target, text, overwrite=overwrite)
+    return target
+
+
+def _hidden_sibling(target: Path, tag: str) -> str:
+    return f".{target.name}.{tag}-"
+
+
+@contextlib.contextmanager
+def _staged(target: Path, text: str, *, directory: bool) -> Iterator[Path]:
+    """A hidden temporary beside ``target``, removed unless it was renamed onto it.
+
+    An error of the file system about the temporary is raised again naming the
+    user's path ``text`` instead; other errors (a bad row, an unreadable chunk of
+    the data) pass unchanged.
+    """
+    prefix = _hidden_sibling(target, "tmp")
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".npy", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        # mkdtemp/mkstemp make private temporaries (0o700/0o600); the output gets
+        # the permissions any new file or directory gets here (the umask's)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        tmp.chmod((0o777 if directory else 0o666) & ~umask)
+        yield tmp
+    except OSError as error:
+        _remove(tmp)
+        if str(tmp) not in f"{error} {error.filename} {error.filename2}":
+            raise
+        raise OSError(
+            error.errno,
+            f"{text}: writing the output failed ({error.strerror or type(error).__name__}); "
+            "nothing was written there",
+        ) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush a file, or every file and directory under ``path``, to disk, so that
+    the rename publishes data that survive a crash of the machine too."""
+    paths = [path] if path.is_file() else [Path(d) / f for d, _, fs in os.walk(path) for f in fs]
+    if path.is_dir():
+        paths += [Path(d) for d, _, _ in os.walk(path)]
+    for item in paths:
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, target: Path, text: str, *, overwrite: bool) -> None:
+    """Rename the complete temporary onto ``target``.
+
+    A file replaces a file atomically (``os.replace``). A directory cannot
+    replace a non-empty one, so an old output is renamed aside first, the new
+    one renamed in, and the old one deleted last; if the second rename fails,
+    the old output is put back.
+    """
+    if tmp.is_file():
+        if not overwrite and target.exists():
+            raise FileExistsError(f"{text} appeared while the output was being written.")
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        return
+    aside = None
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{text} appeared while the output was being written.")
+        aside = target.parent / f"{_hidden_sibling(target, 'old')}{secrets.token_hex(4)}"
+        os.rename(target, aside)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, target)
+        raise
+    _fsync_dir(target.parent)
+    if aside is not None:
+        _remove(aside)
+
+
+def _write_npy(tmp: Path, result: Any, client: Any) -> None:
+    """A ``.npy`` of ``result``: stored block by block into a memory map when the
+    blocks run in this process, else gathered here and saved."""
+    if client is None and hasattr(result, "dask"):
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=result.dtype, shape=result.shape)
+        try:
+            _store(result, array, client)
+            array.flush()
+        finally:
+            del array
+        return
+    values = np.asarray(result.compute() if hasattr(result, "dask") else result)
+    with open(tmp, "wb") as handle:
+        np.lib.format.write_array(handle, values, allow_pickle=False)
+
+
+def _write_zarr(tmp: Path, result: Any, client: Any, attributes: dict[str, Any] | None) -> None:
+    import dask.array as da
+
+    data = result if hasattr(result, "dask") else da.from_array(np.asarray(result))
+    rows = max(data.chunks[0]) if data.shape[0] else 1
+    if any(c != rows for c in data.chunks[0][:-1]):  # zarr chunks are regular
+        data = data.rechunk({0: rows})
+    data = data.rechunk({i: -1 for i in range(1, data.ndim)})  # whole rows per chunk
+    chunks = (rows, *data.shape[1:])
+    array = create_output_array(tmp, data.shape, chunks, data.dtype, attributes=attributes)
+    _store(data, array, client)
+
+
+def _store(data: Any, target: Any, client: Any) -> None:
+    """``dask.array.store`` of ``data`` into ``target``, the blocks never overlapping a
+    chunk. Without a cluster the blocks run on a thread pool of our own, shut down
+    (waiting for blocks still running) before returning or raising, so that no
+    block writes into a temporary after it was removed."""
+    import dask.array as da
+
+    if client is not None:
+        da.store(data, target, lock=False)
+        return
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    try:
+        da.store(data, target, lock=False, scheduler="threads", pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
