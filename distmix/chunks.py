@@ -79,12 +79,37 @@ def check_dtype(dtype: Any, name: str = "X") -> None:
         )
 
 
+def reshape_hint(shape: tuple[int, ...], stored: bool = False) -> str:
+    """What to do with an array of ``shape`` that is not 2-D, for error messages.
+
+    ``stored``: the array is in a Zarr store, where a reshape means a new array
+    (or a reshaped dask view of it).
+    """
+    if len(shape) <= 2:
+        if stored:
+            return "Store a single feature with shape (n_rows, 1)."
+        return (
+            "Reshape a single feature with X.reshape(-1, 1) or a single sample with "
+            "X.reshape(1, -1)."
+        )
+    n_rows, n_features = shape[0], math.prod(int(s) for s in shape[1:])
+    how = (
+        f"store it with that shape, or fit dask.array.from_zarr(...).reshape({n_rows}, -1)"
+        if stored
+        else "reshape it with X.reshape(len(X), -1)"
+    )
+    return (
+        f"To use each of its {n_rows} entries along the first axis as one sample of "
+        f"{'×'.join(str(s) for s in shape[1:])} = {n_features} features, make it "
+        f"({n_rows}, {n_features}): {how}."
+    )
+
+
 def check_shape(shape: tuple[int, ...], n_components: int | None, name: str = "X") -> None:
     if len(shape) != 2:
         raise ValueError(
             f"{name} must be 2-D (rows × features), got {len(shape)}-D with shape {shape}. "
-            "Reshape a single feature with X.reshape(-1, 1) or a single sample with "
-            "X.reshape(1, -1)."
+            + reshape_hint(shape)
         )
     n, d = shape
     if isinstance(n, float) and math.isnan(n):
@@ -568,7 +593,7 @@ def open_dataset(
     if len(shape) != 2:
         raise ValueError(
             f"{described} is a {len(shape)}-D Zarr array of shape {shape}; distmix needs a 2-D "
-            "array of rows × features (store a single feature with shape (n_rows, 1))."
+            f"array of rows × features. {reshape_hint(shape, stored=True)}"
         )
     check_dtype(array.dtype, described)
     check_shape(shape, None, described)

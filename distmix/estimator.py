@@ -336,6 +336,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
             check_dtype(X.dtype)
+        if len(getattr(X, "shape", ())) > 2:  # scikit-learn's message only says "dim <= 2"
+            check_shape(tuple(X.shape), k)
         X = validate_data(
             self,
             X,

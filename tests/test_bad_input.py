@@ -131,14 +131,42 @@ def test_fit_1d_numpy(fitted, data):
     assert_fit_fails(fitted, data[:, 0], "Expected 2D array, got 1D array")
 
 
+# a 3-D array: the error names its shape and the reshape that makes it rows × features
+RESHAPE_3D = (
+    r"got 3-D with shape \(200, 3, 1\)\. To use each of its 200 entries along the first axis "
+    r"as one sample of 3×1 = 3 features, make it \(200, 3\): reshape it with "
+    r"X\.reshape\(len\(X\), -1\)\.$"
+)
+
+
 def test_fit_3d_numpy(fitted, data):
-    assert_fit_fails(fitted, data[:, :, None], r"dim 3.*dim <= 2")
+    assert_fit_fails(fitted, data[:, :, None], RESHAPE_3D)
 
 
 @pytest.mark.parametrize("ndim", [1, 3])
 def test_fit_wrong_ndim_dask(fitted, data, ndim):
     X = da.from_array(data[:, 0] if ndim == 1 else data[:, :, None])
-    assert_fit_fails(fitted, X, rf"must be 2-D \(rows × features\), got {ndim}-D")
+    match = r"got 1-D with shape \(200,\)\..*X\.reshape\(-1, 1\)" if ndim == 1 else RESHAPE_3D
+    assert_fit_fails(fitted, X, rf"must be 2-D \(rows × features\), {match}")
+
+
+def test_fit_3d_zarr(fitted, data, tmp_path):
+    import zarr
+
+    X = zarr.create_array(tmp_path / "x3.zarr", shape=(200, 3, 2), chunks=(50, 3, 2), dtype="f8")
+    X[:] = np.repeat(data[:, :, None], 2, axis=2)
+    match = (
+        r"x3\.zarr is a 3-D Zarr array of shape \(200, 3, 2\); .* one sample of 3×2 = 6 "
+        r"features, make it \(200, 6\): store it with that shape, or fit "
+        r"dask\.array\.from_zarr\(\.\.\.\)\.reshape\(200, -1\)\.$"
+    )
+    for source in (X, str(tmp_path / "x3.zarr")):
+        assert_fit_fails(fitted, source, match)
+    # the remedy it names works
+    six = GaussianMixture(N_COMPONENTS, random_state=0).fit(
+        da.from_zarr(tmp_path / "x3.zarr").reshape(200, -1)
+    )
+    assert six.n_features_in_ == 6
 
 
 def test_fit_zero_rows_numpy(fitted, data):
