@@ -989,11 +989,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         No pickle; written atomically; read back with :func:`distmix.load`, which
         gives an estimator equal to this one to the last bit.
+
+        The file keeps the model: its parameters, fitted attributes and history,
+        the estimator settings that define a fit (``n_components``,
+        ``covariance_type``, ``tol``, ``reg_covar``, ``max_iter``, ``n_init``,
+        ``init_params``, the ``*_init`` arrays, ``random_state`` when an integer,
+        ``block_size``, ``split_every``, ``persist``, the stream settings) and, for
+        a streamed model, its stream state. It does not keep how the fit that
+        made it was run (``checkpoint``, ``resume``, ``warm_start``, ``verbose``,
+        ``verbose_interval``): a loaded model has their defaults, so its ``fit``
+        starts afresh and writes no checkpoint unless told to.
         """
         params = self._params()
         settings: dict[str, Any] = {}
         arrays: dict[str, Any] = {**params_arrays(params), "lower_bounds": self.lower_bounds_}
         for name, value in self.get_params().items():
+            if name in _RUN_TIME_PARAMS:
+                continue  # how that fit ran, not what the model is
             if name in _ARRAY_PARAMS:
                 if value is not None:
                     arrays["init_" + name] = value
@@ -1310,6 +1322,8 @@ def fit_stream(
 
 
 _ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
+#: settings of how a fit is run, not of the model: model files neither keep nor restore them
+_RUN_TIME_PARAMS = ("checkpoint", "resume", "warm_start", "verbose", "verbose_interval")
 
 
 def load(path: str | os.PathLike[str]) -> GaussianMixture:
@@ -1330,6 +1344,8 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
             f"{params.n_features} features."
         )
     settings = dict(meta.get("estimator_params", {}))
+    for name in _RUN_TIME_PARAMS:
+        settings.pop(name, None)  # older files stored them: never obeyed
     if isinstance(settings.get("block_size"), list):
         settings["block_size"] = tuple(settings["block_size"])
     for name in _ARRAY_PARAMS:

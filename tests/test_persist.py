@@ -55,6 +55,39 @@ def test_model_file_round_trip_is_exact(fitted, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
 
 
+@pytest.mark.parametrize("written_by", ["save", "an older distmix"])
+def test_loaded_model_is_a_model_not_a_running_fit(tmp_path, monkeypatch, capsys, written_by):
+    """A model saved from a checkpointed, resumable, verbose fit loads without those
+    run-time options: in the checkpoint's own directory, ``fit`` on other data starts
+    afresh, prints nothing and leaves the checkpoint alone."""
+    monkeypatch.chdir(tmp_path)
+    X = mixture_data(5, n_rows=400, n_features=2, n_components=2)
+    other = mixture_data(6, n_rows=400, n_features=2, n_components=2)
+    run_time = dict(checkpoint="fit.ck", resume=True, warm_start=True, verbose=2)
+    model = distmix.GaussianMixture(2, random_state=0, verbose_interval=3, **run_time)
+    model.fit(X)
+    model.save("model.npz")
+    if written_by != "save":  # files from before kept the run-time settings: not obeyed
+        meta, arrays = read_archive("model.npz", "distmix-model")
+        meta["estimator_params"].update(run_time, verbose_interval=3)
+        write_archive("model.npz", meta, arrays)
+    checkpoint = Path("fit.ck").read_bytes()
+    loaded = distmix.load("model.npz")
+    params = loaded.get_params()
+    assert (params["checkpoint"], params["resume"], params["warm_start"]) == (None, False, False)
+    assert (params["verbose"], params["verbose_interval"]) == (0, 10)
+    assert params["random_state"] == 0 and params["n_components"] == 2
+    capsys.readouterr()
+    loaded.fit(other)
+    assert capsys.readouterr().out == ""
+    fresh = distmix.GaussianMixture(2, random_state=0).fit(other)
+    np.testing.assert_array_equal(loaded.means_, fresh.means_)
+    assert Path("fit.ck").read_bytes() == checkpoint
+    if written_by == "save":
+        meta, _ = read_archive("model.npz", "distmix-model")
+        assert not set(run_time) & set(meta["estimator_params"])
+
+
 def test_model_file_keeps_array_valued_settings(tmp_path):
     X = mixture_data(4, n_rows=300, n_features=2, n_components=2)
     start = starting_params(X, 2, "diag", seed=1)
