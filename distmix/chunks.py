@@ -50,7 +50,7 @@ def is_zarr_array(x: Any) -> bool:
 
 
 def is_zarr_source(x: Any) -> bool:
-    """A ``zarr.Array``, or a path / URL that :func:`open_dataset` would open."""
+    """A ``zarr.Array``, or a path / URL (or ``.npy`` path) that :func:`open_dataset` opens."""
     return is_zarr_array(x) or isinstance(x, (str, os.PathLike))
 
 
@@ -287,6 +287,40 @@ def storage_chunk_shape(array: Any) -> tuple[int, ...]:
     return tuple(int(c) for c in (getattr(array, "shards", None) or array.chunks))
 
 
+#: fsspec backends that distmix offers as an extra, by package: ``pip install 'distmix[s3]'``
+BACKEND_EXTRAS = {"s3fs": "s3"}
+
+
+def missing_backend_error(url: Any, error: ImportError) -> ImportError:
+    """The ImportError to raise when opening ``url`` raised ``error``.
+
+    fsspec raises ImportError when the package implementing a URL's protocol
+    (s3fs for ``s3://``, gcsfs for ``gs://``) is not installed; then the error
+    names that package and the pip command (with distmix's extra where there
+    is one). Any other ImportError comes back unchanged.
+    """
+    import importlib.util
+
+    from fsspec.registry import known_implementations
+
+    text = os.fspath(url) if isinstance(url, (str, os.PathLike)) else ""
+    protocol = text.partition("://")[0] if "://" in text else ""
+    implementation = known_implementations.get(protocol, {}).get("class", "")
+    package = implementation.partition(".")[0]
+    if not package or importlib.util.find_spec(package) is not None:
+        return error
+    extra = BACKEND_EXTRAS.get(package)
+    install = (
+        f"pip install 'distmix[{extra}]' (or pip install {package})"
+        if extra
+        else f"pip install {package}"
+    )
+    return ImportError(
+        f"{text}: {protocol}:// URLs need the {package} package, which is not installed; "
+        f"{install}."
+    )
+
+
 def open_zarr_array(
     source: Any, *, storage_options: dict[str, Any] | None = None
 ) -> tuple[Any, str]:
@@ -335,6 +369,8 @@ def open_zarr_array(
             f"No Zarr array or group at {text}: {err}. Check the path or URL (and "
             "storage_options for a remote store)."
         ) from err
+    except ImportError as err:  # no fsspec backend for the URL's protocol
+        raise missing_backend_error(store, err) from err
     if isinstance(node, zarr.Array):
         return node, text
     arrays = [(name, a) for name, a in node.members(max_depth=None) if isinstance(a, zarr.Array)]
@@ -537,6 +573,9 @@ def open_dataset(
 ) -> Any:
     """Open a 2-D Zarr array (v2 or v3) as a dask array of row blocks, validated.
 
+    A local path ending in ``.npy`` is opened by :func:`distmix.npy.open_npy`
+    instead (blocks read from the memory-mapped file inside the tasks).
+
     Parameters
     ----------
     path_or_url : str, os.PathLike or zarr.Array
@@ -587,6 +626,10 @@ def open_dataset(
             f"missing_chunks={missing_chunks!r} is not one of "
             f"{', '.join(repr(m) for m in MISSING_CHUNKS)}."
         )
+    from distmix.npy import is_npy_path, open_npy
+
+    if is_npy_path(path_or_url):  # a local .npy file: read by block in the tasks too
+        return open_npy(path_or_url, block_rows=block_rows, name=name)
     array, location = open_zarr_array(path_or_url, storage_options=storage_options)
     described = f"{name} at {location}"
     shape = tuple(int(s) for s in array.shape)

@@ -81,17 +81,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _open_data(path: str) -> Any:
-    """A dask array over ``path``: a Zarr array (path or fsspec URL) or a ``.npy`` file."""
-    import dask.array as da
-    import numpy as np
+    """A dask array over ``path``: a Zarr array (path or fsspec URL) or a ``.npy`` file.
 
-    if path.endswith(".npy"):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such file.")
-        array = np.load(path, mmap_mode="r")
-        return da.from_array(
-            array, chunks=(max(1, 2**23 // max(1, array.itemsize * array.shape[-1])), -1)
-        )
+    Either way every task reads its own rows (a ``.npy`` file memory-mapped), so
+    the task graph stays small however large the file is.
+    """
     from distmix.chunks import open_dataset
 
     return open_dataset(path)
