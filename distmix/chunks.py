@@ -316,8 +316,7 @@ def missing_backend_error(url: Any, error: ImportError) -> ImportError:
         else f"pip install {package}"
     )
     return ImportError(
-        f"{text}: {protocol}:// URLs need the {package} package, which is not installed; "
-        f"{install}."
+        f"{text}: {protocol}:// URLs need the {package} package, which is not installed; {install}."
     )
 
 
@@ -339,6 +338,9 @@ def open_zarr_array(
         Nothing is stored at the path, or the group has no such array.
     ValueError
         A group that holds no 2-D array, or several.
+    ImportError
+        The package for the URL's protocol (s3fs for ``s3://``, ...) is missing;
+        the message names it.
     """
     import zarr
 
@@ -738,16 +740,19 @@ def create_zarr_array(
         options["storage_options"] = storage_options
     if shards is not None:
         options["shards"] = tuple(shards)
-    return zarr.create_array(
-        store=store,
-        shape=tuple(int(s) for s in shape),
-        chunks=tuple(int(c) for c in chunk_shape),
-        dtype=dt,
-        fill_value=np.nan,
-        compressors=codecs,
-        zarr_format=zarr_format,
-        attributes=attributes,
-        overwrite=overwrite,
-        config={"write_empty_chunks": True},
-        **options,
-    )
+    try:
+        return zarr.create_array(
+            store=store,
+            shape=tuple(int(s) for s in shape),
+            chunks=tuple(int(c) for c in chunk_shape),
+            dtype=dt,
+            fill_value=np.nan,
+            compressors=codecs,
+            zarr_format=zarr_format,
+            attributes=attributes,
+            overwrite=overwrite,
+            config={"write_empty_chunks": True},
+            **options,
+        )
+    except ImportError as err:  # no fsspec backend for the URL's protocol
+        raise missing_backend_error(store, err) from err
