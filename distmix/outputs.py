@@ -26,10 +26,12 @@ it imports it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -143,11 +145,21 @@ def _check_replaceable(target: Path, text: str) -> None:
     if is_npy_path(target):
         if not target.is_file():
             raise FileExistsError(f"{text} exists and is not a file; it is not replaced.")
-    elif not (target / "zarr.json").is_file() and not (target / ".zarray").is_file():
+    elif not _is_zarr_array(target):
         raise FileExistsError(
             f"{text} exists and is not a Zarr array; it is not replaced even with "
             "--overwrite (remove it yourself if it is yours to delete)."
         )
+
+
+def _is_zarr_array(path: Path) -> bool:
+    """Whether ``path`` holds a Zarr array (v3 or v2), not a group or anything else."""
+    if (path / ".zarray").is_file():
+        return True
+    try:
+        return bool(json.loads((path / "zarr.json").read_text()).get("node_type") == "array")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def create_output_array(
@@ -380,16 +392,41 @@ def _write_zarr(tmp: Path, result: Any, client: Any, attributes: dict[str, Any] 
 
 def _store(data: Any, target: Any, client: Any) -> None:
     """``dask.array.store`` of ``data`` into ``target``, the blocks never overlapping a
-    chunk. Without a cluster the blocks run on a thread pool of our own, shut down
-    (waiting for blocks still running) before returning or raising, so that no
-    block writes into a temporary after it was removed."""
+    chunk.
+
+    When a block fails, others may still be writing; they must end before the
+    temporary is removed, or a late one would create it again. Without a cluster
+    the blocks run on a thread pool of our own, shut down (waiting for blocks still
+    running) before returning or raising; on a cluster, the remaining tasks are
+    cancelled and those already running waited for (up to a bound).
+    """
     import dask.array as da
 
     if client is not None:
-        da.store(data, target, lock=False)
+        stored = da.store(data, target, lock=False, compute=False)
+        future = client.compute(stored)
+        try:
+            future.result()
+        except BaseException:
+            future.cancel()
+            _wait_until_stopped(client, set(stored.__dask_graph__()))
+            raise
         return
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
         da.store(data, target, lock=False, scheduler="threads", pool=pool)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _wait_until_stopped(client: Any, keys: set[Any], timeout: float = 30.0) -> None:
+    """Wait until none of ``keys`` runs on a worker of ``client`` (or ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = {key for tasks in client.processing().values() for key in tasks}
+        except Exception:  # the scheduler is gone: nothing runs there any more
+            return
+        if not running & keys:
+            return
+        time.sleep(0.05)

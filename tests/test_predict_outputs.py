@@ -89,18 +89,22 @@ def read_output(path: Path) -> np.ndarray:
     return np.asarray(zarr.open_array(str(path), mode="r")[:])
 
 
-@pytest.mark.parametrize("name", ["labels.zarr", "labels.npy"])
-def test_a_predict_failing_halfway_leaves_nothing_and_a_rerun_succeeds(setup, tmp_path, name):
-    out = tmp_path / name
-    failed = predict(setup["model"], setup["bad"], "--out", out)
+@pytest.mark.parametrize(("flag", "expected"), [(None, "labels"), ("--proba", "proba")])
+def test_a_predict_failing_halfway_leaves_nothing_and_a_rerun_succeeds(
+    setup, tmp_path, flag, expected
+):
+    """Blocks 0-7 are written before block 8's NaN row stops the predict."""
+    out = tmp_path / f"{expected}.zarr"
+    options = ("--out", out, *([flag] if flag else []))
+    failed = predict(setup["model"], setup["bad"], *options)
     assert failed.returncode != 0
     assert "row 17123" in failed.stderr
     assert not out.exists() and not out.is_symlink()
     assert leftovers(tmp_path) == []
 
-    rerun = predict(setup["model"], setup["clean"], "--out", out)
+    rerun = predict(setup["model"], setup["clean"], *options)
     assert rerun.returncode == 0, rerun.stderr
-    np.testing.assert_array_equal(read_output(out), setup["labels"])
+    np.testing.assert_allclose(read_output(out), setup[expected], rtol=1e-12)
     assert leftovers(tmp_path) == []
 
 
@@ -198,6 +202,21 @@ def test_an_unwritable_output_is_refused_before_the_first_pass(setup, tmp_path, 
     assert expected in message and "NaN" not in message and ".tmp-" not in message
     assert not (tmp_path / "no-such-dir").exists()
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize("kind", ["directory", "group"])
+def test_overwrite_replaces_only_a_zarr_array(setup, tmp_path, kind):
+    out = tmp_path / "results"
+    if kind == "group":
+        zarr.open_group(str(out), mode="w").create_array("x", shape=(3,), dtype="f8")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    refused = predict(setup["model"], setup["clean"], "--out", out, "--overwrite")
+    assert refused.returncode == 2
+    assert f"{out} exists and is not a Zarr array" in one_line(refused)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
 @pytest.mark.parametrize("role", ["model", "clean"])
