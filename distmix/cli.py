@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import re
+import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,13 +94,35 @@ def _open_data(path: str) -> Any:
     return open_dataset(path)
 
 
+#: whether the command shows tracebacks and worker logs (``--debug``)
+_DEBUG = {"on": False}
+
+
 def _client(spec: str | None) -> Any:
-    """A distributed client for ``--cluster`` (``threads``: none, Dask's threaded scheduler)."""
+    """A distributed client for ``--cluster`` (``threads``: none, Dask's threaded scheduler).
+
+    A cluster this command starts keeps its workers' logs to critical messages
+    (unless ``--debug``): a failing block is reported once, by the command,
+    not also as a worker's ``Compute Failed`` traceback.
+    """
     if spec == "threads":
         return contextlib.nullcontext(None)
-    from distmix.cluster import connect
+    from distmix.cluster import connect, resolve
 
-    return connect(spec)
+    target = resolve(spec)
+    if isinstance(target, str) or target.type not in ("local", "local-cuda"):
+        return connect(target)
+    if not _DEBUG["on"] and "silence_logs" not in target.cluster:
+        cluster = {**target.cluster, "silence_logs": logging.CRITICAL}
+        target = dataclasses.replace(target, cluster=cluster)
+    # the worker processes start with Ctrl-C ignored (an ignored signal stays ignored
+    # in a child): Ctrl-C interrupts this command, which then closes its cluster, instead
+    # of every worker printing a traceback of its own
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return connect(target)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 #: flags of ``distmix fit`` that only batch EM uses, and why a stream has no use for them
@@ -127,6 +152,42 @@ _FLAG_OF_PARAMETER = {"n_components": "--components", "block_size": "--block-row
 
 def _flag(parameter: str) -> str:
     return _FLAG_OF_PARAMETER.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def _check_fit_paths(args: argparse.Namespace) -> None:
+    """Refuse, before the first pass, files that ``fit`` could not or must not write."""
+    from distmix.persist import (
+        CHECKPOINT_FORMAT,
+        MODEL_FORMAT,
+        STREAM_CHECKPOINT_FORMAT,
+        check_file_target,
+    )
+
+    def same(a: str, b: str) -> bool:
+        return "://" not in a + b and Path(a).resolve() == Path(b).resolve()
+
+    given = [("--out", args.out), ("--checkpoint", args.checkpoint)]
+    given += [("DATA", args.data), ("--validation", getattr(args, "validation", None))]
+    named = [(flag, path) for flag, path in given if path is not None]
+    for i, (flag, path) in enumerate(named):
+        for other_flag, other in named[i + 1 :]:
+            if same(path, other):
+                raise ValueError(
+                    f"{flag} and {other_flag} name the same file ({path}): give each its own."
+                )
+    if args.out is not None:
+        check_file_target(args.out, what="--out", kinds=(MODEL_FORMAT,), replace=args.overwrite)
+    if args.checkpoint is not None:
+        kind = STREAM_CHECKPOINT_FORMAT if args.stream else CHECKPOINT_FORMAT
+        # an existing checkpoint is continued (--resume) or started over (--overwrite)
+        replace = args.resume or args.overwrite
+        if not replace and Path(args.checkpoint).is_file():
+            check_file_target(args.checkpoint, what="--checkpoint", kinds=(kind,), replace=True)
+            raise FileExistsError(
+                f"--checkpoint {args.checkpoint} holds a fit already: add --resume to "
+                "continue it, or --overwrite to start over and replace it."
+            )
+        check_file_target(args.checkpoint, what="--checkpoint", kinds=(kind,), replace=True)
 
 
 def _check_fit_flags(args: argparse.Namespace) -> None:
@@ -199,12 +260,27 @@ def _model_for(args: argparse.Namespace) -> Any:
 
 def _fit(args: argparse.Namespace) -> int:
     _check_fit_flags(args)
+    _check_fit_paths(args)
     model = _model_for(args)
     if args.stream:
         return _fit_stream(args, model)
     X = _open_data(args.data)
     rows, features = X.shape
     print(f"{args.data}: {rows:,} rows × {features} features in {X.numblocks[0]} blocks")
+    if args.resume and Path(args.checkpoint).is_file():
+        from distmix.persist import load_checkpoint
+
+        state = load_checkpoint(args.checkpoint)
+        if state.finished:
+            where = "the fit it records had finished; its data are checked, then it is returned"
+        elif state.current is not None:
+            where = (
+                f"initialisation {state.init_index + 1} of {args.n_init} resumes after "
+                f"iteration {state.current.n_iter}"
+            )
+        else:
+            where = f"initialisation {state.init_index + 1} of {args.n_init} starts"
+        print(f"resuming the fit in {args.checkpoint}: {where}")
     from distmix.engines.dask import show_progress
 
     progress_bar = sys.stdout.isatty() if args.progress is None else args.progress
@@ -222,7 +298,7 @@ def _fit(args: argparse.Namespace) -> int:
         f"mean log-likelihood {model.lower_bound_:.6f}"
     )
     if args.out:
-        model.save(args.out)
+        model.save(args.out, overwrite=args.overwrite)
         print(f"model written to {args.out}")
     return 0
 
@@ -313,7 +389,7 @@ def _fit_stream(args: argparse.Namespace, model: Any) -> int:
         + (f"; held-out {held_out[-1]:.6f}" if held_out else "")
     )
     if args.out:
-        model.save(args.out)
+        model.save(args.out, overwrite=args.overwrite)
         print(f"model written to {args.out}")
     return 0
 
@@ -416,9 +492,10 @@ _FIT_EXAMPLES = """\
 examples:
   distmix fit data.zarr -k 8 --out model.npz
       batch EM on a local Dask cluster
-  distmix fit data.zarr -k 8 --stream --checkpoint state.npz --resume --out model.npz
+  distmix fit data.zarr -k 8 --stream --checkpoint state.npz --resume --out model.npz --overwrite
       online EM, one pass; rerun the same command after rows were appended to
       data.zarr (or after a crash) to read only what the stream has not read yet
+      (--overwrite: replace the model file the previous run wrote)
 """
 
 
@@ -498,6 +575,12 @@ all of DATA and prints a line. With --stream by online EM: see "streaming" below
     )
     fit.add_argument(
         "--resume", action="store_true", help="continue from --checkpoint if it exists"
+    )
+    fit.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out model file, or start over an existing --checkpoint "
+        "(without --resume); without it, existing files are refused before the fit starts",
     )
     fit.add_argument(
         "--quiet", "-q", action="store_true", help="no per-iteration (per-update) lines"
@@ -646,18 +729,66 @@ exactly, or, after rows were appended to the Zarr array, reads only those
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--chunk-rows", type=int, default=65536)
     generate.set_defaults(run=_generate)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--debug",
+            "-v",
+            action="store_true",
+            help="on failure, print the full traceback (and keep the workers' logs)",
+        )
     return parser
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves behind, for its last line."""
+    checkpoint = getattr(args, "checkpoint", None)
+    if args.command == "fit" and checkpoint and Path(checkpoint).is_file():
+        return (
+            f"the fit's state after its last finished {'update' if args.stream else 'iteration'}"
+            f" is in {checkpoint}: rerun the same command with --resume to continue"
+        )
+    if args.command in ("fit", "predict", "generate", "demo"):
+        return (
+            "no model or output was written"
+            if args.command != "generate"
+            else (f"{args.out} may be incomplete: generate it again")
+        )
+    return "nothing was written"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _DEBUG["on"] = bool(getattr(args, "debug", False))
+    if not _DEBUG["on"]:
+        # an interrupted Dask client leaves futures whose errors asyncio would log
+        # ("Task exception was never retrieved") after the command has said it all
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         return int(args.run(args))
+    except KeyboardInterrupt:
+        print(f"\ndistmix {args.command}: interrupted; {_after_interrupt(args)}.", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError, ImportError) as error:
-        # bad input, a corrupt or missing dataset, a model file refused: say what and
-        # where in one line (nothing has been written: --out is saved only after a fit)
-        print(f"distmix {args.command}: error: {error}", file=sys.stderr)
+        # bad input, a corrupt or missing dataset, a model file refused, a scheduler that
+        # does not answer: say what and where in one line (outputs are written only
+        # once complete, so nothing partial is left)
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        print(f"distmix {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug or an unexpected failure: still one line
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        print(
+            f"distmix {args.command}: error: {type(error).__name__}: {_one_line(error)} "
+            "(run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

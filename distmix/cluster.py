@@ -38,6 +38,7 @@ import importlib
 import inspect
 import os
 import re
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -677,6 +678,39 @@ def resolve(
     return load_config(config_or_address)
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming ``address``, when no scheduler can be listening there.
+
+    ``distributed.Client`` retries a refused connection until its timeout (30 s)
+    and then reports a timeout; one plain TCP connection tells a refused port,
+    an unknown host or an unreachable one within ``timeout`` seconds. Addresses
+    of other protocols (``ucx://``, ``inproc://``) are left to the client.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address if "://" in address else "tcp://" + address)
+    if scheme not in ("tcp", "tls"):
+        return
+    host, port = parse_host_port(location)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except ConnectionRefusedError:
+        raise ConnectionRefusedError(
+            f"cannot reach a Dask scheduler at {address}: connection refused (nothing "
+            "listens on that port). Start the scheduler there, or check the address."
+        ) from None
+    except TimeoutError:
+        raise TimeoutError(
+            f"cannot reach a Dask scheduler at {address}: no answer within {timeout:g} s "
+            "(a firewall, or a host that is down). Check the address."
+        ) from None
+    except OSError as error:
+        raise ConnectionError(
+            f"cannot reach a Dask scheduler at {address}: {error.strerror or error}."
+        ) from None
+
+
 def cluster_class(config: ClusterConfig | str) -> Any:
     """Import and return the class a config (or a ``type:`` name) starts.
 
@@ -783,11 +817,14 @@ def connect(
     extra = dict(client_options or {})
     _check_client_options("client_options", extra)
     if isinstance(target, str):
+        check_reachable(target)
         return Client(target, **extra)
 
     options = {**target.client, **extra}
     cls = cluster_class(target)
     if target.type == "scheduler":
+        if isinstance(target.cluster.get("address"), str):
+            check_reachable(target.cluster["address"])
         return Client(**target.cluster, **options)
 
     with dask.config.set(dict(target.dask_config)):

@@ -67,11 +67,14 @@ from distmix.params import (
     precision_cholesky_from_precisions,
 )
 from distmix.persist import (
+    CHECKPOINT_FORMAT,
     FORMAT_VERSION,
     MODEL_FORMAT,
+    STREAM_CHECKPOINT_FORMAT,
     Checkpoint,
     ModelFileError,
     RunState,
+    check_file_target,
     load_checkpoint,
     load_stream_checkpoint,
     params_arrays,
@@ -407,6 +410,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _fit(self, X: Any, sample_weight: Any) -> None:
         self._check_parameters()
+        if self.checkpoint is not None:  # before any pass: a path it can write, no model there
+            check_file_target(
+                self.checkpoint, what="checkpoint", kinds=(CHECKPOINT_FORMAT,), replace=True
+            )
         fitted_before = hasattr(self, "converged_")
         engine = self._engine(X, sample_weight, reset=True)
         user_init = self._check_initial_parameters(engine.n_features)
@@ -683,6 +690,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         callback: Callable[[StreamRecord], None] | None,
     ) -> None:
         self._check_parameters()
+        if self.checkpoint is not None:
+            check_file_target(
+                self.checkpoint, what="checkpoint", kinds=(STREAM_CHECKPOINT_FORMAT,), replace=True
+            )
         state: StreamState | None = None
         position = StreamPosition()
         continuing = self.warm_start and getattr(self, "_stream_state", None) is not None
@@ -984,7 +995,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
 
     # -- model files ----------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the fitted model to ``path``: an ``.npz`` archive with a JSON header.
 
         No pickle; written atomically; read back with :func:`distmix.load`, which
@@ -999,8 +1010,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         made it was run (``checkpoint``, ``resume``, ``warm_start``, ``verbose``,
         ``verbose_interval``): a loaded model has their defaults, so its ``fit``
         starts afresh and writes no checkpoint unless told to.
+
+        An existing file at ``path`` is refused unless ``overwrite=True`` (and
+        then only a distmix model file is replaced, atomically).
         """
         params = self._params()
+        check_file_target(path, what="model file", kinds=(MODEL_FORMAT,), replace=overwrite)
         settings: dict[str, Any] = {}
         arrays: dict[str, Any] = {**params_arrays(params), "lower_bounds": self.lower_bounds_}
         for name, value in self.get_params().items():

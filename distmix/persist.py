@@ -41,18 +41,28 @@ class ModelFileError(ValueError):
 
 # -- atomic archive I/O --------------------------------------------------------
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
+
+    A failure names ``path``, never the temporary file, and leaves ``path`` as it was.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except OSError as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        reason = error.strerror or type(error).__name__
+        raise type(error)(error.errno, f"{path}: could not be written ({reason})") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(target.parent, os.O_RDONLY)
@@ -154,6 +164,88 @@ def read_archive(
             f"{FORMAT_VERSION}. Re-save it with the distmix that wrote it, or upgrade."
         )
     return meta, contents
+
+
+def file_format(path: str | os.PathLike[str]) -> str | None:
+    """The ``format`` a distmix file declares, or ``None`` for anything else (never unpickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "meta" not in getattr(archive, "files", ()):
+                return None
+            meta = json.loads(str(archive["meta"]))
+    except Exception:  # not ours, whatever it is
+        return None
+    form = meta.get("format") if isinstance(meta, dict) else None
+    return form if isinstance(form, str) else None
+
+
+_FORMAT_NAMES = {
+    MODEL_FORMAT: "a distmix model file",
+    CHECKPOINT_FORMAT: "a distmix checkpoint",
+    "distmix-stream-checkpoint": "a distmix stream checkpoint",
+}
+
+
+def check_file_target(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    kinds: tuple[str, ...],
+    replace: bool,
+) -> Path:
+    """Refuse, before any work, a file that distmix cannot or must not write at ``path``.
+
+    Parameters
+    ----------
+    path : the user's path (named in every error)
+    what : how the user gave it (``"--out"``, ``"checkpoint"``), for the messages
+    kinds : the formats an existing file there may have to be replaced
+    replace : whether an existing file of those formats may be replaced
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a URL (model files and checkpoints are local files).
+    FileExistsError
+        Something is there that must not be replaced: a directory, a file that is
+        not of ``kinds`` (a model file is never taken for a checkpoint, nor the
+        reverse), or any file when ``replace`` is false.
+    PermissionError
+        The nearest existing directory of ``path`` cannot be written (found by
+        creating a file there: permission bits do not stop root).
+    """
+    text = os.fspath(path)
+    if "://" in text:
+        raise ValueError(f"{what} {text}: model files and checkpoints are local paths.")
+    target = Path(text)
+    if target.is_dir():
+        raise FileExistsError(f"{what} {text} is a directory; give a file path.")
+    if target.exists():
+        found = file_format(target)
+        if found not in kinds:
+            name = _FORMAT_NAMES.get(found or "", "not a file distmix wrote")
+            wanted = " or ".join(_FORMAT_NAMES[kind] for kind in kinds)
+            raise FileExistsError(
+                f"{what} {text} exists and is {name}, not {wanted}: writing there would "
+                "destroy it. Choose another path."
+            )
+        if not replace:
+            flag = "--overwrite" if what.startswith("-") else "overwrite=True"
+            raise FileExistsError(
+                f"{what} {text} already exists; pass {flag} to replace it, or choose another path."
+            )
+    directory = target.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.check-", dir=directory)
+    except OSError as error:
+        raise PermissionError(
+            f"{what} {text}: cannot write in {directory} ({error.strerror or error})."
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
 
 
 # -- Params inside archives -----------------------------------------------------

@@ -192,7 +192,7 @@ def test_growing_array_reads_only_the_new_rows(dataset, tmp_path, capsys):
     assert distmix.load(model_path).n_samples_seen_ == 3000
 
     array.append(rows[3000:])
-    rerun = ["--checkpoint", checkpoint, "--resume", "--out", model_path]
+    rerun = ["--checkpoint", checkpoint, "--resume", "--out", model_path, "--overwrite"]
     assert main(fit_args(growing, *rerun)) == 0
     out = capsys.readouterr().out
     assert "the first 3,000 rows streamed in full" in out

@@ -169,9 +169,37 @@ def test_save_leaves_no_temporary_file_and_replaces_atomically(fitted, tmp_path)
     path = tmp_path / "model.npz"
     model.save(path)
     first = path.read_bytes()
-    model.save(path)
+    model.save(path, overwrite=True)
     assert path.read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+def test_existing_files_are_refused_before_any_work(fitted, tmp_path):
+    """``save`` refuses an existing file unless ``overwrite=True``, and never replaces a
+    file that is not a distmix model; ``checkpoint=`` never replaces a model file (nor a
+    stream checkpoint) — refused before the first pass, the file left as it was."""
+    model, X = fitted
+    path = tmp_path / "model.npz"
+    model.save(path)
+    first = path.read_bytes()
+    with pytest.raises(FileExistsError, match=f"model file {path} already exists"):
+        model.save(path)
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    with pytest.raises(FileExistsError, match="not a file distmix wrote"):
+        model.save(other, overwrite=True)
+    assert other.read_text() == "mine"
+    fresh = distmix.GaussianMixture(3, random_state=0, checkpoint=path)
+    with pytest.raises(FileExistsError, match="is a distmix model file, not a distmix checkpoint"):
+        fresh.fit(X)
+    with pytest.raises(FileExistsError, match="not a distmix stream checkpoint"):
+        fresh.fit_stream(X)
+    assert path.read_bytes() == first
+    assert not hasattr(fresh, "means_")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(OSError, match=f"checkpoint {blocked}/ck.npz: cannot write in"):
+        distmix.GaussianMixture(3, checkpoint=blocked / "ck.npz").fit(X)
 
 
 # -- checkpoints ------------------------------------------------------------------------
