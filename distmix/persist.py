@@ -59,7 +59,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         reason = error.strerror or type(error).__name__
-        raise type(error)(error.errno, f"{path}: could not be written ({reason})") from None
+        raise type(error)(f"{path}: could not be written ({reason})") from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
