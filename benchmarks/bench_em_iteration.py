@@ -49,6 +49,13 @@ Usage
     python benchmarks/bench_em_iteration.py            # full shapes, 5 repeats
     python benchmarks/bench_em_iteration.py --quick    # N / 20, smoke run
     python benchmarks/bench_em_iteration.py --covariance-type diag   # the same for diag
+    python benchmarks/bench_em_iteration.py --fingerprint   # + the data-fingerprint pass
+
+``--fingerprint`` adds two contenders, ``local+fp`` and ``dask+fp``: the same
+iteration whose E-step pass also computes the data fingerprint that binds a
+checkpoint to its data (``distmix.em.e_step_fingerprinted``; a fit with a
+checkpoint does this in its first pass only, every later pass is plain). Their
+ratios to ``local`` and ``dask`` are the cost of that pass (target < 1.02).
 
 The machine's BLAS (``threadpoolctl.threadpool_info()``) and the OpenBLAS
 environment variables that change its kernels are printed first, since the
@@ -94,6 +101,7 @@ INIT_SUBSAMPLE_ROWS = 10_000
 TARGET_LOCAL_OVER_SKLEARN = 0.5
 TARGET_DASK_OVER_LOCAL = 1.25
 CONTENDERS = ("sklearn", "local", "dask")
+TARGET_FINGERPRINT = 1.02
 
 
 # -- data and starting parameters ---------------------------------------------
@@ -144,9 +152,13 @@ class Outcome:
     mean_log_lik: float
 
 
-def distmix_iteration(engine: Any, params: Params) -> Outcome:
-    """One distmix EM iteration (one E-step pass, one M-step) from ``params``."""
-    stats = distmix.em.e_step(engine, params)
+def distmix_iteration(engine: Any, params: Params, fingerprint: bool = False) -> Outcome:
+    """One distmix EM iteration (one E-step pass, one M-step) from ``params``; with
+    ``fingerprint``, the pass also fingerprints the data (as a checkpointed fit's first)."""
+    if fingerprint:
+        stats, _ = distmix.em.e_step_fingerprinted(engine, params)
+    else:
+        stats = distmix.em.e_step(engine, params)
     new = distmix.mstep.m_step(stats, REG_COVAR, previous=params)
     return Outcome(new.weights, new.means, new.covariances, distmix.em.mean_log_likelihood(stats))
 
@@ -204,7 +216,13 @@ class ShapeResult:
 
 
 def bench_shape(
-    n: int, d: int, k: int, repeats: int, seed: int, covariance_type: str = "full"
+    n: int,
+    d: int,
+    k: int,
+    repeats: int,
+    seed: int,
+    covariance_type: str = "full",
+    fingerprint: bool = False,
 ) -> ShapeResult:
     X = mixture_rows(n, d, k, seed)
     params = starting_params(X, k, seed, covariance_type)
@@ -218,16 +236,25 @@ def bench_shape(
         "local": lambda: distmix_iteration(local, params),
         "dask": lambda: distmix_iteration(dask_engine, params),
     }
+    if fingerprint:
+        run["local+fp"] = lambda: distmix_iteration(local, params, fingerprint=True)
+        run["dask+fp"] = lambda: distmix_iteration(dask_engine, params, fingerprint=True)
     # warm-up, which also gives the outcomes to compare
     outcomes = {name: time_once(fn)[1] for name, fn in run.items()}
     diffs = {
+        **(
+            {"local+fp vs local": outcome_diff(outcomes["local+fp"], outcomes["local"])}
+            if fingerprint
+            else {}
+        ),
         "local vs sklearn": outcome_diff(outcomes["local"], outcomes["sklearn"]),
         "dask vs sklearn": outcome_diff(outcomes["dask"], outcomes["sklearn"]),
         "dask vs local": outcome_diff(outcomes["dask"], outcomes["local"]),
     }
-    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    names = tuple(run)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        order = CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             seconds, _ = time_once(run[name])
             times[name].append(seconds)
@@ -301,10 +328,25 @@ def print_table(results: list[ShapeResult], tolerance: float) -> bool:
             f"{r2:>12.3f}{verdict(r2, TARGET_DASK_OVER_LOCAL):>6}"
         )
     print()
+    if "local+fp" in results[0].times:
+        print(
+            "the pass that also fingerprints the data (a checkpointed fit's first; "
+            f"target < {TARGET_FINGERPRINT}):"
+        )
+        for res in results:
+            r1 = res.median("local+fp") / res.median("local")
+            r2 = res.median("dask+fp") / res.median("dask")
+            print(
+                f"  {res.n:,} x {res.d}, K={res.k}:  local+fp {res.median('local+fp'):.3f} s/it, "
+                f"local+fp/local {r1:.3f} {'PASS' if r1 < TARGET_FINGERPRINT else 'FAIL'}   "
+                f"dask+fp {res.median('dask+fp'):.3f} s/it, dask+fp/dask {r2:.3f} "
+                f"{'PASS' if r2 < TARGET_FINGERPRINT else 'FAIL'}"
+            )
+        print()
     print("every repetition (s), in the order run; spread = max / min:")
     for res in results:
         print(f"  {res.n:,} x {res.d}, K={res.k}")
-        for name in CONTENDERS:
+        for name in res.times:
             t = res.times[name]
             print(f"    {name:<8} {' '.join(f'{x:.3f}' for x in t)}   spread {max(t) / min(t):.2f}")
     print()
@@ -339,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         default="full",
         help="covariance type of the mixture fitted (default full; the targets are for full)",
     )
+    parser.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="also time the pass that fingerprints the data (local+fp, dask+fp)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}.")
@@ -348,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     for n, d, k in SHAPES:
         n = n // QUICK_DIVISOR if args.quick else n
         print(f"running N={n:,} D={d} K={k} {args.covariance_type} ...", flush=True)
-        results.append(bench_shape(n, d, k, args.repeats, args.seed, args.covariance_type))
+        results.append(
+            bench_shape(n, d, k, args.repeats, args.seed, args.covariance_type, args.fingerprint)
+        )
         gc.collect()  # free this shape's data before the next is generated
     print()
     agree = print_table(results, args.tolerance)
