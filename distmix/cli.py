@@ -465,11 +465,17 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _write_dataset(path: str, args: argparse.Namespace) -> None:
     from distmix.datasets import write_zarr
+    from distmix.outputs import staged_directory
 
     start = time.perf_counter()
-    write_zarr(
-        path, args.rows, args.features, args.components, seed=args.seed, chunk_rows=args.chunk_rows
-    )
+    settings = dict(seed=args.seed, chunk_rows=args.chunk_rows)
+    if "://" in path:  # a remote store: written in place (chunks, then the attributes)
+        write_zarr(path, args.rows, args.features, args.components, **settings)
+    else:  # all or nothing: written beside, renamed onto PATH once complete
+        with staged_directory(path, overwrite=getattr(args, "overwrite", False)) as tmp:
+            write_zarr(
+                str(tmp), args.rows, args.features, args.components, overwrite=True, **settings
+            )
     size = args.rows * args.features * 8 / 2**20
     print(
         f"wrote {args.rows:,} rows × {args.features} features ({size:,.0f} MiB) of a "
@@ -728,6 +734,11 @@ exactly, or, after rows were appended to the Zarr array, reads only those
     generate.add_argument("--components", type=int, required=True)
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--chunk-rows", type=int, default=65536)
+    generate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing Zarr array at OUT (only once the new one is complete)",
+    )
     generate.set_defaults(run=_generate)
     for command in commands.choices.values():
         command.add_argument(

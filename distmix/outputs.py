@@ -256,6 +256,19 @@ def write_output(
     return target
 
 
+@contextlib.contextmanager
+def staged_directory(out: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """A hidden temporary directory beside ``out`` to write a Zarr array into; renamed
+    onto ``out`` (after a flush to disk) when the ``with`` block succeeds, removed when
+    it raises. ``out`` is checked first, as :func:`check_output_path` does."""
+    text = os.fspath(out)
+    target = check_output_path(text, overwrite=overwrite)
+    with _staged(target, text, directory=True) as tmp:
+        yield tmp
+        _fsync_tree(tmp)
+        _publish(tmp, target, text, overwrite=overwrite)
+
+
 def _hidden_sibling(target: Path, tag: str) -> str:
     return f".{target.name}.{tag}-"
 

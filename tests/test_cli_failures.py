@@ -233,3 +233,31 @@ def test_ctrl_c_says_where_the_checkpoint_is(tmp_path):
     ), first_lines
     assert int(first_lines[1].split()[-1]) >= done
     assert resumed.returncode == 130
+
+
+def test_generate_writes_all_or_nothing(tmp_path):
+    """``distmix generate`` killed mid-write leaves no array at OUT (its chunks were
+    written beside it); a rerun then succeeds; an existing array needs --overwrite."""
+    out = tmp_path / "g.zarr"
+    args = ["generate", out, "--rows", 4_000_000, "--features", 8, "--components", 3]
+    args += ["--chunk-rows", 20_000]
+    for delay in (0.8, 1.6):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distmix", *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        assert not out.exists()
+    # the kills came mid-write: the chunks were going into a hidden temporary
+    assert any(p.name.startswith(".g.zarr.tmp-") for p in tmp_path.iterdir())
+    small = ["generate", out, "--rows", 1000, "--features", 2, "--components", 2]
+    assert run_cli(*small).returncode == 0
+    assert distmix.chunks.open_dataset(str(out)).shape == (1000, 2)
+    result = run_cli(*small, "--seed", 3)
+    assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
+    assert run_cli(*small, "--seed", 3, "--overwrite").returncode == 0
+    # a SIGKILLed run leaves its hidden temporary behind, never a visible array
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["g.zarr"]
