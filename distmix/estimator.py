@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -58,7 +59,7 @@ from distmix.engines.stream import (
     window_engine,
     with_validation,
 )
-from distmix.fingerprint import DataFingerprint
+from distmix.fingerprint import DataFingerprint, block_fingerprint
 from distmix.init import initial_params
 from distmix.params import (
     Params,
@@ -830,17 +831,40 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             state, position, _ = resumed
         if not continuing and resumed is None:
             position = StreamPosition()
+        # bound to the values of the batches folded in (keyed by their place in the
+        # source): checked on resume against the batches skipped, before any write
+        data, seen, checking = None, DataFingerprint(), False
+        if self.checkpoint is not None:
+            data = DataCheck(
+                self.checkpoint,
+                resumed[2].get("data_fingerprint") if resumed else None,
+                resuming=resumed is not None,
+            )
+            if resumed is not None and position.pass_index > 0:  # all of the first pass
+                data.observe(sum((_batch_fingerprint(i, b) for i, b in enumerate(source)), seen))
+            elif resumed is not None:
+                checking = True  # summed over the batches skipped below
+            elif not continuing:
+                data.observe(seen)
         held_out = _HeldOut(self, validation)
         started, rows_here = time.perf_counter(), 0
         for pass_index in range(position.pass_index, n_passes):
             order: Any = source
+            places: Any = itertools.count()
             if shuffle:
                 rng = np.random.default_rng([seed, pass_index, 0x5EED])
-                order = [source[i] for i in rng.permutation(len(source))]
+                places = rng.permutation(len(source))
+                order = [source[i] for i in places]
             skip = position.batch_index if pass_index == position.pass_index else 0
-            for index, item in enumerate(order):
+            # places: each batch's index in the source (a count when not shuffled)
+            for index, (place, item) in enumerate(zip(places, order, strict=False)):
                 if index < skip:
+                    if checking:
+                        seen += _batch_fingerprint(int(place), item)
                     continue
+                if checking and data is not None:
+                    data.observe(seen)
+                    checking = False
                 X, w = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
                 where = f"batch {index}" + (f" of pass {pass_index}" if n_passes > 1 else "")
                 try:
@@ -850,14 +874,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     state, n_read = self._stream_step(engine, state)
                 except ValueError as error:
                     raise ValueError(f"{where}: {error}") from error
+                if data is not None and pass_index == 0 and not data.pending:
+                    data.add(_batch_fingerprint(int(place), item))
                 rows_here += n_read
                 position = StreamPosition(0, 0, 0, pass_index, index + 1)
                 if state.n_steps % report_every == 0:
                     state = held_out.record(state)
                     self._report_stream(state, rows_here, time.perf_counter() - started, callback)
-                if self.checkpoint is not None:
-                    save_stream_checkpoint(self.checkpoint, fingerprint, state, position)
+                if data is not None:
+                    save_stream_checkpoint(
+                        data.checkpoint, fingerprint, state, position, extra=data.record()
+                    )
             position = StreamPosition(0, 0, 0, pass_index + 1, 0)
+        if checking and data is not None:
+            data.observe(seen)
         if state is None:
             if continuing or resumed is not None:
                 return
@@ -1206,6 +1236,14 @@ class _HeldOut:
         if self._engine is None:
             self._engine = self.model._engine(self.validation, reset=False)
         return with_validation(state, mean_log_likelihood_of(self._engine, state.model_params))
+
+
+def _batch_fingerprint(place: int, item: Any) -> DataFingerprint:
+    """The fingerprint of a batch of an iterable at ``place`` in the source (its rows
+    keyed by ``place · 2³² + row``)."""
+    X, w = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
+    weights = None if w is None else np.asarray(w, dtype=np.float64)
+    return block_fingerprint(np.asarray(X, dtype=np.float64), weights, place << 32)
 
 
 def _is_batch_iterable(source: Any) -> bool:

@@ -255,3 +255,43 @@ def test_grown_array_with_a_rewritten_prefix_is_refused(X, tmp_path):
     # every row counted once: the fingerprint of the whole grown array
     whole = _fingerprint(LocalEngine(X, None, (2000,)))
     assert DataFingerprint.from_json(extra["data_fingerprint"]) == whole
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_stream_of_batches_resumes_only_on_the_batches_it_has_read(X, tmp_path, shuffle):
+    """A stream over a list of batches, interrupted after 3: resuming with one of the
+    batches already read changed is refused; with an unread one changed, it goes on."""
+    checkpoint = tmp_path / "batches.ck"
+    batches = [X[i : i + 250] for i in range(0, 2000, 250)]
+    opts = dict(n_components=3, random_state=0, checkpoint=checkpoint)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_4(record) -> None:
+        if record.n_steps == 4:
+            raise Stop
+
+    def interrupted() -> None:
+        checkpoint.unlink(missing_ok=True)
+        with pytest.raises(Stop):
+            distmix.GaussianMixture(resume=True, **opts).fit_stream(
+                batches, shuffle=shuffle, report_every=1, callback=stop_after_4
+            )
+
+    interrupted()
+    _, state, position, extra = load_stream_checkpoint(checkpoint)
+    assert state.n_steps == 3 and extra["data_fingerprint"]["n_rows"] == 750
+    order = np.random.default_rng([load_stream_checkpoint(checkpoint)[0]["seed"], 0, 0x5EED])
+    read = [int(i) for i in order.permutation(8)[:3]] if shuffle else [0, 1, 2]
+    before = _snapshot(checkpoint)
+    changed = [b.copy() for b in batches]
+    changed[read[-1]][17, 1] += 1e-6
+    with pytest.raises(DataChangedError):
+        distmix.GaussianMixture(resume=True, **opts).fit_stream(changed, shuffle=shuffle)
+    assert _snapshot(checkpoint) == before
+    unread = next(i for i in range(8) if i not in read)
+    changed = [b.copy() for b in batches]
+    changed[unread][3, 0] += 1.0
+    model = distmix.GaussianMixture(resume=True, **opts).fit_stream(changed, shuffle=shuffle)
+    assert model.n_samples_seen_ == 2000
