@@ -314,10 +314,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         k = self.n_components if reset else None
         many_passes = reset if many_passes is None else many_passes
+        reblock: Callable[[int], Any] | None = None
         if is_zarr_source(X):
             # a zarr.Array, path or URL: open_dataset validates it and reads whole chunks
             source, X = X, open_dataset(X)
-            if self.block_size is not None:
+            if self.block_size is None:  # blocks of our choosing: smaller if workers need
+                float_rows = X.dtype.kind == "f"
+
+                def reblock(rows: int) -> Any:
+                    smaller = open_dataset(source, block_rows=rows)
+                    return smaller if float_rows else smaller.astype(np.float64)
+
+            else:
                 block = check_block_size(self.block_size, int(X.shape[0]))
                 X = open_dataset(source, block_rows=block)
             check_shape(tuple(X.shape), k)
@@ -337,6 +345,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 split_every=self.split_every,
                 persist=self.persist if many_passes else False,
                 persist_fraction=self.persist_fraction,
+                n_components=self.n_components,
+                covariance_type=self.covariance_type,
+                reblock=reblock,
             )
         if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
             check_dtype(X.dtype)

@@ -13,8 +13,10 @@ recomputed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from contextvars import ContextVar
 from typing import Any
@@ -112,6 +114,211 @@ def cluster_memory(scheduler: Any = None) -> float:
     return float(psutil.virtual_memory().available)
 
 
+class WorkerMemoryError(ValueError):
+    """No worker of the cluster can hold one block while it is processed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerMemory:
+    """What the scheduler says of one worker's memory.
+
+    ``limit`` is 0 for a worker without a memory limit; ``used`` is the worker
+    process's memory now (its ``metrics["memory"]``).
+    """
+
+    address: str
+    limit: float
+    used: float
+    nthreads: int = 1
+
+    @classmethod
+    def from_info(cls, address: str, info: dict[str, Any]) -> WorkerMemory:
+        """From one entry of ``client.scheduler_info()["workers"]``."""
+        return cls(
+            address=str(address),
+            limit=float(info.get("memory_limit") or 0),
+            used=float((info.get("metrics") or {}).get("memory") or 0),
+            nthreads=max(1, int(info.get("nthreads") or 1)),
+        )
+
+    def room(self) -> float:
+        """Bytes a task may still allocate before the nanny restarts the worker (inf: no limit)."""
+        if not self.limit:
+            return math.inf
+        return terminate_fraction() * self.limit - self.used
+
+
+def terminate_fraction() -> float:
+    """The fraction of its memory limit at which a nanny restarts its worker (Dask's config)."""
+    import dask
+
+    value = dask.config.get("distributed.worker.memory.terminate", 0.95)
+    return float(value) if value else 1.0
+
+
+def _loaded_worker_memory() -> float:
+    """Run on a worker: load what every block task loads, then its process's memory."""
+    import psutil
+
+    import distmix.em  # noqa: F401  (with NumPy, SciPy, scikit-learn, Zarr: ~110 MiB)
+
+    return float(psutil.Process().memory_info().rss)
+
+
+def workers_memory(scheduler: Any = None) -> list[WorkerMemory] | None:
+    """The active distributed client's workers, or ``None`` without one (or with ``scheduler``).
+
+    A worker's memory in use is measured after it has loaded distmix, which
+    its first block task does anyway: a fresh worker process holds about 60 MiB,
+    one that has loaded distmix's kernels about 170 MiB, before any block. A
+    worker that fails to load it (killed for its memory) counts as full.
+    """
+    if scheduler is not None:
+        return None
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return None
+    workers = client.scheduler_info()["workers"]
+    loaded = client.run(_loaded_worker_memory, on_error="return") if workers else {}
+    out = []
+    for address, info in workers.items():
+        worker = WorkerMemory.from_info(address, info)
+        measured = loaded.get(address)
+        if isinstance(measured, BaseException) or (measured is None and worker.limit):
+            measured = worker.limit
+        if measured is not None:
+            worker = dataclasses.replace(worker, used=max(worker.used, float(measured)))
+        out.append(worker)
+    return out
+
+
+#: safety margin on the estimate of a block's working memory: allocator slack, the
+#: fingerprint's temporaries, the result of the previous block not yet released
+_WORKING_MARGIN = 1.25
+
+
+def block_working_bytes(
+    n_rows: int,
+    n_features: int,
+    itemsize: int,
+    n_components: int | None = None,
+    covariance_type: str | None = None,
+) -> float:
+    """Bytes a worker needs to process one block of ``n_rows`` rows, estimated from above.
+
+    The block as read, four float64 copies of it (the cast, the non-finite mask,
+    a centred and a whitened copy), six (K, n) float64 arrays (log-densities,
+    their exponentials, responsibilities and temporaries), and for ``diag`` and
+    ``spherical`` (or an unknown type) the (K, n, D) centred stack and its
+    squares of the batched path (``full`` and ``tied`` go component by component
+    on NumPy: see ``distmix.estep``), all times a margin of 25 %.
+    """
+    k = max(1, n_components or 1)
+    n = float(n_rows)
+    f64 = n * n_features * 8.0
+    stack = 0.0 if covariance_type in ("full", "tied") else 2.0 * k * f64
+    return _WORKING_MARGIN * (n * n_features * itemsize + 4.0 * f64 + 6.0 * k * n * 8.0 + stack)
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.0f} MiB"
+
+
+def rows_that_fit(
+    workers: list[WorkerMemory],
+    n_features: int,
+    itemsize: int,
+    n_components: int | None = None,
+    covariance_type: str | None = None,
+) -> int | None:
+    """The most rows per block that a worker can process with all its threads busy.
+
+    ``None`` when some worker has no memory limit (it holds any block); ``0``
+    when no worker has room for even one row.
+    """
+    if not workers or any(not w.limit for w in workers):
+        return None
+    per_row = block_working_bytes(1, n_features, itemsize, n_components, covariance_type)
+    room = max(w.room() / w.nthreads for w in workers)
+    return max(0, int(room // per_row))
+
+
+def check_blocks_fit(
+    workers: list[WorkerMemory],
+    block_rows: tuple[int, ...],
+    n_features: int,
+    itemsize: int,
+    n_components: int | None = None,
+    covariance_type: str | None = None,
+) -> None:
+    """Raise :class:`WorkerMemoryError` if no worker can hold the largest block.
+
+    A worker holds a block when its current memory plus the block's working
+    memory (:func:`block_working_bytes`) stays below the fraction of its limit
+    at which its nanny restarts it. Workers without a limit hold any block.
+    Without this check such a fit fails after minutes with ``KilledWorker``,
+    every worker having died on the same block.
+    """
+    if not workers or not block_rows or any(not w.limit for w in workers):
+        return
+    largest = max(block_rows)
+    need = block_working_bytes(largest, n_features, itemsize, n_components, covariance_type)
+    best = max(workers, key=lambda w: w.room())
+    if need <= best.room():
+        return
+    read = largest * n_features * itemsize
+    fits = rows_that_fit(workers, n_features, itemsize, n_components, covariance_type) or 0
+    advice = (
+        f"at most about {fits:,} rows per block would fit"
+        if fits
+        else "not even a small block fits beside what the workers already use"
+    )
+    raise WorkerMemoryError(
+        f"No Dask worker can hold one block: the largest block ({largest:,} rows × "
+        f"{n_features} features, {_mib(read)} as read) needs about {_mib(need)} while it is "
+        f"processed, but the roomiest worker, {best.address}, has a memory limit of "
+        f"{_mib(best.limit)} and already uses {_mib(best.used)} (its nanny restarts it at "
+        f"{terminate_fraction():.0%} of the limit), so it would be killed ({advice}). Give "
+        "smaller blocks (--block-rows, or block_size; a Zarr block holds whole chunks, so "
+        "chunks this large need the array rewritten with smaller ones) or more memory per "
+        "worker (dask worker --memory-limit, or the cluster config's memory)."
+    )
+
+
+def fit_blocks_to_workers(
+    X: Any,
+    workers: list[WorkerMemory] | None,
+    reblock: Callable[[int], Any] | None = None,
+    n_components: int | None = None,
+    covariance_type: str | None = None,
+) -> Any:
+    """``X``, or ``reblock(rows)`` when no worker can hold a block of ``X`` and the
+    source can be read in smaller blocks; raises :class:`WorkerMemoryError` when
+    even those do not fit (or ``reblock`` is ``None``).
+
+    ``reblock(rows)`` returns the same rows as a dask array of blocks of at most
+    about ``rows`` rows (a Zarr source rounds them to whole chunks).
+    """
+    if not workers:
+        return X
+    n_features, itemsize = int(X.shape[1]), int(X.dtype.itemsize)
+    sizing = (n_features, itemsize, n_components, covariance_type)
+    rows = tuple(int(c) for c in X.chunks[0])
+    try:
+        check_blocks_fit(workers, rows, *sizing)
+        return X
+    except WorkerMemoryError:
+        fits = rows_that_fit(workers, *sizing)
+        if reblock is None or not fits:
+            raise
+    smaller = reblock(fits)
+    check_blocks_fit(workers, tuple(int(c) for c in smaller.chunks[0]), *sizing)
+    return smaller
+
+
 def decide_persist(
     persist: bool | str, nbytes: float, fraction: float, scheduler: Any = None
 ) -> bool:
@@ -147,6 +354,21 @@ class DaskEngine:
     row_offsets : tuple of int, optional
         Global index of every block's first row, for naming bad rows (default:
         the blocks' positions in ``X``).
+    n_components, covariance_type : optional
+        Of the model the blocks will be fitted to: they size the memory check.
+    reblock : callable, optional
+        ``reblock(rows)`` reopens the source in blocks of at most about ``rows``
+        rows; given, blocks that no worker could hold are made smaller instead
+        of refused.
+    check_memory : bool, default=True
+        Check the blocks against the workers' memory (one call to every worker);
+        ``False`` for engines over blocks already checked (a stream's windows).
+
+    Raises
+    ------
+    WorkerMemoryError
+        With a distributed client, when no worker has the memory to process
+        one block (:func:`check_blocks_fit`), before any pass.
     """
 
     def __init__(
@@ -158,9 +380,23 @@ class DaskEngine:
         persist: bool | str = False,
         persist_fraction: float = 0.5,
         row_offsets: tuple[int, ...] | None = None,
+        *,
+        n_components: int | None = None,
+        covariance_type: str | None = None,
+        reblock: Callable[[int], Any] | None = None,
+        check_memory: bool = True,
     ) -> None:
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: -1})
+        # before any pass: a block that no worker can hold would kill every worker
+        # that tries it, and the fit would end, much later, in KilledWorker
+        X = fit_blocks_to_workers(
+            X,
+            workers_memory(scheduler) if check_memory else None,
+            reblock if row_offsets is None else None,  # offsets name the given blocks
+            n_components,
+            covariance_type,
+        )
         self.n_rows, self.n_features = int(X.shape[0]), int(X.shape[1])
         if sample_weight is not None and sample_weight.chunks[0] != X.chunks[0]:
             sample_weight = sample_weight.rechunk({0: X.chunks[0]})

@@ -354,7 +354,14 @@ def window_engine(X: Any, sample_weight: Any, ranges: Sequence[Range], *, split_
             return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
 
         w = None if sample_weight is None else gather(sample_weight)
-        return DaskEngine(gather(X), w, split_every=split_every, persist=False, row_offsets=offsets)
+        return DaskEngine(
+            gather(X),
+            w,
+            split_every=split_every,
+            persist=False,
+            row_offsets=offsets,
+            check_memory=False,  # the source's engine checked these blocks once
+        )
     if len(ranges) == 1:
         rows: Any = slice(*ranges[0])
     else:
