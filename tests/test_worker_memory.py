@@ -68,6 +68,13 @@ def test_one_roomy_worker_is_enough():
         check_blocks_fit(_workers((100, 60), (roomy, 100 + 90 + 1)), rows, 8, 8, 2, "full")
 
 
+def test_a_worker_past_its_pause_threshold_holds_nothing():
+    # 85 % of its limit in use: Dask pauses it, so it would never start a block
+    assert _workers((200, 170))[0].room() == 0
+    with pytest.raises(WorkerMemoryError, match="already uses 170 MiB"):
+        check_blocks_fit(_workers((200, 170)), (10,), 8, 8, 2, "full")
+
+
 def test_error_names_limit_use_block_and_remedy():
     with pytest.raises(WorkerMemoryError) as info:
         check_blocks_fit(_workers((92, 70), (92, 75)), (300_000, 100), 8, 8, 4, "full")

@@ -142,9 +142,15 @@ class WorkerMemory:
         )
 
     def room(self) -> float:
-        """Bytes a task may still allocate before the nanny restarts the worker (inf: no limit)."""
+        """Bytes a task may still allocate before the nanny restarts the worker (inf: no limit).
+
+        Zero for a worker already past the fraction of its limit at which it
+        pauses: it would never start a block, and the fit would wait forever.
+        """
         if not self.limit:
             return math.inf
+        if self.used >= pause_fraction() * self.limit:
+            return 0.0
         return terminate_fraction() * self.limit - self.used
 
 
@@ -163,6 +169,14 @@ def _loaded_worker_memory() -> float:
     import distmix.em  # noqa: F401  (with NumPy, SciPy, scikit-learn, Zarr: ~110 MiB)
 
     return float(psutil.Process().memory_info().rss)
+
+
+def pause_fraction() -> float:
+    """The fraction of its memory limit at which a worker stops starting tasks (Dask's config)."""
+    import dask
+
+    value = dask.config.get("distributed.worker.memory.pause", 0.8)
+    return float(value) if value else 1.0
 
 
 def workers_memory(scheduler: Any = None) -> list[WorkerMemory] | None:
