@@ -264,7 +264,11 @@ def _fit(args: argparse.Namespace) -> int:
     model = _model_for(args)
     if args.stream:
         return _fit_stream(args, model)
-    X = _open_data(args.data)
+    from distmix.chunks import open_dataset
+
+    # the estimator opens DATA itself (by path), so that blocks are whole Zarr chunks,
+    # --block-rows rounds to them, and blocks it chose can shrink to fit the workers
+    X = open_dataset(args.data, block_rows=args.block_rows)
     rows, features = X.shape
     print(f"{args.data}: {rows:,} rows × {features} features in {X.numblocks[0]} blocks")
     if args.resume and Path(args.checkpoint).is_file():
@@ -290,7 +294,7 @@ def _fit(args: argparse.Namespace) -> int:
             print(f"Dask cluster at {client.scheduler.address}, dashboard {client.dashboard_link}")
         start = time.perf_counter()
         with progress:
-            model.fit(X)
+            model.fit(args.data)
         seconds = time.perf_counter() - start
     status = "converged" if model.converged_ else "did not converge"
     print(
