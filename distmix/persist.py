@@ -167,8 +167,12 @@ def read_archive(
 
 
 def file_format(path: str | os.PathLike[str]) -> str | None:
-    """The ``format`` a distmix file declares, or ``None`` for anything else (never unpickles)."""
+    """The ``format`` a distmix file declares, or ``None`` for anything else (never unpickles,
+    and reads only the header of a file that is not a zip archive)."""
     try:
+        with open(path, "rb") as handle:
+            if handle.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+                return None
         with np.load(path, allow_pickle=False) as archive:
             if "meta" not in getattr(archive, "files", ()):
                 return None
