@@ -271,7 +271,8 @@ class DataCheck:
         if resuming and self.expected is None:
             raise DataChangedError(
                 f"checkpoint {checkpoint} records no fingerprint of the data it was written "
-                "for (it comes from an older distmix), so resuming it on these data cannot be "
+                "for (an older distmix wrote it, or a stream continued from a model that had "
+                "streamed without a checkpoint), so resuming it on these data cannot be "
                 "checked: start over without resuming (resume=False; on the command line, "
                 "drop --resume), or use another checkpoint path."
             )

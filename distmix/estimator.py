@@ -318,7 +318,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if is_zarr_source(X):
             # a zarr.Array, path or URL: open_dataset validates it and reads whole chunks
             source, X = X, open_dataset(X)
-            if self.block_size is None:  # blocks of our choosing: smaller if workers need
+            # blocks of our choosing shrink if the workers need it, for a fit; a stream's
+            # position counts its blocks, so a stream keeps the same blocks run after run
+            if self.block_size is None and many_passes:
                 float_rows = X.dtype.kind == "f"
 
                 def reblock(rows: int) -> Any:
@@ -566,32 +568,32 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         engine = self._engine(X, sample_weight, reset=not fitted, many_passes=False)
         if state is None and fitted:
             state = StreamState(self._params())
-        state, _ = self._stream_step(engine, state)
+        state, _, _ = self._stream_step(engine, state)
         self._set_stream(state, getattr(self, "_stream_position", None))
 
     def _stream_step(
         self,
         engine: LocalEngine | DaskEngine,
         state: StreamState | None,
-        data: DataCheck | None = None,
-    ) -> tuple[StreamState, int]:
-        """One online-EM update with the rows of ``engine``; ``(new state, rows read)``.
+        fingerprint: bool = False,
+    ) -> tuple[StreamState, int, DataFingerprint | None]:
+        """One online-EM update with the rows of ``engine``.
 
-        A stream without a state starts from ``_start_params`` on these rows.
-        With ``data`` (whose fingerprint is known), the same pass fingerprints
-        the rows and adds them to it.
+        ``(new state, rows read, their fingerprint)``; with ``fingerprint`` the
+        same pass fingerprints the rows (else ``None``). A stream without a state
+        starts from ``_start_params`` on these rows.
         """
         if state is None:
             state = StreamState(self._start_params(engine))
-        if data is not None and not data.pending:
+        rows_fingerprint = None
+        if fingerprint:
             stats, rows_fingerprint = e_step_fingerprinted(engine, state.params)
-            data.add(rows_fingerprint)
         else:
             stats = batch_stats(engine, state.params)
         new = online_update(
             state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
         )
-        return new, int(stats.n_rows)
+        return new, int(stats.n_rows), rows_fingerprint
 
     def _start_params(self, engine: LocalEngine | DaskEngine) -> Params:
         """Params to start a stream from: the user's, or ``init_params`` on ``engine``'s rows."""
@@ -625,6 +627,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             "_stream_state",
             "_stream_position",
             "_stream_plan",
+            "_stream_data",
             "n_steps_",
             "n_samples_seen_",
             "stream_history_",
@@ -757,6 +760,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
         fingerprint = self._stream_fingerprint(X.shape[1], plan, w is not None)
         resumed = self._resume_stream(fingerprint)
+        if resumed is not None:
+            state, position, carried = resumed
+        else:
+            carried = dict(self.__dict__.get("_stream_data") or {}) if continuing else {}
+        # a position counts the blocks of the run that wrote it: the rows already read
+        # keep that run's blocks, whatever the blocks of the source are now
+        plan = plan.with_blocks_read(_decode_stops(carried.get("block_stops")), position)
         data = None
         if self.checkpoint is not None:
             # the checkpoint is bound to the values read so far (each row once, in the
@@ -764,16 +774,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             # hash only, and refuses to go on if they changed, before writing anything
             data = DataCheck(
                 self.checkpoint,
-                resumed[2].get("data_fingerprint") if resumed else None,
+                carried.get("data_fingerprint"),
                 resuming=resumed is not None,
             )
             if resumed is not None:
-                state, position, _ = resumed
                 data.ensure(
                     window_engine(X, w, plan.ranges_read(position), split_every=self.split_every)
                 )
             elif not continuing:
                 data.observe(DataFingerprint())  # nothing read yet
+            else:
+                # continued from this estimator's own stream, which recorded its rows (if
+                # it had no checkpoint, nothing was recorded and the checkpoint says so)
+                known = DataFingerprint.from_json(carried.get("data_fingerprint"))
+                if known is not None:
+                    data.observe(known)
         n_rows = int(X.shape[0])
         held_out = _HeldOut(self, validation)
         self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
@@ -782,7 +797,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for after, ranges in plan.walk(position, n_rows):
             engine = window_engine(X, w, ranges, split_every=self.split_every)
             first_pass = not position.in_segment or position.pass_index == 0
-            state, n_read = self._stream_step(engine, state, data if first_pass else None)
+            track = data is not None and not data.pending and first_pass
+            state, n_read, rows_fingerprint = self._stream_step(engine, state, track)
+            if data is not None and rows_fingerprint is not None:
+                data.add(rows_fingerprint)
             position = after
             rows_here += n_read
             last = not after.in_segment and after.rows_done == n_rows
@@ -791,13 +809,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 self._report_stream(state, rows_here, time.perf_counter() - started, callback)
             if data is not None:
                 save_stream_checkpoint(
-                    data.checkpoint, fingerprint, state, position, extra=data.record()
+                    data.checkpoint,
+                    fingerprint,
+                    state,
+                    position,
+                    extra={**data.record(), **plan.blocks_read_record(position)},
                 )
         if state is None:
             if continuing:
                 return  # nothing new to read: the model stays as it is
             raise ValueError("the stream source has no rows to read.")
         self._set_stream(state, position)
+        self._stream_data = {
+            **(data.record() if data is not None else {}),
+            **plan.blocks_read_record(position),
+        }
 
     def _stream_batches(
         self,
@@ -882,11 +908,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     engine = self._engine(
                         X, w, reset=state is None and not continuing, many_passes=False
                     )
-                    state, n_read = self._stream_step(engine, state)
+                    track = data is not None and not data.pending and pass_index == 0
+                    state, n_read, rows_fingerprint = self._stream_step(engine, state, track)
                 except ValueError as error:
                     raise ValueError(f"{where}: {error}") from error
-                if data is not None and pass_index == 0 and not data.pending:
-                    data.add(_batch_fingerprint(int(place), item))
+                if data is not None and rows_fingerprint is not None:
+                    data.add(_keyed_by_place(int(place), rows_fingerprint))
                 rows_here += n_read
                 position = StreamPosition(0, 0, 0, pass_index, index + 1)
                 if state.n_steps % report_every == 0:
@@ -1089,6 +1116,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             # a streamed model carries its stream: loaded with warm_start=True, it continues it
             stream_meta, stream_arrays_ = stream_arrays(state, self._stream_position)
             stream_meta["plan"] = self.__dict__.get("_stream_plan")
+            stream_meta["data"] = self.__dict__.get("_stream_data")
             meta["stream"] = stream_meta
             arrays.update(stream_arrays_)
         write_archive(path, meta, arrays)
@@ -1249,12 +1277,31 @@ class _HeldOut:
         return with_validation(state, mean_log_likelihood_of(self._engine, state.model_params))
 
 
+def _keyed_by_place(place: int, rows: DataFingerprint) -> DataFingerprint:
+    """A batch's fingerprint (rows numbered from 0) made specific to its ``place`` in
+    the source, so that the same batch elsewhere in the stream counts differently."""
+    return DataFingerprint(*_keyed_value(place, rows))
+
+
+def _keyed_value(place: int, rows: DataFingerprint) -> tuple[int, int]:
+    odd = int(block_fingerprint(np.array([[float(place)]])).value) | 1
+    return (rows.value * odd + place) % 2**64, rows.n_rows
+
+
 def _batch_fingerprint(place: int, item: Any) -> DataFingerprint:
-    """The fingerprint of a batch of an iterable at ``place`` in the source (its rows
-    keyed by ``place · 2³² + row``)."""
+    """The fingerprint of a batch of an iterable at ``place`` in the source, read anew
+    (a resumed stream checks the batches it skips)."""
     X, w = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
     weights = None if w is None else np.asarray(w, dtype=np.float64)
-    return block_fingerprint(np.asarray(X, dtype=np.float64), weights, place << 32)
+    return _keyed_by_place(place, block_fingerprint(np.asarray(X, dtype=np.float64), weights))
+
+
+def _decode_stops(record: Any) -> tuple[int, ...] | None:
+    """Block stops from their run-length record ``[[rows, count], ...]`` (or ``None``)."""
+    if not isinstance(record, list):
+        return None
+    lengths = [int(rows) for rows, count in record for _ in range(int(count))]
+    return tuple(int(s) for s in np.cumsum(lengths)) if lengths else ()
 
 
 def _is_batch_iterable(source: Any) -> bool:
@@ -1442,4 +1489,6 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
         model._set_params(params)  # the stored bits
         if isinstance(stream.get("plan"), dict):
             model._stream_plan = {k: stream["plan"].get(k) for k in _PLAN_KEYS}
+        if isinstance(stream.get("data"), dict):  # the rows it read: fingerprint, blocks
+            model._stream_data = dict(stream["data"])
     return model

@@ -295,3 +295,71 @@ def test_stream_of_batches_resumes_only_on_the_batches_it_has_read(X, tmp_path, 
     changed[unread][3, 0] += 1.0
     model = distmix.GaussianMixture(resume=True, **opts).fit_stream(changed, shuffle=shuffle)
     assert model.n_samples_seen_ == 2000
+
+
+def test_stream_resumed_with_other_blocks_keeps_the_blocks_it_read(X, tmp_path):
+    """A stream stopped mid-pass and resumed with another ``block_size`` goes on over the
+    blocks it had started with (a position counts them), to the uninterrupted model."""
+    checkpoint = tmp_path / "stream.ck"
+    opts = dict(n_components=3, random_state=0, checkpoint=checkpoint)
+    whole = distmix.GaussianMixture(3, random_state=0, block_size=500).fit_stream(X, window=1)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_3(record) -> None:
+        if record.n_steps == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        distmix.GaussianMixture(block_size=500, resume=True, **opts).fit_stream(
+            X, window=1, report_every=1, callback=stop_after_3
+        )
+    resumed = distmix.GaussianMixture(block_size=1000, resume=True, **opts).fit_stream(X)
+    assert resumed.n_steps_ == whole.n_steps_ == 4
+    np.testing.assert_array_equal(resumed.means_, whole.means_)
+    np.testing.assert_array_equal(resumed.covariances_, whole.covariances_)
+
+
+def test_continued_stream_keeps_its_fingerprint(X, tmp_path):
+    """A stream continued with ``warm_start`` (in memory, or from its saved model) over a
+    grown array still binds its checkpoint to every row read: it resumes, and refuses a
+    rewritten row."""
+    checkpoint = tmp_path / "stream.ck"
+    model = distmix.GaussianMixture(3, random_state=0, checkpoint=checkpoint, warm_start=True)
+    model.fit_stream(X[:1000])
+    model.fit_stream(X)
+    _, _, _, extra = load_stream_checkpoint(checkpoint)
+    whole = _fingerprint(LocalEngine(X, None, (2000,)))
+    assert DataFingerprint.from_json(extra["data_fingerprint"]) == whole
+    resumed = distmix.GaussianMixture(3, random_state=0, checkpoint=checkpoint, resume=True)
+    assert resumed.fit_stream(X).n_samples_seen_ == 2000
+    changed = X.copy()
+    changed[10, 0] += 1.0
+    with pytest.raises(DataChangedError):
+        distmix.GaussianMixture(3, random_state=0, checkpoint=checkpoint, resume=True).fit_stream(
+            changed
+        )
+    # a saved model carries what it read: continued after a load, the checkpoint binds too
+    model.save(tmp_path / "m.npz")
+    loaded = distmix.load(tmp_path / "m.npz")
+    loaded.set_params(warm_start=True, checkpoint=tmp_path / "again.ck")
+    grown = np.concatenate([X, X[:500] + 0.5])
+    loaded.fit_stream(grown)
+    _, _, _, extra = load_stream_checkpoint(tmp_path / "again.ck")
+    assert extra["data_fingerprint"]["n_rows"] == 2500
+
+
+def test_dask_batches_are_read_once_with_a_checkpoint(X, tmp_path):
+    import dask
+
+    batches = [da.from_array(X[i : i + 500], chunks=250) for i in range(0, 2000, 500)]
+    counts = []
+    for checkpoint in (None, tmp_path / "b.ck"):
+        computes: list[int] = []
+        with dask.callbacks.Callback(start=lambda dsk, seen=computes: seen.append(1)):
+            distmix.GaussianMixture(3, random_state=0, checkpoint=checkpoint).fit_stream(
+                batches, shuffle=False
+            )
+        counts.append(len(computes))
+    assert counts[0] == counts[1]

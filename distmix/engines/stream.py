@@ -285,6 +285,39 @@ class StreamPlan:
             ranges = [ranges[i] for i in rng.permutation(len(ranges))]
         return [ranges[i : i + self.window] for i in range(0, len(ranges), self.window)]
 
+    def with_blocks_read(
+        self, stops: Sequence[int] | None, position: StreamPosition
+    ) -> StreamPlan:
+        """This plan with the block ``stops`` of the run that reached ``position`` for the
+        rows it has seen (its segment in progress included), and its own blocks after.
+
+        A position counts batches of blocks: resumed with other blocks (another
+        ``block_size``, or blocks sized to other workers) it would name other rows.
+        """
+        if stops is None:
+            return self
+        seen = max(position.rows_done, position.segment_stop)
+        kept = tuple(int(s) for s in stops if s <= seen)
+        return replace(self, block_stops=kept + tuple(s for s in self.block_stops if s > seen))
+
+    def blocks_read_record(self, position: StreamPosition) -> dict[str, Any]:
+        """The block stops of the rows seen by ``position``, run-length encoded for a
+        checkpoint: ``{"block_stops": [[rows, count], ...]}``."""
+        seen = max(position.rows_done, position.segment_stop)
+        stops = [s for s in self.block_stops if s <= seen]
+        if seen and (not stops or stops[-1] != seen):
+            stops.append(seen)  # the segment's end is a boundary whatever the blocks
+        runs: list[list[int]] = []
+        previous = 0
+        for stop in stops:
+            rows = stop - previous
+            if runs and runs[-1][0] == rows:
+                runs[-1][1] += 1
+            else:
+                runs.append([rows, 1])
+            previous = stop
+        return {"block_stops": runs}
+
     def ranges_read(self, position: StreamPosition) -> list[Range]:
         """The row ranges a stream's first passes have read before ``position``.
 
