@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import signal
 import sys
@@ -261,6 +262,7 @@ def _model_for(args: argparse.Namespace) -> Any:
 def _fit(args: argparse.Namespace) -> int:
     _check_fit_flags(args)
     _check_fit_paths(args)
+    args.checkpoint_before = _file_state(args.checkpoint)  # for the line after a Ctrl-C
     model = _model_for(args)
     if args.stream:
         return _fit_stream(args, model)
@@ -754,20 +756,33 @@ exactly, or, after rows were appended to the Zarr array, reads only those
     return parser
 
 
+def _file_state(path: str | None) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of a file, or ``None``: whether a run has written it since."""
+    try:
+        info = os.stat(path) if path else None
+    except OSError:
+        return None
+    return None if info is None else (info.st_mtime_ns, info.st_size)
+
+
 def _after_interrupt(args: argparse.Namespace) -> str:
     """What an interrupted command leaves behind, for its last line."""
     checkpoint = getattr(args, "checkpoint", None)
     if args.command == "fit" and checkpoint and Path(checkpoint).is_file():
-        return (
-            f"the fit's state after its last finished {'update' if args.stream else 'iteration'}"
-            f" is in {checkpoint}: rerun the same command with --resume to continue"
+        before = getattr(args, "checkpoint_before", None)
+        if args.resume or _file_state(checkpoint) != before:
+            step = "update" if args.stream else "iteration"
+            return (
+                f"the fit's state after its last finished {step} is in {checkpoint}: "
+                "rerun the same command with --resume to continue"
+            )
+        return (  # --overwrite, interrupted before this run wrote its first checkpoint
+            f"no model was written, and {checkpoint} still holds the fit it held before"
         )
+    if args.command == "generate" and "://" in args.out:
+        return f"{args.out} may be incomplete: generate it again with --overwrite"
     if args.command in ("fit", "predict", "generate", "demo"):
-        return (
-            "no model or output was written"
-            if args.command != "generate"
-            else (f"{args.out} may be incomplete: generate it again")
-        )
+        return "no model or output was written"
     return "nothing was written"
 
 
