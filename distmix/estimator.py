@@ -1067,7 +1067,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Write the fitted model to ``path``: an ``.npz`` archive with a JSON header.
 
         No pickle; written atomically; read back with :func:`distmix.load`, which
-        gives an estimator equal to this one to the last bit.
+        gives an estimator whose parameters, fitted attributes and model settings
+        equal this one's to the last bit (the run-time settings below excepted).
 
         The file keeps the model: its parameters, fitted attributes and history,
         the estimator settings that define a fit (``n_components``,
