@@ -629,8 +629,9 @@ of blocks, folding their statistics into a running average with a decaying
 step size, so DATA is read once per pass instead of once per EM iteration.
 With --checkpoint the state is saved after every update; rerunning the same
 command with --checkpoint state.npz --resume continues an interrupted stream
-exactly, or, after rows were appended to the Zarr array, reads only those
-(--passes, --window and --no-shuffle, if left out, continue the checkpoint's).""",
+exactly, or, after rows were appended to the Zarr array, fits only those
+(--passes, --window and --no-shuffle, if left out, continue the checkpoint's).
+The rows read before are re-read first, hash only, to check they did not change.""",
     )
     stream.add_argument(
         "--stream", action="store_true", help="fit by online EM instead of batch EM"
