@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -33,55 +32,24 @@ import numpy as np
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import numpy as np
-    import zarr
-    from scipy.optimize import linear_sum_assignment
+    """``examples/out_of_core.py`` (shipped as ``distmix.examples``) with the demo's sizes."""
+    try:
+        from distmix.examples import out_of_core
+    except ModuleNotFoundError as error:
+        if error.name not in ("distmix.examples", "distmix.examples.out_of_core"):
+            raise
+        raise ImportError(
+            "distmix.examples is missing from this installation (an editable install made "
+            "before it existed, or the package run from a source tree): reinstall distmix "
+            "(pip install .), or run python examples/out_of_core.py from the repository"
+        ) from None
 
-    from distmix.chunks import open_dataset
-    from distmix.cluster import connect, load_config
-    from distmix.datasets import TrueMixture
-    from distmix.estimator import GaussianMixture
-
-    with tempfile.TemporaryDirectory(prefix="distmix-demo-") as tmp:
-        path = args.path or str(Path(tmp) / "demo.zarr")
-        _write_dataset(path, args)
-        array = zarr.open_array(path, mode="r")
-        truth = TrueMixture.from_attrs(array.attrs)
-        local = load_config("local")  # the bundled config, with the demo's size
-        config = dataclasses.replace(
-            local,
-            cluster={**local.cluster, "n_workers": args.workers, "dashboard_address": ":0"},
-        )
-        with connect(config) as client:
-            print(
-                f"local Dask cluster: {args.workers} worker processes at "
-                f"{client.scheduler.address}, dashboard {client.dashboard_link}"
-            )
-            X = open_dataset(path)
-            print(f"fitting over {X.numblocks[0]} blocks of {args.chunk_rows:,} rows")
-            model = GaussianMixture(
-                args.components, random_state=args.seed, verbose=2, verbose_interval=1, tol=args.tol
-            )
-            start = time.perf_counter()
-            model.fit(X)
-            seconds = time.perf_counter() - start
-        order = linear_sum_assignment(
-            np.linalg.norm(truth.means[:, None, :] - model.means_[None, :, :], axis=2)
-        )[1]
-        mean_err = np.abs(model.means_[order] - truth.means).max()
-        weight_err = np.abs(model.weights_[order] - truth.weights).max()
-        cov_err = np.abs(model.covariances_[order] - truth.covariances).max()
-        print(
-            f"fit: {model.n_iter_} iterations in {seconds:.1f}s, converged={model.converged_}, "
-            f"mean log-likelihood {model.lower_bound_:.4f}"
-        )
-        print(
-            f"recovery vs the true mixture: max |Δmean| {mean_err:.3g}, "
-            f"max |Δweight| {weight_err:.3g}, max |Δcovariance| {cov_err:.3g}"
-        )
-        ok = mean_err < 0.1 and weight_err < 0.02 and cov_err < 0.2
-        print("demo OK" if ok else "demo: the fit did not recover the true mixture")
-        return 0 if ok else 1
+    argv = ["--rows", str(args.rows), "--features", str(args.features)]
+    argv += ["--components", str(args.components), "--chunk-rows", str(args.chunk_rows)]
+    argv += ["--workers", str(args.workers), "--seed", str(args.seed), "--tol", repr(args.tol)]
+    if args.path:
+        argv += ["--path", args.path]
+    return out_of_core.main(argv)
 
 
 def _open_data(path: str) -> Any:
