@@ -15,8 +15,8 @@ twenty iterations, long enough to be interrupted.)
 
 A checkpoint belongs to its data: it records a fingerprint of the values it
 was fitted on, and resuming on other values (another array of the same shape,
-a rewritten row) is refused before anything is written. The example shows
-that too.
+a rewritten row) is refused before anything is written. The example changes
+one value of the array and shows the refusal.
 
 Run
 ---
@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 import distmix
 from distmix.datasets import write_zarr
@@ -137,15 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"resumed == uninterrupted, bit for bit: {identical}")
 
-        # the checkpoint is bound to the values it was fitted on: other data are refused
-        other = directory / "other.zarr"
-        write_zarr(str(other), args.rows, args.features, args.components, args.seed + 1)
+        # the checkpoint is bound to the values it was fitted on: change one of them (as a
+        # pipeline that rewrites a row would) and resuming is refused, the checkpoint untouched
+        data = zarr.open_array(str(path), mode="r+")
+        data[0, 0] += 1.0
         try:
-            distmix.GaussianMixture(**settings, checkpoint=checkpoint, resume=True).fit(str(other))
+            distmix.GaussianMixture(**settings, checkpoint=checkpoint, resume=True).fit(str(path))
             print("FAILED: the checkpoint was resumed on other data")
             return 1
         except ValueError as error:
-            print(f"resuming on {other.name} is refused: {error}")
+            print(f"after one value of {path.name} changed, resuming is refused: {error}")
 
     if identical:
         print("OK: the interrupted and resumed fit equals the uninterrupted one")
