@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -56,7 +57,9 @@ def write_dataset(
     half-written array there (at worst a hidden ``.NAME.tmp-…`` to delete)."""
     if path.exists():
         raise FileExistsError(f"{path} already exists: delete it or choose another --path")
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent} does not exist: create it first")
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         start = time.perf_counter()
         write_zarr(str(staging), rows, features, components, seed, chunk_rows, overwrite=True)
@@ -77,7 +80,8 @@ def standard_errors(truth: TrueMixture, n_rows: int) -> tuple[np.ndarray, ...]:
 
     Those of the sample proportion, mean and covariance of each component's
     ``n_k = w_k · n_rows`` rows: ``√(w(1−w)/n)``, ``√(Σ_ii/n_k)`` and
-    ``√((Σ_ii Σ_jj + Σ_ij²)/n_k)`` (Anderson 2003, §3.4). Well-separated
+    ``√((Σ_ii Σ_jj + Σ_ij²)/n_k)`` (the sample covariance of Gaussian rows is a
+    scaled Wishart matrix, whose entries have that variance). Well-separated
     components are fitted about as well as if each row's component were known.
     """
     weights, covariances = truth.weights, truth.covariances
