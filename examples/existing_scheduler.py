@@ -84,7 +84,8 @@ def fit_on(address: str, args: argparse.Namespace) -> bool:
 
         labels = model.predict(X)  # dask in, dask out: nothing is computed yet
         print(f"predict returned a lazy {type(labels).__module__}.{type(labels).__name__}")
-        counts = np.bincount(labels.compute(), minlength=args.components)  # computed on the cluster
+        # counted on the cluster: only the K counts come back, not a label per row
+        counts = da.bincount(labels, minlength=args.components).compute()
         print(f"rows per component: {counts.tolist()}")
 
         with tempfile.TemporaryDirectory(prefix="distmix-model-") as tmp:
