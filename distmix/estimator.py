@@ -350,6 +350,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 n_components=self.n_components,
                 covariance_type=self.covariance_type,
                 reblock=reblock,
+                check_memory=True if reset or many_passes else "cached",
             )
         if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
             check_dtype(X.dtype)

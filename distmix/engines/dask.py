@@ -16,10 +16,12 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -115,7 +117,11 @@ def cluster_memory(scheduler: Any = None) -> float:
 
 
 class WorkerMemoryError(ValueError):
-    """No worker of the cluster can hold one block while it is processed."""
+    """A worker that would run blocks cannot hold the blocks it would run at once."""
+
+
+class WorkerEnvironmentError(ImportError):
+    """A worker could not load distmix (or measure its memory): it could run no block."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +129,8 @@ class WorkerMemory:
     """What the scheduler says of one worker's memory.
 
     ``limit`` is 0 for a worker without a memory limit; ``used`` is the worker
-    process's memory now (its ``metrics["memory"]``).
+    process's memory now (its ``metrics["memory"]``); ``nthreads`` is how many
+    blocks it may process at once.
     """
 
     address: str
@@ -142,10 +149,10 @@ class WorkerMemory:
         )
 
     def room(self) -> float:
-        """Bytes a task may still allocate before the nanny restarts the worker (inf: no limit).
+        """Bytes its tasks may still allocate before the nanny restarts the worker (inf: no limit).
 
         Zero for a worker already past the fraction of its limit at which it
-        pauses: it would never start a block, and the fit would wait forever.
+        pauses: it would never start a block (and the scheduler gives it none).
         """
         if not self.limit:
             return math.inf
@@ -162,15 +169,6 @@ def terminate_fraction() -> float:
     return float(value) if value else 1.0
 
 
-def _loaded_worker_memory() -> float:
-    """Run on a worker: load what every block task loads, then its process's memory."""
-    import psutil
-
-    import distmix.em  # noqa: F401  (with NumPy, SciPy, scikit-learn, Zarr: ~110 MiB)
-
-    return float(psutil.Process().memory_info().rss)
-
-
 def pause_fraction() -> float:
     """The fraction of its memory limit at which a worker stops starting tasks (Dask's config)."""
     import dask
@@ -179,34 +177,169 @@ def pause_fraction() -> float:
     return float(value) if value else 1.0
 
 
-def workers_memory(scheduler: Any = None) -> list[WorkerMemory] | None:
-    """The active distributed client's workers, or ``None`` without one (or with ``scheduler``).
+def _loaded_memory_probe() -> Callable[[], float | str]:
+    """The function ``client.run`` sends to every worker to measure it.
 
-    A worker's memory in use is measured after it has loaded distmix, which
-    its first block task does anyway: a fresh worker process holds about 60 MiB,
-    one that has loaded distmix's kernels about 170 MiB, before any block. A
-    worker that fails to load it (killed for its memory) counts as full.
+    Defined inside this function so that cloudpickle sends its code (a function
+    of a module is sent by name, and a worker without distmix could not even
+    load it, let alone say so).
     """
+
+    def loaded_worker_memory() -> float | str:
+        """Load what every block task loads, then return its process's memory; a
+        failure to load comes back as ``"ExceptionType: message"``, so that it cannot
+        be mistaken for a worker that died (a worker out of memory, which is full,
+        raises its ``MemoryError``)."""
+        try:
+            import psutil
+
+            import distmix.em  # noqa: F401  (with NumPy, SciPy, scikit-learn, Zarr: ~110 MiB)
+
+            return float(psutil.Process().memory_info().rss)
+        except MemoryError:
+            raise
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+
+    return loaded_worker_memory
+
+
+def _died(error: BaseException) -> bool:
+    """Whether ``client.run`` failed on a worker because the worker died or was killed.
+
+    A connection that closes, is refused or times out is an ``OSError``
+    (``CommClosedError``, ``ConnectionError``, ``TimeoutError``); a worker out
+    of memory raises ``MemoryError``. Anything else was raised by the worker.
+    """
+    return isinstance(error, (OSError, MemoryError))
+
+
+def measured_workers(info: dict[str, dict[str, Any]], loaded: dict[str, Any]) -> list[WorkerMemory]:
+    """The workers of ``scheduler_info()["workers"]`` with the memory they use once loaded.
+
+    ``loaded`` maps a worker's address to what ``client.run`` returned for it:
+    the process's memory after loading distmix (the worker uses at least that),
+    nothing (a worker without a memory limit is not measured), a connection
+    error or ``MemoryError`` (the worker died or was killed: it counts as full,
+    as does a limited worker missing from ``loaded``), or anything else, which
+    the worker raised: :class:`WorkerEnvironmentError`, naming it.
+    """
+    out = []
+    for address, entry in info.items():
+        worker = WorkerMemory.from_info(address, entry)
+        measured = loaded.get(address)
+        if isinstance(measured, str) or (
+            isinstance(measured, BaseException) and not _died(measured)
+        ):
+            # an exception raised on the worker reaches us as Exception("Type('message')")
+            what = str(measured)
+            if isinstance(measured, BaseException) and type(measured) is not Exception:
+                what = f"{type(measured).__name__}: {measured}"
+            raise WorkerEnvironmentError(
+                f"Dask worker {address} cannot load distmix, which every block task needs "
+                f"({' '.join(str(what).split())}): install distmix, the version of this client "
+                f"({_version()}), in the environment of every worker, or connect to workers that "
+                "have it."
+            )
+        if isinstance(measured, BaseException) or (measured is None and worker.limit):
+            measured = worker.limit  # died or killed while loading: it holds nothing
+        if measured is not None:
+            worker = dataclasses.replace(worker, used=max(worker.used, float(measured)))
+        out.append(worker)
+    return out
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("distmix")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+#: seconds a measurement of the workers is reused, for the same scheduler and workers
+MEASUREMENT_TTL_S = 45.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measurement:
+    at: float  # time.monotonic() of the client.run
+    loaded: dict[str, Any]  # what measured_workers takes
+    workers: tuple[WorkerMemory, ...]  # as last seen, for engines that only read the cache
+
+
+#: (scheduler address, sorted worker addresses) -> their last measurement
+_measured: dict[tuple[str, tuple[str, ...]], _Measurement] = {}
+_measured_lock = threading.Lock()
+
+
+def _default_client(scheduler: Any) -> Any:
     if scheduler is not None:
         return None
     try:
         from distributed import default_client
 
-        client = default_client()
+        return default_client()
     except (ImportError, ValueError):
         return None
-    workers = client.scheduler_info()["workers"]
-    loaded = client.run(_loaded_worker_memory, on_error="return") if workers else {}
-    out = []
-    for address, info in workers.items():
-        worker = WorkerMemory.from_info(address, info)
-        measured = loaded.get(address)
-        if isinstance(measured, BaseException) or (measured is None and worker.limit):
-            measured = worker.limit
-        if measured is not None:
-            worker = dataclasses.replace(worker, used=max(worker.used, float(measured)))
-        out.append(worker)
-    return out
+
+
+def _scheduler_address(client: Any) -> str:
+    return str(getattr(client.scheduler, "address", None) or id(client))
+
+
+def workers_memory(scheduler: Any = None, *, measure: bool = True) -> list[WorkerMemory] | None:
+    """The active distributed client's workers, or ``None`` without one (or with ``scheduler``).
+
+    A worker's memory in use is measured after it has loaded distmix, which
+    its first block task does anyway: a fresh worker process holds about 60 MiB,
+    one that has loaded distmix's kernels about 170 MiB, before any block. That
+    measurement (one ``client.run`` on the workers that have a memory limit) is
+    reused for :data:`MEASUREMENT_TTL_S` seconds while the scheduler has the
+    same workers; the scheduler's current figures are read every time.
+
+    ``measure=False`` asks nothing of the scheduler or the workers: the workers
+    as last measured on this scheduler within :data:`MEASUREMENT_TTL_S`, else
+    ``None``.
+
+    Raises
+    ------
+    WorkerEnvironmentError
+        When a worker cannot load distmix (:func:`measured_workers`).
+    """
+    client = _default_client(scheduler)
+    if client is None:
+        return None
+    address = _scheduler_address(client)
+    if not measure:
+        with _measured_lock:
+            fresh = [
+                m
+                for (where, _), m in _measured.items()
+                if where == address and time.monotonic() - m.at < MEASUREMENT_TTL_S
+            ]
+        return list(max(fresh, key=lambda m: m.at).workers) if fresh else None
+    info = client.scheduler_info()["workers"]
+    key = (address, tuple(sorted(info)))
+    with _measured_lock:
+        last = _measured.get(key)
+    if last is not None and time.monotonic() - last.at < MEASUREMENT_TTL_S:
+        at, loaded = last.at, last.loaded
+    else:
+        limited = [a for a, entry in info.items() if entry.get("memory_limit")]
+        at = time.monotonic()
+        loaded = (
+            client.run(_loaded_memory_probe(), workers=limited, on_error="return")
+            if limited
+            else {}
+        )
+    workers = measured_workers(info, loaded)
+    with _measured_lock:
+        for stale in [k for k, m in _measured.items() if at - m.at >= MEASUREMENT_TTL_S]:
+            del _measured[stale]
+        _measured[key] = _Measurement(at, loaded, tuple(workers))
+    return workers
 
 
 #: safety margin on the estimate of a block's working memory: allocator slack, the
@@ -241,6 +374,17 @@ def _mib(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:,.0f} MiB"
 
 
+def _running(workers: list[WorkerMemory]) -> list[WorkerMemory]:
+    """The workers the scheduler will give blocks to: all but those past their pause
+    threshold (all of them when every one is: then the fit could never run)."""
+    return [w for w in workers if w.room() > 0] or list(workers)
+
+
+def _at_once(worker: WorkerMemory, n_blocks: int) -> int:
+    """How many blocks ``worker`` may process at the same time: one per thread."""
+    return max(1, min(worker.nthreads, n_blocks))
+
+
 def rows_that_fit(
     workers: list[WorkerMemory],
     n_features: int,
@@ -248,15 +392,17 @@ def rows_that_fit(
     n_components: int | None = None,
     covariance_type: str | None = None,
 ) -> int | None:
-    """The most rows per block that a worker can process with all its threads busy.
+    """The most rows per block that every worker can process with all its threads busy.
 
-    ``None`` when some worker has no memory limit (it holds any block); ``0``
-    when no worker has room for even one row.
+    Blocks of this many rows pass :func:`check_blocks_fit` however many they
+    are. ``None`` when no worker that runs blocks has a memory limit (any block
+    fits); ``0`` when some worker has no room for even one row per thread.
     """
-    if not workers or any(not w.limit for w in workers):
+    limited = [w for w in _running(workers) if w.limit]
+    if not limited:
         return None
     per_row = block_working_bytes(1, n_features, itemsize, n_components, covariance_type)
-    room = max(w.room() / w.nthreads for w in workers)
+    room = min(w.room() / w.nthreads for w in limited)
     return max(0, int(room // per_row))
 
 
@@ -268,37 +414,45 @@ def check_blocks_fit(
     n_components: int | None = None,
     covariance_type: str | None = None,
 ) -> None:
-    """Raise :class:`WorkerMemoryError` if no worker can hold the largest block.
+    """Raise :class:`WorkerMemoryError` unless every worker can hold the blocks it runs at once.
 
-    A worker holds a block when its current memory plus the block's working
-    memory (:func:`block_working_bytes`) stays below the fraction of its limit
-    at which its nanny restarts it. Workers without a limit hold any block.
-    Without this check such a fit fails after minutes with ``KilledWorker``,
-    every worker having died on the same block.
+    Blocks go to every worker that is not paused, and a worker with ``nthreads``
+    threads processes up to ``min(nthreads, len(block_rows))`` of them at the
+    same time. It holds them when its current memory plus that many times the
+    working memory of the largest block (:func:`block_working_bytes`) stays
+    below the fraction of its limit at which its nanny restarts it. Workers
+    without a limit hold any block. Without this check such a fit fails after
+    minutes with ``KilledWorker``, the workers having died on the same blocks.
     """
-    if not workers or not block_rows or any(not w.limit for w in workers):
+    if not workers or not block_rows:
         return
-    largest = max(block_rows)
+    largest, n_blocks = max(block_rows), len(block_rows)
     need = block_working_bytes(largest, n_features, itemsize, n_components, covariance_type)
-    best = max(workers, key=lambda w: w.room())
-    if need <= best.room():
+    short = [w for w in _running(workers) if need * _at_once(w, n_blocks) > w.room()]
+    if not short:
         return
-    read = largest * n_features * itemsize
+    worker = min(short, key=lambda w: w.room() / _at_once(w, n_blocks))
+    at_once = _at_once(worker, n_blocks)
     fits = rows_that_fit(workers, n_features, itemsize, n_components, covariance_type) or 0
     advice = (
         f"at most about {fits:,} rows per block would fit"
         if fits
-        else "not even a small block fits beside what the workers already use"
+        else "not even a small block fits beside what it already uses"
     )
+    threads = f"{worker.nthreads} thread{'s' if worker.nthreads != 1 else ''}"
+    blocks = f"{at_once} block{'s' if at_once != 1 else ''}"
     raise WorkerMemoryError(
-        f"No Dask worker can hold one block: the largest block ({largest:,} rows × "
-        f"{n_features} features, {_mib(read)} as read) needs about {_mib(need)} while it is "
-        f"processed, but the roomiest worker, {best.address}, has a memory limit of "
-        f"{_mib(best.limit)} and already uses {_mib(best.used)} (its nanny restarts it at "
+        f"Dask worker {worker.address} cannot hold the blocks it would process: the largest "
+        f"block ({largest:,} rows × {n_features} features, "
+        f"{_mib(largest * n_features * itemsize)} as read) needs about {_mib(need)} while it "
+        f"is processed, and with {threads} the worker processes up to {blocks} at once "
+        f"({_mib(need * at_once)}), but it has a memory limit of {_mib(worker.limit)} and "
+        f"already uses {_mib(worker.used)} (its nanny restarts it at "
         f"{terminate_fraction():.0%} of the limit), so it would be killed ({advice}). Give "
         "smaller blocks (--block-rows, or block_size; a Zarr block holds whole chunks, so "
-        "chunks this large need the array rewritten with smaller ones) or more memory per "
-        "worker (dask worker --memory-limit, or the cluster config's memory)."
+        "chunks this large need the array rewritten with smaller ones), fewer threads per "
+        "worker (dask worker --nthreads), or more memory per worker (dask worker "
+        "--memory-limit, or the cluster config's memory)."
     )
 
 
@@ -374,15 +528,20 @@ class DaskEngine:
         ``reblock(rows)`` reopens the source in blocks of at most about ``rows``
         rows; given, blocks that no worker could hold are made smaller instead
         of refused.
-    check_memory : bool, default=True
-        Check the blocks against the workers' memory (one call to every worker);
+    check_memory : True, "cached" or False, default=True
+        Check the blocks against the workers' memory (:func:`workers_memory`:
+        one call to the workers, its result reused for a while); ``"cached"``
+        checks them only against a measurement still reused, asking nothing of
+        the cluster (engines that read every block once: predictions, scores);
         ``False`` for engines over blocks already checked (a stream's windows).
 
     Raises
     ------
     WorkerMemoryError
-        With a distributed client, when no worker has the memory to process
-        one block (:func:`check_blocks_fit`), before any pass.
+        With a distributed client, when a worker has not the memory to process
+        the blocks it would run at once (:func:`check_blocks_fit`), before any pass.
+    WorkerEnvironmentError
+        When a worker cannot load distmix.
     """
 
     def __init__(
@@ -398,15 +557,17 @@ class DaskEngine:
         n_components: int | None = None,
         covariance_type: str | None = None,
         reblock: Callable[[int], Any] | None = None,
-        check_memory: bool = True,
+        check_memory: bool | Literal["cached"] = True,
     ) -> None:
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: -1})
         # before any pass: a block that no worker can hold would kill every worker
         # that tries it, and the fit would end, much later, in KilledWorker
+        if check_memory not in (True, False, "cached"):
+            raise ValueError(f"check_memory must be True, False or 'cached', got {check_memory!r}.")
         X = fit_blocks_to_workers(
             X,
-            workers_memory(scheduler) if check_memory else None,
+            workers_memory(scheduler, measure=check_memory is True) if check_memory else None,
             reblock if row_offsets is None else None,  # offsets name the given blocks
             n_components,
             covariance_type,
