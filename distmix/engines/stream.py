@@ -285,9 +285,7 @@ class StreamPlan:
             ranges = [ranges[i] for i in rng.permutation(len(ranges))]
         return [ranges[i : i + self.window] for i in range(0, len(ranges), self.window)]
 
-    def with_blocks_read(
-        self, stops: Sequence[int] | None, position: StreamPosition
-    ) -> StreamPlan:
+    def with_blocks_read(self, stops: Sequence[int] | None, position: StreamPosition) -> StreamPlan:
         """This plan with the block ``stops`` of the run that reached ``position`` for the
         rows it has seen (its segment in progress included), and its own blocks after.
 
