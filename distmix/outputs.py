@@ -5,8 +5,10 @@ A prediction is written into a hidden temporary sibling of the user's path
 and renamed onto that path only after every block was computed and written and
 the files were flushed to disk. A reader therefore finds either no output or a
 complete one, never a partial one, even when the writer is killed (SIGKILL, a
-power cut) mid-write. On an error or Ctrl-C the temporary is removed; a
-``SIGKILL`` leaves it behind under its hidden name, where nothing reads it.
+power cut) mid-write. On an error or Ctrl-C the temporary is removed (on a
+cluster only once no task of the write can still write a chunk into it, see
+:func:`_store_on_cluster`); a ``SIGKILL`` leaves it behind under its hidden
+name, where nothing reads it.
 
 * Zarr arrays end their codec chain with a CRC-32C checksum, as the datasets
   of :mod:`distmix.chunks` do, and their fill value cannot be mistaken for
@@ -16,8 +18,11 @@ power cut) mid-write. On an error or Ctrl-C the temporary is removed; a
   is replaced only once the new one is complete (a file by ``os.replace``; a
   directory is renamed aside, the new one renamed in, then the old deleted).
 
-:func:`check_output_path` validates the path before any work; errors name the
-user's path, never a temporary one. Only local paths are supported for now.
+:func:`check_output_path` validates the path before any work, with the checks
+every path distmix writes shares (:mod:`distmix._paths`): local paths only, parent
+directories that do not exist yet are created when writing (and removed again if
+the write fails), the nearest existing directory must be writable, and errors name
+the user's path and how it was given, never a temporary one.
 
 Glue, not a kernel: this module touches files and schedulers and nothing below
 it imports it.
@@ -31,7 +36,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,14 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from distmix._paths import check_writable, is_url, named, overwrite_hint
+
 
 def is_npy_path(out: str | os.PathLike[str]) -> bool:
     """Whether ``out`` names a ``.npy`` file (anything else is written as a Zarr array)."""
     return os.fspath(out).endswith(".npy")
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path or path.startswith(("s3:", "gs:", "gcs:", "az:", "abfs:"))
 
 
 def _same_or_inside(a: Path, b: Path) -> bool:
@@ -59,13 +61,15 @@ def check_output_path(
     *,
     overwrite: bool = False,
     inputs: Mapping[str, str | os.PathLike[str]] | None = None,
+    what: str = "--out",
 ) -> Path:
     """Refuse an output path that cannot or must not be written, before any work.
 
     Parameters
     ----------
     out : str or os.PathLike
-        The user's output path: a ``.npy`` file or a Zarr array (a directory).
+        The user's output path: a ``.npy`` file or a Zarr array (a directory). Its
+        parent directories need not exist: writing creates them.
     overwrite : bool, default=False
         Whether an existing output there may be replaced (it must then be of
         the same kind: a file for ``.npy``, a Zarr array directory otherwise).
@@ -73,6 +77,9 @@ def check_output_path(
         What the command reads, by role (``{"MODEL": ..., "DATA": ...}``): the
         output may be none of them, lie inside none of them and contain none of
         them (replacing it would delete an input). URLs among them are skipped.
+    what : str, default="--out"
+        How the user gave ``out``, for the messages: an option (``"--out"``), ``""``
+        for a command-line argument given by position, or a Python argument's name.
 
     Returns
     -------
@@ -86,69 +93,54 @@ def check_output_path(
     FileExistsError
         Something exists at ``out`` and ``overwrite`` is false, or it is not an
         output of the same kind.
-    OSError
-        The parent directory does not exist, is not a directory, or cannot be
-        written (found by creating and removing a file there, which also works
-        for root, whom permission bits do not stop).
+    NotADirectoryError, PermissionError
+        The nearest existing ancestor of ``out`` is a file, or no file can be
+        created in it (found by trying: permission bits do not stop root).
     """
     text = os.fspath(out)
-    if _is_url(text):
+    label = named(what, text)
+    if is_url(text):
         raise ValueError(
-            f"{text}: only local output paths are supported for now; write to a local "
+            f"{label}: only local output paths are supported for now; write to a local "
             "path and copy the result (for example with fsspec or the cloud's CLI)."
         )
     given = Path(text)
     if given.name in ("", ".", ".."):
-        raise ValueError(f"{text!r}: not a file or directory name for the output.")
-    parent = given.parent.resolve()
-    if not parent.exists():
-        raise FileNotFoundError(
-            f"{text}: its directory {given.parent} does not exist; create it first."
-        )
-    if not parent.is_dir():
-        raise NotADirectoryError(f"{text}: {given.parent} is not a directory.")
-    target = parent / given.name
+        raise ValueError(f"{label}: not a file or directory name for the output.")
+    target = given.parent.resolve() / given.name
     for role, path in (inputs or {}).items():
         source = os.fspath(path)
-        if _is_url(source):
+        if is_url(source):
             continue
         resolved = Path(source).resolve()
         if _same_or_inside(target, resolved) or _same_or_inside(resolved, target.resolve()):
             raise ValueError(
-                f"{text}: the output would overwrite or lie inside {role} ({source}); "
-                "choose another --out."
+                f"{label}: the output would overwrite or lie inside {role} ({source}); "
+                "choose another path."
             )
     if target.exists() or target.is_symlink():
         if not overwrite:
             raise FileExistsError(
-                f"{text} already exists; pass --overwrite to replace it (the old output "
-                "is kept until the new one is complete), or choose another --out."
+                f"{label} already exists; pass {overwrite_hint(what)} to replace it (the old "
+                "output is kept until the new one is complete), or choose another path."
             )
-        _check_replaceable(target, text)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.check-", dir=parent)
-    except OSError as error:
-        raise PermissionError(
-            f"{text}: cannot write in {given.parent} ({error.strerror or error}); "
-            "choose a writable --out."
-        ) from None
-    os.close(fd)
-    os.unlink(probe)
+        _check_replaceable(target, label, what)
+    check_writable(target, what=what, text=text)
     return target
 
 
-def _check_replaceable(target: Path, text: str) -> None:
+def _check_replaceable(target: Path, label: str, what: str) -> None:
     """With ``overwrite``, replace only an output of the same kind: never a
     directory by a ``.npy`` file, nor a directory that is not a Zarr array."""
     if target.is_symlink():
-        raise FileExistsError(f"{text} is a symbolic link; remove it or choose another --out.")
+        raise FileExistsError(f"{label} is a symbolic link; remove it or choose another path.")
     if is_npy_path(target):
         if not target.is_file():
-            raise FileExistsError(f"{text} exists and is not a file; it is not replaced.")
+            raise FileExistsError(f"{label} exists and is not a file; it is not replaced.")
     elif not _is_zarr_array(target):
         raise FileExistsError(
-            f"{text} exists and is not a Zarr array; it is not replaced even with "
-            "--overwrite (remove it yourself if it is yours to delete)."
+            f"{label} exists and is not a Zarr array; it is not replaced even with "
+            f"{overwrite_hint(what)} (remove it yourself if it is yours to delete)."
         )
 
 
@@ -219,6 +211,7 @@ def write_output(
     overwrite: bool = False,
     client: Any = None,
     attributes: dict[str, Any] | None = None,
+    what: str = "--out",
 ) -> Path:
     """Compute ``result`` and write it to ``out``, all or nothing.
 
@@ -237,6 +230,8 @@ def write_output(
         output's directory (as they see the data's).
     attributes : dict, optional
         Stored with a Zarr output.
+    what : str, default="--out"
+        How the user gave ``out``, for the messages (see :func:`check_output_path`).
 
     Returns
     -------
@@ -244,29 +239,34 @@ def write_output(
         The output's absolute path.
     """
     text = os.fspath(out)
-    target = check_output_path(text, overwrite=overwrite)
+    target = check_output_path(text, overwrite=overwrite, what=what)
+    label = named(what, text)
     npy = is_npy_path(target)
-    with _staged(target, text, directory=not npy) as tmp:
+    with _staged(target, label, directory=not npy) as tmp:
         if npy:
             _write_npy(tmp, result, client)
         else:
             _write_zarr(tmp, result, client, attributes)
         _fsync_tree(tmp)
-        _publish(tmp, target, text, overwrite=overwrite)
+        _publish(tmp, target, label, overwrite=overwrite)
     return target
 
 
 @contextlib.contextmanager
-def staged_directory(out: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def staged_directory(
+    out: str | os.PathLike[str], *, overwrite: bool = False, what: str = ""
+) -> Iterator[Path]:
     """A hidden temporary directory beside ``out`` to write a Zarr array into; renamed
     onto ``out`` (after a flush to disk) when the ``with`` block succeeds, removed when
-    it raises. ``out`` is checked first, as :func:`check_output_path` does."""
+    it raises. ``out`` is checked first, as :func:`check_output_path` does; ``what``
+    defaults to a command-line argument given by position (``distmix generate OUT``)."""
     text = os.fspath(out)
-    target = check_output_path(text, overwrite=overwrite)
-    with _staged(target, text, directory=True) as tmp:
+    target = check_output_path(text, overwrite=overwrite, what=what)
+    label = named(what, text)
+    with _staged(target, label, directory=True) as tmp:
         yield tmp
         _fsync_tree(tmp)
-        _publish(tmp, target, text, overwrite=overwrite)
+        _publish(tmp, target, label, overwrite=overwrite)
 
 
 def _hidden_sibling(target: Path, tag: str) -> str:
@@ -274,21 +274,24 @@ def _hidden_sibling(target: Path, tag: str) -> str:
 
 
 @contextlib.contextmanager
-def _staged(target: Path, text: str, *, directory: bool) -> Iterator[Path]:
+def _staged(target: Path, label: str, *, directory: bool) -> Iterator[Path]:
     """A hidden temporary beside ``target``, removed unless it was renamed onto it.
 
-    An error of the file system about the temporary is raised again naming the
-    user's path ``text`` instead; other errors (a bad row, an unreadable chunk of
-    the data) pass unchanged.
+    Parent directories of ``target`` that do not exist yet are created first, and
+    removed again (those still empty) when the write fails. An error of the file
+    system about the temporary is raised again naming the user's path (``label``)
+    instead; other errors (a bad row, an unreadable chunk of the data) pass unchanged.
     """
     prefix = _hidden_sibling(target, "tmp")
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".npy", dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
+    created = _make_parents(target.parent, label)
+    tmp: Path | None = None
     try:
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".npy", dir=target.parent)
+            os.close(fd)
+            tmp = Path(name)
         # mkdtemp/mkstemp make private temporaries (0o700/0o600); the output gets
         # the permissions any new file or directory gets here (the umask's)
         umask = os.umask(0o022)
@@ -296,17 +299,50 @@ def _staged(target: Path, text: str, *, directory: bool) -> Iterator[Path]:
         tmp.chmod((0o777 if directory else 0o666) & ~umask)
         yield tmp
     except OSError as error:
-        _remove(tmp)
-        if str(tmp) not in f"{error} {error.filename} {error.filename2}":
+        _discard(tmp, created)
+        if prefix not in f"{error} {error.filename} {error.filename2}":
             raise
-        raise OSError(
-            error.errno,
-            f"{text}: writing the output failed ({error.strerror or type(error).__name__}); "
-            "nothing was written there",
+        raise type(error)(
+            f"{label}: writing the output failed ({error.strerror or type(error).__name__}); "
+            "nothing was written there"
         ) from None
     except BaseException:
-        _remove(tmp)
+        _discard(tmp, created)
         raise
+
+
+def _make_parents(directory: Path, label: str) -> list[Path]:
+    """Create ``directory`` and its missing ancestors; return those this call created,
+    outermost first (as ``model.save`` does, an output may go into a new directory)."""
+    missing = []
+    while not (directory.exists() or directory.is_symlink()):
+        missing.append(directory)
+        directory = directory.parent
+    created: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except OSError as error:
+            if isinstance(error, FileExistsError) and path.is_dir():
+                continue  # made meanwhile by someone else: not ours to remove
+            _discard(None, created)
+            raise type(error)(
+                f"{label}: cannot create its directory {path} ({error.strerror or error})"
+            ) from None
+        created.append(path)
+    return created
+
+
+def _discard(tmp: Path | None, created: list[Path]) -> None:
+    """Remove a failed write's temporary, then the directories made for it that are
+    still empty (innermost first; one that holds anything else stays)."""
+    if tmp is not None:
+        _remove(tmp)
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            break
 
 
 def _remove(path: Path) -> None:
@@ -343,7 +379,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _publish(tmp: Path, target: Path, text: str, *, overwrite: bool) -> None:
+def _publish(tmp: Path, target: Path, label: str, *, overwrite: bool) -> None:
     """Rename the complete temporary onto ``target``.
 
     A file replaces a file atomically (``os.replace``). A directory cannot
@@ -353,14 +389,14 @@ def _publish(tmp: Path, target: Path, text: str, *, overwrite: bool) -> None:
     """
     if tmp.is_file():
         if not overwrite and target.exists():
-            raise FileExistsError(f"{text} appeared while the output was being written.")
+            raise FileExistsError(f"{label} appeared while the output was being written.")
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         return
     aside = None
     if target.exists() or target.is_symlink():
         if not overwrite:
-            raise FileExistsError(f"{text} appeared while the output was being written.")
+            raise FileExistsError(f"{label} appeared while the output was being written.")
         aside = target.parent / f"{_hidden_sibling(target, 'old')}{secrets.token_hex(4)}"
         os.rename(target, aside)
     try:
@@ -404,26 +440,17 @@ def _write_zarr(tmp: Path, result: Any, client: Any, attributes: dict[str, Any] 
 
 
 def _store(data: Any, target: Any, client: Any) -> None:
-    """``dask.array.store`` of ``data`` into ``target``, the blocks never overlapping a
-    chunk.
+    """``data`` stored into ``target`` block by block, the blocks never overlapping a chunk.
 
     When a block fails, others may still be writing; they must end before the
     temporary is removed, or a late one would create it again. Without a cluster
     the blocks run on a thread pool of our own, shut down (waiting for blocks still
-    running) before returning or raising; on a cluster, the remaining tasks are
-    cancelled and those already running waited for (up to a bound).
+    running) before returning or raising; on a cluster, see :func:`_store_on_cluster`.
     """
     import dask.array as da
 
     if client is not None:
-        stored = da.store(data, target, lock=False, compute=False)
-        future = client.compute(stored)
-        try:
-            future.result()
-        except BaseException:
-            future.cancel()
-            _wait_until_stopped(client, set(stored.__dask_graph__()))
-            raise
+        _store_on_cluster(data, target, client)
         return
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
@@ -432,14 +459,77 @@ def _store(data: Any, target: Any, client: Any) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _wait_until_stopped(client: Any, keys: set[Any], timeout: float = 30.0) -> None:
-    """Wait until none of ``keys`` runs on a worker of ``client`` (or ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            running = {key for tasks in client.processing().values() for key in tasks}
-        except Exception:  # the scheduler is gone: nothing runs there any more
-            return
-        if not running & keys:
-            return
-        time.sleep(0.05)
+def _store_on_cluster(data: Any, target: Any, client: Any) -> None:
+    """Store ``data`` into ``target`` on the workers of ``client``: one task per block,
+    which computes the block and writes it, and one future per task.
+
+    Cancelling a failed write is not enough: the scheduler forgets a cancelled task
+    at once while the worker thread running it goes on, and would write its chunk
+    into the temporary after it was removed, creating it again. So every task checks
+    a stop flag (a :class:`distributed.Event` on the scheduler) right before it
+    writes. When a block fails (or on Ctrl-C), :func:`_stop_writing` sets the flag,
+    waits for every task the scheduler had handed to a worker at that moment (each
+    either wrote before the flag was set or skips its write), and cancels the others
+    (never started, or starting after the flag: they skip); only then does the error
+    reach the caller, which removes the temporary.
+    """
+    from distributed import as_completed
+
+    token = secrets.token_hex(8)
+    flag = f"distmix-stop-writing-{token}"
+    written = data.map_blocks(
+        _write_block,
+        target=target,
+        flag=flag,
+        name=f"distmix-write-{token}",
+        chunks=tuple((1,) * len(sizes) for sizes in data.chunks),
+        dtype=bool,
+        meta=np.empty((0,) * data.ndim, dtype=bool),
+    )
+    futures = client.compute(list(written.to_delayed().ravel()))
+    try:
+        for future in as_completed(futures):
+            future.result()  # raises the first failed block's error
+    except BaseException:
+        _stop_writing(client, futures, flag)
+        raise
+    client.cancel(futures)
+
+
+def _write_block(block: np.ndarray, *, target: Any, flag: str, block_info: Any = None) -> Any:
+    """Write one computed block where it lies in ``target``, unless the write was
+    stopped (``flag`` set); a task of :func:`_store_on_cluster`."""
+    from distributed import Event
+
+    done = np.ones((1,) * block.ndim, dtype=bool)
+    if Event(flag).is_set():  # the write failed elsewhere: its temporary is going away
+        return ~done
+    region = tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])
+    target[region] = block
+    return done
+
+
+def _stop_writing(client: Any, futures: list[Any], flag: str) -> None:
+    """After a failure: return once no task of ``futures`` can write any more.
+
+    The flag is set first, then the tasks the scheduler has handed to workers are
+    listed. A task that passed its check before the flag was set is among them (it
+    is still processing) and is waited for; any other checks after the flag and
+    skips its write, including one handed out between the listing and its
+    cancellation; for that reason the flag stays set (a name on the scheduler).
+    """
+    from distributed import Event, wait
+
+    try:
+        Event(flag, client=client).set()
+        handed_out = {_task_key(key) for keys in client.processing().values() for key in keys}
+    except Exception:  # the scheduler is gone: no worker gets or reports tasks any more
+        return
+    running = [future for future in futures if future.key in handed_out]
+    client.cancel([future for future in futures if future.key not in handed_out])
+    wait(running)
+    client.cancel(running)
+
+
+def _task_key(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key

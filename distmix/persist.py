@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from distmix._paths import check_writable, is_url, named, overwrite_hint
 from distmix.params import Params, covariance_shape
 
 MODEL_FORMAT = "distmix-model"
@@ -214,41 +215,36 @@ def check_file_target(
         Something is there that must not be replaced: a directory, a file that is
         not of ``kinds`` (a model file is never taken for a checkpoint, nor the
         reverse), or any file when ``replace`` is false.
-    PermissionError
-        The nearest existing directory of ``path`` cannot be written (found by
-        creating a file there: permission bits do not stop root).
+    NotADirectoryError, PermissionError
+        The nearest existing ancestor of ``path`` is a file, or no file can be
+        created in it (found by trying: permission bits do not stop root).
+        Parent directories that do not exist yet are fine: the write creates them.
+        These checks are those of every path distmix writes (:mod:`distmix._paths`).
     """
     text = os.fspath(path)
-    if "://" in text:
-        raise ValueError(f"{what} {text}: model files and checkpoints are local paths.")
+    if is_url(text):
+        raise ValueError(
+            f"{named(what, text)}: model files and checkpoints are local paths; write to a "
+            "local path and copy the file (for example with fsspec or the cloud's CLI)."
+        )
     target = Path(text)
     if target.is_dir():
-        raise FileExistsError(f"{what} {text} is a directory; give a file path.")
+        raise FileExistsError(f"{named(what, text)} is a directory; give a file path.")
     if target.exists():
         found = file_format(target)
         if found not in kinds:
             name = _FORMAT_NAMES.get(found or "", "not a file distmix wrote")
             wanted = " or ".join(_FORMAT_NAMES[kind] for kind in kinds)
             raise FileExistsError(
-                f"{what} {text} exists and is {name}, not {wanted}: writing there would "
-                "destroy it. Choose another path."
+                f"{named(what, text)} exists and is {name}, not {wanted}: writing there "
+                "would destroy it. Choose another path."
             )
         if not replace:
-            flag = "--overwrite" if what.startswith("-") else "overwrite=True"
             raise FileExistsError(
-                f"{what} {text} already exists; pass {flag} to replace it, or choose another path."
+                f"{named(what, text)} already exists; pass {overwrite_hint(what)} to replace "
+                "it, or choose another path."
             )
-    directory = target.parent
-    while not directory.exists() and directory != directory.parent:
-        directory = directory.parent
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.check-", dir=directory)
-    except OSError as error:
-        raise PermissionError(
-            f"{what} {text}: cannot write in {directory} ({error.strerror or error})."
-        ) from None
-    os.close(fd)
-    os.unlink(probe)
+    check_writable(target, what=what, text=text)
     return target
 
 

@@ -80,6 +80,30 @@ def test_unwritable_out_or_checkpoint_is_refused_before_the_fit(data, tmp_path, 
         _one_line_error(result, f"{flag} {target}: cannot write in")
 
 
+def test_missing_parent_directories_are_created_and_unwritable_ancestors_refused(data, tmp_path):
+    """One policy for every path distmix writes: ``generate``, ``fit --out`` and
+    ``fit --checkpoint`` into directories that do not exist yet create them; when the
+    nearest existing ancestor cannot be written, the command fails before any work,
+    naming the user's path (a read-only file system stops root too)."""
+    out = tmp_path / "new3" / "g.zarr"
+    result = run_cli("generate", out, "--rows", 1000, "--features", 2, "--components", 2)
+    assert result.returncode == 0, result.stderr
+    assert distmix.chunks.open_dataset(str(out)).shape == (1000, 2)
+    model, checkpoint = tmp_path / "models" / "a" / "m.npz", tmp_path / "cks" / "fit.ck"
+    result = run_cli("fit", data["clean"], *FIT, "--out", model, "--checkpoint", checkpoint)
+    assert result.returncode == 0, result.stderr
+    assert distmix.load(model).n_components == 3 and checkpoint.is_file()
+
+    blocked = Path("/proc/distmix-test/new3/g.zarr")
+    result = run_cli("generate", blocked, "--rows", 1000, "--features", 2, "--components", 2)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"distmix generate: error: {blocked}: cannot write in /proc (")
+    result = run_cli("fit", data["nan"], *FIT, "--out", blocked.with_suffix(".npz"))
+    _one_line_error(result, f"--out {blocked.with_suffix('.npz')}: cannot write in /proc (")
+
+
 def test_existing_model_is_never_taken_for_a_checkpoint(data, tmp_path):
     model = tmp_path / "model.npz"
     assert run_cli("fit", data["clean"], *FIT, "--out", model).returncode == 0

@@ -196,10 +196,19 @@ def test_existing_files_are_refused_before_any_work(fitted, tmp_path):
         fresh.fit_stream(X)
     assert path.read_bytes() == first
     assert not hasattr(fresh, "means_")
+    with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
+        model.save(path)
     blocked = tmp_path / "file"
     blocked.write_text("")
-    with pytest.raises(OSError, match=f"checkpoint {blocked}/ck.npz: cannot write in"):
+    with pytest.raises(
+        NotADirectoryError,
+        match=rf"checkpoint {blocked}/ck.npz: cannot write in {blocked} \(not a directory\)",
+    ):
         distmix.GaussianMixture(3, checkpoint=blocked / "ck.npz").fit(X)
+    # a directory that does not exist yet is created, as for predict and generate outputs
+    nested = tmp_path / "new" / "dir" / "model.npz"
+    model.save(nested)
+    np.testing.assert_array_equal(distmix.load(nested).means_, model.means_)
 
 
 # -- checkpoints ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ a bad output path is refused before the first pass, naming the user's path."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -184,24 +185,72 @@ def _unwritable_directory(tmp_path: Path) -> Path:
     return Path("/sys")  # read-only to root too (sysfs)
 
 
-@pytest.mark.parametrize("case", ["read-only", "missing", "file"])
+@pytest.mark.parametrize("case", ["read-only", "new directory in a read-only one", "file"])
 def test_an_unwritable_output_is_refused_before_the_first_pass(setup, tmp_path, case):
+    """Refused naming the user's path (and the flag), never a temporary's: the
+    directory where the output would be created (or its nearest existing ancestor,
+    when the directories in between do not exist yet) must take a new file."""
     if case == "read-only":
         out, expected = _unwritable_directory(tmp_path) / "labels.zarr", "cannot write in"
-    elif case == "missing":
-        out, expected = tmp_path / "no-such-dir" / "labels.zarr", "does not exist"
+    elif case == "new directory in a read-only one":
+        out = _unwritable_directory(tmp_path) / "new" / "deeper" / "labels.zarr"
+        expected = f"cannot write in {out.parent.parent.parent}"
     else:
         (tmp_path / "a-file").write_text("")
-        out, expected = tmp_path / "a-file" / "labels.npy", "is not a directory"
+        out, expected = tmp_path / "a-file" / "labels.npy", "(not a directory)"
     start = time.perf_counter()
     # the data hold a NaN row: a pass over them would fail with that error instead
     refused = predict(setup["model"], setup["bad"], "--out", out)
     assert refused.returncode == 2
     message = one_line(refused)
-    assert message.startswith(f"distmix predict: error: {out}:")
+    assert message.startswith(f"distmix predict: error: --out {out}:")
     assert expected in message and "NaN" not in message and ".tmp-" not in message
-    assert not (tmp_path / "no-such-dir").exists()
+    if case == "new directory in a read-only one":
+        assert not out.parent.parent.exists()  # the check creates nothing
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize("name", ["labels.zarr", "labels.npy"])
+def test_predict_into_a_directory_that_does_not_exist_yet_creates_it(setup, tmp_path, name):
+    """As ``model.save`` and ``distmix generate`` do; a failed predict removes the
+    directories it made."""
+    out = tmp_path / "new" / "deeper" / name
+    failed = predict(setup["model"], setup["bad"], "--out", out)
+    assert failed.returncode == 2 and "row 17123" in failed.stderr
+    assert os.listdir(tmp_path) == []
+    result = predict(setup["model"], setup["clean"], "--out", out)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(read_output(out), setup["labels"])
+    assert leftovers(out.parent) == []
+
+
+def test_model_files_and_outputs_share_one_path_policy(setup, tmp_path):
+    """``check_file_target`` (models, checkpoints) and ``check_output_path`` (predict,
+    generate): a parent that does not exist yet is fine, nothing is created by the
+    check, and an unwritable nearest ancestor is refused in the same words."""
+    from distmix.outputs import check_output_path
+    from distmix.persist import MODEL_FORMAT, check_file_target
+
+    new = tmp_path / "a" / "b"
+    assert check_file_target(new / "m.npz", what="--out", kinds=(MODEL_FORMAT,), replace=False)
+    assert check_output_path(new / "labels.zarr", what="--out")
+    assert os.listdir(tmp_path) == []
+    blocked = _unwritable_directory(tmp_path) / "a" / "b"
+    messages = []
+    for path, check in [
+        (blocked / "m.npz", lambda p: check_file_target(p, what="--out", kinds=(), replace=False)),
+        (blocked / "labels.zarr", lambda p: check_output_path(p, what="--out")),
+    ]:
+        with pytest.raises(PermissionError) as error:
+            check(path)
+        messages.append(str(error.value).replace(path.name, "NAME"))
+        assert str(error.value).startswith(f"--out {path}: cannot write in {blocked.parent.parent}")
+    assert messages[0] == messages[1]
+    for url in ("s3://bucket/x", "gs:bucket/x"):
+        with pytest.raises(ValueError, match=f"^--out {url}: .*local"):
+            check_file_target(url, what="--out", kinds=(), replace=False)
+        with pytest.raises(ValueError, match=f"^--out {url}: .*local"):
+            check_output_path(url, what="--out")
 
 
 @pytest.mark.parametrize("kind", ["directory", "group"])
@@ -259,14 +308,23 @@ def _start_predict(setup: dict, data: Path, out: Path, *extra: str) -> subproces
     )
 
 
-def _wait_until_writing(process: subprocess.Popen, out: Path, *, replacing: bool = False) -> None:
-    """Return once the process writes (a temporary beside ``out`` appears, or ``out``
-    itself unless it existed before), ends, or 120 s pass."""
+def _chunks_written(out: Path) -> int:
+    """How many chunks the hidden temporaries beside ``out`` hold (none once the
+    complete output was renamed onto ``out``)."""
+    count = 0
+    for name in os.listdir(out.parent):
+        if name.startswith(f".{out.name}.tmp-"):
+            with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+                count += len(os.listdir(out.parent / name / "c"))
+    return count
+
+
+def _wait_until_written(process: subprocess.Popen, out: Path, chunks: int) -> None:
+    """Return once the process has written ``chunks`` chunks into its temporary, ends,
+    or 120 s pass: a moment chosen by progress, whatever the machine's speed."""
     start = time.perf_counter()
     while time.perf_counter() - start < 120 and process.poll() is None:
-        if any(name.startswith(f".{out.name}.tmp-") for name in os.listdir(out.parent)):
-            return
-        if out.exists() and not replacing:
+        if _chunks_written(out) >= chunks:
             return
         time.sleep(0.002)
 
@@ -284,18 +342,13 @@ def _assert_absent_or_complete(out: Path, expected: np.ndarray, when: str) -> bo
 
 
 def test_sigkill_mid_write_never_leaves_a_partial_output(setup, many_chunks, tmp_path):
-    """Kill ``distmix predict --out X.zarr`` at random moments while it writes: a reader
-    finds no X.zarr or a complete, correct one, with and without --overwrite."""
+    """Kill ``distmix predict --out X.zarr`` at random points of its write (after a
+    random number of its 200 chunks): a reader finds no X.zarr or a complete, correct
+    one, with and without --overwrite. A kill counts as mid-write only if it left the
+    temporary behind with chunks in it (it came before the rename); most kills must."""
     out = tmp_path / "labels.zarr"
     expected = many_chunks["labels"]
-    # one undisturbed run measures how long the write lasts once it has started
-    process = _start_predict(setup, many_chunks["data"], out)
-    _wait_until_writing(process, out)
-    start = time.perf_counter()
-    assert process.wait(timeout=300) == 0, process.stderr.read()  # type: ignore[union-attr]
-    writing = time.perf_counter() - start
-    assert _assert_absent_or_complete(out, expected, "undisturbed run")
-
+    n_chunks = len(expected) // CHUNK_ROWS
     rng = random.Random(0)
     killed_mid_write = 0
     for attempt in range(6):
@@ -306,16 +359,15 @@ def test_sigkill_mid_write_never_leaves_a_partial_output(setup, many_chunks, tmp
             assert _start_predict(setup, many_chunks["data"], out).wait(timeout=300) == 0
         extra = ("--overwrite",) if overwrite else ()
         process = _start_predict(setup, many_chunks["data"], out, *extra)
-        _wait_until_writing(process, out, replacing=overwrite)
-        time.sleep(rng.uniform(0.0, writing))
-        killed_mid_write += process.poll() is None
+        _wait_until_written(process, out, rng.randint(1, n_chunks))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
         when = f"kill {attempt} (overwrite={overwrite})"
         _assert_absent_or_complete(out, expected, when)
+        killed_mid_write += _chunks_written(out) > 0
         for name in leftovers(tmp_path):  # what a kill leaves is hidden, never read
             _remove_tree(tmp_path / name)
-    assert killed_mid_write >= 3  # the kills did land while writing
+    assert killed_mid_write >= 4, f"{killed_mid_write} of 6 kills landed mid-write"
 
     # and a clean run afterwards succeeds
     if out.exists():
@@ -325,19 +377,29 @@ def test_sigkill_mid_write_never_leaves_a_partial_output(setup, many_chunks, tmp
 
 
 def test_ctrl_c_mid_write_removes_the_temporary(setup, many_chunks, tmp_path):
+    """SIGINT while chunks go into the hidden temporary (after a random number of the
+    first half of its 200 chunks): exit 130, no output and no temporary left. An
+    attempt counts only if the temporary held chunks just before the signal and the
+    process then exited 130 (a signal that came after the rename finds a complete
+    output, which is correct too but interrupts nothing); most must count."""
     out = tmp_path / "labels.zarr"
+    n_chunks = len(many_chunks["labels"]) // CHUNK_ROWS
     rng = random.Random(1)
-    for attempt in range(3):
+    interrupted = 0
+    for attempt in range(4):
         process = _start_predict(setup, many_chunks["data"], out)
-        _wait_until_writing(process, out)
-        time.sleep(rng.uniform(0.0, 0.5))
-        if process.poll() is not None:  # finished first: nothing to interrupt
-            _remove_tree(out)
-            continue
+        _wait_until_written(process, out, rng.randint(1, n_chunks // 2))
+        mid_write = process.poll() is None and _chunks_written(out) > 0
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
-        assert not out.exists(), f"attempt {attempt}"
+        code = process.wait(timeout=60)
+        if _assert_absent_or_complete(out, many_chunks["labels"], f"attempt {attempt}"):
+            _remove_tree(out)  # the signal came after the rename: nothing to interrupt
+            continue
         assert leftovers(tmp_path) == [], f"attempt {attempt}"
+        if mid_write:
+            assert code == 130, process.stderr.read()  # type: ignore[union-attr]
+            interrupted += 1
+    assert interrupted >= 3, f"{interrupted} of 4 signals interrupted a write"
 
 
 def _remove_tree(path: Path) -> None:
@@ -347,3 +409,43 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+# -- a failed write on a cluster --------------------------------------------------------
+
+
+def _first_block_fails_others_write_late(block: np.ndarray, block_info=None) -> np.ndarray:
+    """Block 0 raises at once; every other block is ready only 3 s later."""
+    if block_info[0]["chunk-location"][0] == 0:
+        raise ValueError("block 0 is bad")
+    time.sleep(3.0)
+    return block
+
+
+def test_a_failed_write_on_a_cluster_leaves_no_late_temporary(tmp_path):
+    """On a real LocalCluster (2 threads), block 0 fails while blocks 1 and 2 are still
+    computing: once ``write_output`` raises, no task of that write may still write a
+    chunk, which would create the removed temporary again (it is removed only after
+    every block task that had started has ended)."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from distmix.outputs import write_output
+
+    out = tmp_path / "lab.zarr"
+    result = da.zeros((40, 2), chunks=(10, 2)).map_blocks(
+        _first_block_fails_others_write_late, dtype=float
+    )
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        with pytest.raises(ValueError, match="block 0 is bad"):
+            write_output(out, result, client=client)
+        assert os.listdir(tmp_path) == []
+        deadline = time.monotonic() + 4.0  # past the late blocks' 3 s
+        while time.monotonic() < deadline:
+            assert os.listdir(tmp_path) == [], "a late block wrote into the removed temporary"
+            time.sleep(0.05)
