@@ -15,7 +15,7 @@ that all start from the *same* parameters:
     and a final E-step to the one iteration we want.
 ``local``
     ``distmix.em.e_step`` over a ``distmix.engines.LocalEngine`` with
-    ``block_size=distmix.chunks.default_block_rows(K, D)`` and the default
+    ``block_size=distmix.sources.blocks.default_block_rows(K, D)`` and the default
     number of threads (one per core), then ``distmix.mstep.m_step``.
 ``dask``
     The same over a ``distmix.engines.DaskEngine`` built on
@@ -87,10 +87,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 import distmix
-import distmix.chunks
 import distmix.em
 import distmix.engines
 import distmix.mstep
+import distmix.sources.blocks
 from distmix.params import Params
 
 #: (N, D, K) of the full run; ``--quick`` divides N by QUICK_DIVISOR
@@ -228,7 +228,7 @@ def bench_shape(
 ) -> ShapeResult:
     X = mixture_rows(n, d, k, seed)
     params = starting_params(X, k, seed, covariance_type)
-    block_rows = distmix.chunks.default_block_rows(k, d)
+    block_rows = distmix.sources.blocks.default_block_rows(k, d)
     local = distmix.engines.LocalEngine(X, None, block_size=block_rows)
     dask_engine = distmix.engines.DaskEngine(da.from_array(X, chunks=(block_rows, d)))
     gm = GaussianMixture(k, covariance_type=covariance_type, reg_covar=REG_COVAR)

@@ -75,7 +75,7 @@ the workers, to measure what that costs the E-step.
 
 The dataset
 -----------
-Generated with ``distmix.chunks.create_zarr_array`` (CRC-32C last, NaN fill)
+Generated with ``distmix.sources.zarr_write.create_zarr_array`` (CRC-32C last, NaN fill)
 and filled chunk by chunk, two chunks at a time on threads, with rows of a
 seeded Gaussian mixture (``distmix.datasets.random_mixture``; each chunk has
 its own random stream). Rows are drawn grouped by component, a matrix product
@@ -147,11 +147,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 import distmix
-import distmix.chunks
 import distmix.datasets
 import distmix.em
 import distmix.engines
 import distmix.mstep
+import distmix.sources.blocks
+import distmix.sources.dataset
+import distmix.sources.zarr_arrays
+import distmix.sources.zarr_write
 from distmix.params import Params
 from distmix.suffstats import SuffStats
 
@@ -241,7 +244,7 @@ def generate_dataset(
         array.attrs.update({"distmix_benchmark": tag})
         return time.perf_counter() - start
     chol = np.linalg.cholesky(mixture.covariances)
-    array = distmix.chunks.create_zarr_array(path, (n, d), chunk_rows, overwrite=True)
+    array = distmix.sources.zarr_write.create_zarr_array(path, (n, d), chunk_rows, overwrite=True)
 
     def write_chunk(index: int) -> None:
         lo = index * chunk_rows
@@ -641,7 +644,7 @@ def measure_ratio(
     kernel that only sums its block (:func:`engine_read`): what distmix's
     graph costs beyond ``X.sum()`` before any E-step arithmetic.
     """
-    X = distmix.chunks.open_dataset(data.path)
+    X = distmix.sources.dataset.open_dataset(data.path)
     params = starting_params(data.path, k, seed)
     engine = dask_engine(X)
     before_each = (lambda: evict_from_page_cache(data.path)) if cold else None
@@ -760,10 +763,10 @@ def measure_block_costs(data: Dataset, k: int, seed: int, repeats: int = 5) -> B
     One thread and one BLAS thread, as on a worker with ``threads_per_worker=1``.
     """
     array = zarr.open_array(data.path, mode="r")
-    reader = distmix.chunks.ZarrRows(array, data.path)
+    reader = distmix.sources.zarr_arrays.ZarrRows(array, data.path)
     params = starting_params(data.path, k, seed)
     rows = data.chunk_rows
-    piece = distmix.chunks.default_block_rows(k, data.d)
+    piece = distmix.sources.blocks.default_block_rows(k, data.d)
     n_chunks = data.n // rows
 
     def med(fn: Callable[[int], Any]) -> float:
@@ -877,7 +880,7 @@ def measure_all(
 
     if not args.no_overhead:
         print("[4] client overhead on in-memory data", flush=True)
-        block_rows = sorted({distmix.chunks.default_block_rows(8, 16), chunk_rows_for(16)})
+        block_rows = sorted({distmix.sources.blocks.default_block_rows(8, 16), chunk_rows_for(16)})
         out.overhead = measure_overhead(
             client, s.overhead_rows, 16, 8, block_rows, s.overhead_repeats, args.seed, sampler
         )

@@ -104,10 +104,12 @@ import zarr
 from _machine import cpu_model, load_average, n_cores
 
 import distmix
-import distmix.chunks
 import distmix.datasets
 import distmix.em
 import distmix.mstep
+import distmix.sources.blocks
+import distmix.sources.dataset
+import distmix.sources.zarr_write
 from distmix.params import Params
 
 TARGET_GAP = 0.02  # nats per row, batch − stream
@@ -240,7 +242,9 @@ def write_store(path: str, n: int, spec: DataSpec) -> None:
     """
     mixture = spec.mixture()
     rows = spec.chunk_rows
-    array = distmix.chunks.create_zarr_array(path, (n, spec.n_features), rows, overwrite=True)
+    array = distmix.sources.zarr_write.create_zarr_array(
+        path, (n, spec.n_features), rows, overwrite=True
+    )
 
     def write_chunk(start: int) -> None:
         stop = min(start + rows, n)
@@ -612,7 +616,7 @@ def read_store(store: Store) -> float:
 
 def batch_iteration(store: Store, params: Params) -> Params:
     """One EM iteration over the store's blocks, read from storage (no persist)."""
-    engine = distmix.DaskEngine(distmix.chunks.open_dataset(store.path), persist=False)
+    engine = distmix.DaskEngine(distmix.sources.dataset.open_dataset(store.path), persist=False)
     stats = distmix.em.e_step(engine, params)
     return distmix.mstep.m_step(stats, REG_COVAR, previous=params)
 
@@ -662,7 +666,7 @@ def measure_ceiling(store: Store, start: Params, read_rows_per_s: float) -> list
     blocks = np.asarray(zarr.open_array(store.path, mode="r")[:rows])
     engine = distmix.LocalEngine(blocks, None, store.chunk_rows, 8)
     estep = _best_of(lambda: distmix.em.e_step(engine, start)) / rows  # seconds per row
-    piece = distmix.chunks.default_block_rows(k, d)
+    piece = distmix.sources.blocks.default_block_rows(k, d)
     n_kernel = min(store.chunk_rows, rows) if store.chunk_rows <= 2 * piece else piece
     x = blocks[:n_kernel]
     u = start.precisions_cholesky

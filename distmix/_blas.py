@@ -28,6 +28,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import threadpoolctl
+
 _LOCK = threading.Lock()
 _holders = 0
 _limiter: Any = None
@@ -36,15 +38,11 @@ _limiter: Any = None
 @functools.cache
 def _threadpool_controller() -> Any:
     """One controller per process: scanning the loaded BLAS libraries costs ~2 ms."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
+    return threadpoolctl.ThreadpoolController()
 
 
 def _release_openblas_control() -> None:
     """Let any thread change OpenBLAS's limit next (threadpoolctl ≥ 3.8; else no-op)."""
-    import threadpoolctl
-
     controller = getattr(threadpoolctl, "OpenBLASController", None)
     clear = getattr(controller, "clear_controlling_thread", None)
     if clear is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 import re
@@ -30,10 +31,27 @@ from typing import Any
 
 import numpy as np
 
+import distmix
+from distmix.cluster import connect, resolve
+from distmix.datasets import write_zarr
+from distmix.engines.dask import parallel_blocks, show_progress
+from distmix.outputs import check_output_path, staged_directory, write_output
+from distmix.persist import (
+    CHECKPOINT_FORMAT,
+    MODEL_FORMAT,
+    STREAM_CHECKPOINT_FORMAT,
+    check_file_target,
+    load_checkpoint,
+    load_stream_checkpoint,
+)
+from distmix.sources.dataset import open_dataset
+
 
 def _demo(args: argparse.Namespace) -> int:
     """``examples/out_of_core.py`` (shipped as ``distmix.examples``) with the demo's sizes."""
     try:
+        # function-level import: the examples may be missing (an editable install made
+        # before they existed); the demo says so instead of failing to import the CLI
         from distmix.examples import out_of_core
     except ModuleNotFoundError as error:
         if error.name not in ("distmix.examples", "distmix.examples.out_of_core"):
@@ -58,8 +76,6 @@ def _open_data(path: str) -> Any:
     Either way every task reads its own rows (a ``.npy`` file memory-mapped), so
     the task graph stays small however large the file is.
     """
-    from distmix.chunks import open_dataset
-
     return open_dataset(path)
 
 
@@ -76,8 +92,6 @@ def _client(spec: str | None) -> Any:
     """
     if spec == "threads":
         return contextlib.nullcontext(None)
-    from distmix.cluster import connect, resolve
-
     target = resolve(spec)
     if isinstance(target, str) or target.type not in ("local", "local-cuda"):
         return connect(target)
@@ -125,12 +139,6 @@ def _flag(parameter: str) -> str:
 
 def _check_fit_paths(args: argparse.Namespace) -> None:
     """Refuse, before the first pass, files that ``fit`` could not or must not write."""
-    from distmix.persist import (
-        CHECKPOINT_FORMAT,
-        MODEL_FORMAT,
-        STREAM_CHECKPOINT_FORMAT,
-        check_file_target,
-    )
 
     def same(a: str, b: str) -> bool:
         return "://" not in a + b and Path(a).resolve() == Path(b).resolve()
@@ -192,8 +200,6 @@ def _check_fit_flags(args: argparse.Namespace) -> None:
 
 def _model_for(args: argparse.Namespace) -> Any:
     """The ``GaussianMixture`` that ``args`` describe, its settings checked (flags named)."""
-    from distmix.estimator import GaussianMixture
-
     settings: dict[str, Any] = {
         "covariance_type": args.covariance_type,
         "reg_covar": args.reg_covar,
@@ -213,7 +219,7 @@ def _model_for(args: argparse.Namespace) -> Any:
                 settings[name] = getattr(args, name)
     else:
         settings.update(max_iter=args.max_iter, tol=args.tol, n_init=args.n_init)
-    model = GaussianMixture(args.components, **settings)
+    model = distmix.GaussianMixture(args.components, **settings)
     try:
         model._check_parameters()
     except ValueError as error:
@@ -234,16 +240,12 @@ def _fit(args: argparse.Namespace) -> int:
     model = _model_for(args)
     if args.stream:
         return _fit_stream(args, model)
-    from distmix.chunks import open_dataset
-
     # the estimator opens DATA itself (by path), so that blocks are whole Zarr chunks,
     # --block-rows rounds to them, and blocks it chose can shrink to fit the workers
     X = open_dataset(args.data, block_rows=args.block_rows)
     rows, features = X.shape
     print(f"{args.data}: {rows:,} rows × {features} features in {X.numblocks[0]} blocks")
     if args.resume and Path(args.checkpoint).is_file():
-        from distmix.persist import load_checkpoint
-
         state = load_checkpoint(args.checkpoint)
         if state.finished:
             where = "the fit it records had finished; its data are checked, then it is returned"
@@ -255,8 +257,6 @@ def _fit(args: argparse.Namespace) -> int:
         else:
             where = f"initialisation {state.init_index + 1} of {args.n_init} starts"
         print(f"resuming the fit in {args.checkpoint}: {where}")
-    from distmix.engines.dask import show_progress
-
     progress_bar = sys.stdout.isatty() if args.progress is None else args.progress
     progress = show_progress() if progress_bar else contextlib.nullcontext()
     with _client(args.cluster) as client:
@@ -279,16 +279,11 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _fit_stream(args: argparse.Namespace, model: Any) -> int:
     """``distmix fit --stream``: stepwise online EM, one update per window of blocks."""
-    from distmix.estimator import _default_window
-    from distmix.persist import load_stream_checkpoint
-
     X = _open_data(args.data)
     # a Zarr source goes to the estimator as its path, so that the stream reads whole
     # chunks (and --block-rows rounds to them) exactly as distmix.fit_stream(path) does
     source: Any = X if args.data.endswith(".npy") else args.data
     if args.block_rows is not None and source is args.data:
-        from distmix.chunks import open_dataset
-
         X = open_dataset(args.data, block_rows=args.block_rows)
     validation = None if args.validation is None else _open_data(args.validation)
     rows, features = X.shape
@@ -327,7 +322,7 @@ def _fit_stream(args: argparse.Namespace, model: Any) -> int:
             print(f"Dask cluster at {client.scheduler.address}, dashboard {client.dashboard_link}")
         # by default one block per thread that runs them: the workers' threads when a
         # client is active, else this machine's cores
-        window = args.window or stored.get("window") or _default_window(X)
+        window = args.window or stored.get("window") or parallel_blocks()
         schedule = model._schedule()
         floor = schedule.forgetting_factor
         print(
@@ -369,14 +364,11 @@ def _fit_stream(args: argparse.Namespace, model: Any) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from distmix.estimator import load
-    from distmix.outputs import check_output_path, write_output
-
     # the output path is checked before anything is read; it is written all or
     # nothing (a hidden temporary beside it, renamed onto it once complete)
     inputs = {"MODEL": args.model, "DATA": args.data}
     check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
-    model = load(args.model)
+    model = distmix.load(args.model)
     X = _open_data(args.data)
     if args.proba:
         kind, result = "responsibilities", model.predict_proba(X)
@@ -394,9 +386,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from distmix.estimator import load
-
-    model = load(args.model)
+    model = distmix.load(args.model)
     X = _open_data(args.data)
     with _client(args.cluster):
         score = model.score(X)
@@ -409,9 +399,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from distmix.estimator import load
-
-    model = load(args.model)
+    model = distmix.load(args.model)
     print(
         f"{args.model}: GaussianMixture, {model.n_components} components × "
         f"{model.n_features_in_} features, covariance_type={model.covariance_type!r}"
@@ -438,9 +426,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _write_dataset(path: str, args: argparse.Namespace) -> None:
-    from distmix.datasets import write_zarr
-    from distmix.outputs import staged_directory
-
     start = time.perf_counter()
     settings = dict(seed=args.seed, chunk_rows=args.chunk_rows)
     if "://" in path:  # a remote store: written in place (chunks, then the attributes)
@@ -481,12 +466,8 @@ examples:
 
 def _stream_defaults() -> dict[str, Any]:
     """The defaults of ``distmix.fit_stream`` and of the estimator's stream parameters."""
-    import inspect
-
-    from distmix.estimator import GaussianMixture, fit_stream
-
     defaults = {}
-    for function in (fit_stream, GaussianMixture.__init__):
+    for function in (distmix.fit_stream, distmix.GaussianMixture.__init__):
         for name, parameter in inspect.signature(function).parameters.items():
             if parameter.default is not inspect.Parameter.empty:
                 defaults[name] = parameter.default

@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import dask
+import yaml
 from distributed import Client
+from distributed.comm.addressing import parse_address, parse_host_port
 
 ClusterType = Literal["local", "scheduler", "ssh", "slurm", "pbs", "kubernetes", "local-cuda"]
 CLUSTER_TYPES: tuple[str, ...] = get_args(ClusterType)
@@ -602,8 +604,6 @@ def load_config(
             "load_config takes a YAML path, a bundled config name or a mapping, "
             f"got {type(path_or_mapping).__name__}"
         )
-    import yaml
-
     path = _config_path(path_or_mapping)
     source = str(path)
     try:
@@ -686,8 +686,6 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     an unknown host or an unreachable one within ``timeout`` seconds. Addresses
     of other protocols (``ucx://``, ``inproc://``) are left to the client.
     """
-    from distributed.comm.addressing import parse_address, parse_host_port
-
     scheme, location = parse_address(address if "://" in address else "tcp://" + address)
     if scheme not in ("tcp", "tls"):
         return
@@ -879,6 +877,7 @@ def render_job_script(
             f"this one is {config.type!r}"
         )
     cls = cluster_class(config)
+    # function-level import: dask-jobqueue is optional (needed by the jobqueue configs only)
     from dask_jobqueue import JobQueueCluster
 
     job_kwargs = dict(config.cluster)

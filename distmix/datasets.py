@@ -1,7 +1,7 @@
 """Synthetic Gaussian-mixture datasets, written chunk by chunk with bounded memory.
 
 On disk a dataset is one 2-D Zarr array of rows × features made by
-:func:`distmix.chunks.create_zarr_array` (CRC-32C checksum as the last codec,
+:func:`distmix.sources.zarr_write.create_zarr_array` (CRC-32C checksum as the last codec,
 NaN fill value, every chunk written), with the parameters it was drawn from in
 its attributes (:class:`TrueMixture`) and how it was generated under
 ``distmix_generator``. The attributes are written last: an array without them
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from distmix.chunks import create_zarr_array
+from distmix.sources.zarr_write import create_zarr_array
 
 #: version of the generator's on-disk layout (attributes and codecs)
 GENERATOR_FORMAT = 1
@@ -101,7 +101,7 @@ def write_zarr(
     Memory stays at one chunk whatever ``n_rows`` is. Chunks hold
     ``chunk_rows`` rows and all columns, and each is drawn from its own random
     stream, so any rows can be regenerated alone (:func:`sample_rows`). The
-    array is protected as :func:`distmix.chunks.create_zarr_array` describes
+    array is protected as :func:`distmix.sources.zarr_write.create_zarr_array` describes
     (checksum last, NaN fill value). The true parameters are stored in its
     attributes (see :class:`TrueMixture`), written after the last chunk.
 

@@ -1,6 +1,6 @@
 """The EM loop over any engine: E-step pass → M-step, until the log-likelihood settles.
 
-Each iteration is exactly one pass over the rows (one ``engine.map_reduce``,
+Each iteration is exactly one pass over the rows (one ``engine.reduce("estep", params)``,
 hence one Dask compute): the E-step's SuffStats carry the log-likelihood, the
 row count and the non-finite-row check along with the moments.
 
@@ -12,36 +12,28 @@ E-step of the last iteration, i.e. of the Params *before* its M-step.
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from distmix.chunks import NonFinite, default_block_rows, raise_if_nonfinite
 from distmix.engines.base import Engine
-from distmix.estep import (
-    PER_COMPONENT_TYPES,
-    chunk_stats,
-    log_resp_and_norm,
-    namespace,
-    prepare_block,
-    weighted_sum,
-)
-from distmix.fingerprint import (
-    DataChangedError,
-    DataFingerprint,
-    block_fingerprint,
-    fingerprint_block,
-)
+from distmix.fingerprint import DataChangedError, DataFingerprint
+from distmix.init import initial_params
 from distmix.mstep import m_step
+from distmix.nonfinite import raise_if_nonfinite
 from distmix.params import Params
-from distmix.suffstats import SuffStats, _to_numpy
+from distmix.persist import (
+    Checkpoint,
+    RunState,
+    check_checkpoint_settings,
+    load_checkpoint,
+    save_checkpoint,
+)
+from distmix.suffstats import SuffStats
 
 
 @dataclass(frozen=True)
@@ -71,181 +63,23 @@ class IterationInfo:
     converged: bool
 
 
-def _malloc_tuned() -> bool:
-    """Whether a glibc malloc tunable is set in this process's environment.
-
-    Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``; any such
-    variable turns off glibc's adaptive mmap threshold, so every temporary over
-    128 KiB is a fresh ``mmap`` that faults its pages in on each use.
-    """
-    return any(name.startswith("MALLOC_") and name.endswith("_") for name in os.environ)
-
-
-#: bytes of the (K, rows, D) float64 stack the diag/spherical kernels build per piece
-STACK_BYTES = 2 * 2**20
-
-
-def kernel_piece_rows(covariance_type: str, n_components: int, n_features: int) -> int:
-    """Rows of the pieces a large NumPy block goes through the E-step kernel in.
-
-    ``full`` and ``tied`` go component by component (``(rows, D)`` temporaries):
-    :func:`~distmix.chunks.default_block_rows`. ``diag`` and ``spherical`` build
-    the ``(K, rows, D)`` stack of centred rows, so their pieces shrink with K to
-    keep it near ``STACK_BYTES`` (at least 256 rows). Measured on one core
-    (ns/row, K × D = 8 × 16 / 32 × 16 / 32 × 64, diag): a 2–4 MiB stack 226–233
-    / 782–823 / 2,439, an 8 MiB stack or more 633–697 / 2,066–2,152 / 7,150–7,600.
-    """
-    rows = default_block_rows(n_components, n_features)
-    if covariance_type in PER_COMPONENT_TYPES:
-        return rows
-    stack_rows = STACK_BYTES // (8 * max(1, n_components) * max(1, n_features))
-    return int(min(rows, max(stack_rows, 256)))
-
-
-def _pieces(block: Any, params: Params) -> list[slice] | None:
-    """Row slices a NumPy block goes through a kernel in, or ``None`` for whole.
-
-    A block much larger than a cache-sized piece (a whole Zarr chunk, say; see
-    :func:`kernel_piece_rows`) goes piece by piece: the kernel's temporaries
-    then stay in cache. Measured on 8 MiB blocks at D = 16, K = 8: 2.1× faster
-    with glibc's default malloc, but 1.3× slower under a malloc tunable (every
-    piece's temporaries are fresh mmaps; measured for diag too), so blocks go
-    whole in that case.
-    """
-    piece = kernel_piece_rows(params.covariance_type, params.n_components, params.n_features)
-    n = int(block.shape[0])
-    if n <= 2 * piece or not isinstance(block, np.ndarray) or _malloc_tuned():
-        return None
-    return [slice(start, min(start + piece, n)) for start in range(0, n, piece)]
-
-
-def _summed_over_pieces(
-    kernel: Callable[[Any, Any, int, Params], Any],
-    block: Any,
-    sample_weight: Any,
-    row_offset: int,
-    params: Params,
-) -> Any:
-    """``kernel`` (engine argument order) on ``block``, or on each of its pieces
-    (:func:`_pieces`) with their weights and global first rows, the results added."""
-    pieces = _pieces(block, params)
-    if pieces is None:
-        return kernel(block, sample_weight, row_offset, params)
-    parts = (
-        kernel(
-            block[rows],
-            None if sample_weight is None else sample_weight[rows],
-            row_offset + rows.start,
-            params,
-        )
-        for rows in pieces
-    )
-    return functools.reduce(operator.add, parts)
-
-
-def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
-    """Engine-facing E-step: ``chunk_stats`` with the engine's argument order.
-
-    Large NumPy blocks go through the kernel in pieces (:func:`_pieces`) whose
-    SuffStats are added. Every engine calls this function on the same blocks;
-    pieces and whole blocks differ only by float rounding.
-    """
-    return _summed_over_pieces(
-        lambda x, w, offset, p: chunk_stats(x, p, w, offset),
-        block,
-        sample_weight,
-        row_offset,
-        params,
-    )
-
-
-def rowwise_in_pieces(block_fn: Callable[[Any, Params], Any], block: Any, params: Params) -> Any:
-    """A row-wise kernel (prediction: one output row per input row) over ``block``,
-    in pieces where :func:`_pieces` says so, the outputs stacked in row order."""
-    pieces = _pieces(block, params)
-    if pieces is None:
-        return block_fn(block, params)
-    return np.concatenate([block_fn(block[rows], params) for rows in pieces], axis=0)
-
-
-@dataclass(frozen=True)
-class LogLikelihoodTotal:
-    """``Σ w log p(x)`` and ``Σ w`` over finite rows, and the non-finite rows."""
-
-    log_lik: float
-    weight: float
-    nonfinite: NonFinite
-
-    def __add__(self, other: LogLikelihoodTotal) -> LogLikelihoodTotal:
-        return LogLikelihoodTotal(
-            self.log_lik + other.log_lik,
-            self.weight + other.weight,
-            self.nonfinite + other.nonfinite,
-        )
-
-
-def log_likelihood_block(
-    block: Any, sample_weight: Any, row_offset: int, params: Params
-) -> LogLikelihoodTotal:
-    """Engine-facing: the block's log-likelihood under ``params`` (for ``score``),
-    large NumPy blocks in the E-step's pieces."""
-    return _summed_over_pieces(_log_likelihood_whole, block, sample_weight, row_offset, params)
-
-
-def _log_likelihood_whole(
-    block: Any, sample_weight: Any, row_offset: int, params: Params
-) -> LogLikelihoodTotal:
-    xp = namespace(block)
-    x, w, n_bad, first = prepare_block(xp, block, sample_weight, row_offset)
-    _, log_norm = log_resp_and_norm(x, params)
-    return LogLikelihoodTotal(
-        float(_to_numpy(weighted_sum(xp, w, log_norm))),
-        float(_to_numpy(xp.sum(w))),
-        NonFinite(float(_to_numpy(n_bad)), float(_to_numpy(first))),
-    )
-
-
 def mean_log_likelihood_of(engine: Engine, params: Params) -> float:
     """Mean log-likelihood per (weighted) row, in one pass; raises on non-finite rows."""
-    total = engine.map_reduce(log_likelihood_block, params)
+    total = engine.reduce("log_likelihood", params)
     total.nonfinite.raise_if_any()
     return total.log_lik / total.weight
 
 
 def e_step(engine: Engine, params: Params) -> SuffStats:
     """One pass: total SuffStats of all rows under ``params`` (validated finite)."""
-    stats = engine.map_reduce(estep_block, params).to_host()
+    stats = engine.reduce("estep", params).to_host()
     raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
     return stats
 
 
-@dataclass(frozen=True)
-class FingerprintedStats:
-    """A block's SuffStats and the fingerprint of its values, added side by side."""
-
-    stats: SuffStats
-    fingerprint: DataFingerprint
-
-    def __add__(self, other: FingerprintedStats) -> FingerprintedStats:
-        return FingerprintedStats(self.stats + other.stats, self.fingerprint + other.fingerprint)
-
-    def to_host(self) -> FingerprintedStats:
-        return FingerprintedStats(self.stats.to_host(), self.fingerprint)
-
-
-def estep_fingerprint_block(
-    block: Any, sample_weight: Any, row_offset: int, params: Params
-) -> FingerprintedStats:
-    """Engine-facing: :func:`estep_block` and the block's data fingerprint, from one read."""
-    return FingerprintedStats(
-        estep_block(block, sample_weight, row_offset, params),
-        block_fingerprint(block, sample_weight, row_offset),
-    )
-
-
 def e_step_fingerprinted(engine: Engine, params: Params) -> tuple[SuffStats, DataFingerprint]:
     """:func:`e_step` that also fingerprints the values it reads, in the same pass."""
-    total = engine.map_reduce(estep_fingerprint_block, params).to_host()
+    total = engine.reduce("estep_fingerprint", params).to_host()
     stats = total.stats
     raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
     return stats, total.fingerprint
@@ -301,7 +135,7 @@ class DataCheck:
     def ensure(self, engine: Engine) -> None:
         """Fingerprint the data with one read of the blocks, unless already done."""
         if self.value is None:
-            self.observe(engine.map_reduce(fingerprint_block))
+            self.observe(engine.reduce("fingerprint"))
 
     def record(self) -> dict[str, Any]:
         """The checkpoint's ``extra`` entry for the fingerprint (empty while pending)."""
@@ -367,3 +201,211 @@ def run_em(
         if converged:
             break
     return EMResult(params, lower_bound, tuple(past), n_iter, converged)
+
+
+# --------------------------------------------------------------------------- #
+# a whole fit: n_init runs, the best kept, checkpointed and resumable         #
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class FitSettings:
+    """What a batch fit does (the estimator's parameters, validated).
+
+    ``random_state`` is the integer seed when one was given (recorded in a
+    checkpoint, which must agree on it), else ``None``.
+    """
+
+    n_components: int
+    covariance_type: str
+    tol: float
+    reg_covar: float
+    max_iter: int
+    n_init: int
+    init_params: str
+    random_state: int | None = None
+    verbose: int = 0
+    verbose_interval: int = 10
+
+    def checkpoint_key(self, engine: Engine, weighted: bool) -> dict[str, Any]:
+        """What a checkpoint must agree on to be resumed by this fit."""
+        return {
+            "n_rows": engine.n_rows,
+            "n_features": engine.n_features,
+            "weighted": weighted,
+            "n_components": int(self.n_components),
+            "covariance_type": self.covariance_type,
+            "tol": float(self.tol),
+            "reg_covar": float(self.reg_covar),
+            "n_init": int(self.n_init),
+            "max_iter": int(self.max_iter),
+            "init_params": self.init_params,
+            "random_state": self.random_state,
+        }
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The best run of a fit and its final lower bound."""
+
+    best: RunState
+    lower_bound: float
+
+
+def fit_em(
+    engine: Engine,
+    settings: FitSettings,
+    *,
+    seeds: Sequence[int],
+    user_init: dict[str, Any] | None = None,
+    start: tuple[Params, float] | None = None,
+    weighted: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """``len(seeds)`` EM runs over ``engine`` (one per seed), the best kept.
+
+    Each run starts from :func:`~distmix.init.initial_params` with its seed and
+    ``user_init`` (validated ``weights_init``/``means_init``/``precisions_init``),
+    or, given ``start = (params, lower_bound)`` (a warm start), from there.
+
+    With ``checkpoint``, the state is written atomically after every iteration
+    and every run; with ``resume`` and an existing checkpoint of the same
+    settings and data shape (:meth:`FitSettings.checkpoint_key`), the fit
+    continues where it stopped and gives exactly the parameters of an
+    uninterrupted one. A checkpoint is bound to the values of its data: they
+    are fingerprinted in the first pass of a new fit and checked against the
+    first pass of a resumed one, before anything is written.
+    """
+    n_init = len(seeds)
+    key = settings.checkpoint_key(engine, weighted)
+    resumed = _resumed_checkpoint(checkpoint, key) if resume else None
+    best = resumed.best if resumed else None
+    best_lb = resumed.best_lower_bound if resumed else -math.inf
+    first = resumed.init_index if resumed else 0
+    if resumed is not None and resumed.finished:
+        first = n_init  # the checkpointed fit had finished: nothing left to run
+    data = (
+        None
+        if checkpoint is None
+        else DataCheck(
+            checkpoint,
+            resumed.extra.get("data_fingerprint") if resumed else None,
+            resuming=resumed is not None,
+        )
+    )
+    for init in range(first, n_init):
+        started = time.perf_counter()
+        if settings.verbose:
+            print(f"Initialization {init}")
+        carried = resumed.current if resumed and init == resumed.init_index else None
+        lower_bound = -math.inf
+        history: tuple[float, ...] = ()
+        if carried is not None:
+            params, history = carried.params, carried.lower_bounds
+        elif start is None:
+            params = initial_params(
+                engine,
+                settings.init_params,
+                settings.n_components,
+                settings.covariance_type,
+                settings.reg_covar,
+                seeds[init],
+                **(user_init or {}),
+            )
+        else:
+            params, lower_bound = start
+        if carried is not None and carried.converged:
+            result = EMResult(params, history[-1], history, len(history), True)
+        else:
+            result = run_em(
+                engine,
+                params,
+                tol=settings.tol,
+                max_iter=settings.max_iter,
+                reg_covar=settings.reg_covar,
+                lower_bound=lower_bound,
+                history=history,
+                callback=_after_iteration(settings, started, key, init, best, best_lb, data),
+                check_data=data.observe if data is not None and data.pending else None,
+            )
+        if settings.verbose:
+            status = "converged" if result.converged else "did not converge"
+            print(
+                f"Initialization {status}. time lapse {time.perf_counter() - started:.5f}s"
+                f"\t lower bound {result.lower_bound:.5f}"
+            )
+        if best is None or result.lower_bound > best_lb:
+            best = RunState(result.params, result.lower_bounds, result.converged)
+            best_lb = result.lower_bound
+        if data is not None:
+            data.ensure(engine)  # a run that made no pass (resumed when converged)
+            save_checkpoint(
+                data.checkpoint,
+                Checkpoint(
+                    key,
+                    init + 1,
+                    None,
+                    best,
+                    best_lb,
+                    finished=init == n_init - 1,
+                    extra=data.record(),
+                ),
+            )
+    if data is not None:
+        data.ensure(engine)  # a finished fit resumed: checked before it is returned
+    assert best is not None
+    return FitResult(best, best_lb)
+
+
+def _resumed_checkpoint(
+    checkpoint: str | os.PathLike[str] | None, key: dict[str, Any]
+) -> Checkpoint | None:
+    """The checkpoint to resume (``None`` when there is none yet), its settings checked."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    state = load_checkpoint(checkpoint)
+    check_checkpoint_settings(
+        checkpoint,
+        state.fingerprint,
+        key,
+        "fit",
+        "Fit with resume=False to start over, or use another checkpoint path.",
+    )
+    return state
+
+
+def _after_iteration(
+    settings: FitSettings,
+    started: float,
+    key: dict[str, Any],
+    init: int,
+    best: RunState | None,
+    best_lb: float,
+    data: DataCheck | None,
+) -> Callable[[IterationInfo], None]:
+    """The callback of one run: checkpoint, then the verbose line."""
+
+    def after_iteration(info: IterationInfo) -> None:
+        if data is not None:
+            save_checkpoint(
+                data.checkpoint,
+                Checkpoint(
+                    key,
+                    init,
+                    RunState(info.params, info.lower_bounds, info.converged),
+                    best,
+                    best_lb,
+                    extra=data.record(),
+                ),
+            )
+        if settings.verbose and info.n_iter % settings.verbose_interval == 0:
+            if settings.verbose == 1:
+                print(f"  Iteration {info.n_iter}")
+            else:
+                rate = info.n_rows / info.seconds if info.seconds > 0 else math.inf
+                print(
+                    f"  Iteration {info.n_iter}\t time lapse {info.seconds:.5f}s"
+                    f"\t ll change {info.change:.5f}\t ll {info.lower_bound:.6f}"
+                    f"\t {rate:,.0f} rows/s"
+                )
+
+    return after_iteration

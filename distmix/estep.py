@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
+import numpy as np  # the per-component fast path of NumPy blocks only
 
 from distmix.params import KernelParams, Params
 from distmix.suffstats import SuffStats
@@ -48,8 +49,6 @@ def _per_component(xp: Any, covariance_type: str) -> bool:
 
 def _per_component_mahalanobis(x: Any, means: Any, u: Any) -> Any:
     """``‖(x − μ_k) U_k‖²`` per component, shape (K, n)."""
-    import numpy as np
-
     k, n = means.shape[0], x.shape[0]
     out = np.empty((k, n))
     for j in range(k):
@@ -60,8 +59,6 @@ def _per_component_mahalanobis(x: Any, means: Any, u: Any) -> Any:
 
 def _per_component_moments(x: Any, means: Any, resp: Any, tied: bool) -> tuple[Any, Any]:
     """``(Σ r xc, Σ r xc xcᵀ)`` per component (the second summed over k if tied)."""
-    import numpy as np
-
     k, d = means.shape
     x_sum = np.empty((k, d))
     second = np.zeros((d, d)) if tied else np.empty((k, d, d))

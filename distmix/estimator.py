@@ -23,31 +23,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from distmix import estep
 from distmix._typing import INIT_PARAMS, check_covariance_type
-from distmix.chunks import (
-    as_dask_rows,
-    check_block_size,
-    check_dtype,
-    check_shape,
-    default_block_rows,
-    is_dask_array,
-    is_zarr_source,
-    open_dataset,
-    raise_if_nonfinite,
-)
 from distmix.em import (
     DataCheck,
-    EMResult,
-    IterationInfo,
+    FitSettings,
     e_step_fingerprinted,
+    fit_em,
     mean_log_likelihood_of,
-    rowwise_in_pieces,
-    run_em,
 )
-from distmix.engines import DaskEngine, LocalEngine
+from distmix.engines.base import Engine, WindowedEngine
+from distmix.engines.factory import make_engine
 from distmix.engines.stream import (
     StepSchedule,
     StreamPlan,
@@ -56,7 +43,6 @@ from distmix.engines.stream import (
     StreamState,
     batch_stats,
     online_update,
-    window_engine,
     with_validation,
 )
 from distmix.fingerprint import DataFingerprint, block_fingerprint
@@ -69,25 +55,18 @@ from distmix.params import (
 )
 from distmix.persist import (
     CHECKPOINT_FORMAT,
-    FORMAT_VERSION,
-    MODEL_FORMAT,
     STREAM_CHECKPOINT_FORMAT,
-    Checkpoint,
+    ModelFile,
     ModelFileError,
-    RunState,
     check_file_target,
-    load_checkpoint,
     load_stream_checkpoint,
-    params_arrays,
-    params_from_arrays,
-    read_archive,
-    save_checkpoint,
+    read_model,
     save_stream_checkpoint,
-    stream_arrays,
-    stream_from_arrays,
-    write_archive,
+    write_model,
 )
 from distmix.reduce import check_split_every
+from distmix.sources.checks import is_dask_array, is_zarr_source
+from distmix.tasks import TaskName
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -307,74 +286,34 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _engine(
         self, X: Any, sample_weight: Any = None, *, reset: bool, many_passes: bool | None = None
-    ) -> LocalEngine | DaskEngine:
-        """Validate ``X`` (and weights) and wrap it in the engine that suits it.
+    ) -> WindowedEngine:
+        """Validate ``X`` (and weights) and build its engine (:func:`make_engine`).
 
         ``many_passes`` (default: ``reset``) lets dask input be persisted.
         """
-        k = self.n_components if reset else None
         many_passes = reset if many_passes is None else many_passes
-        reblock: Callable[[int], Any] | None = None
-        if is_zarr_source(X):
-            # a zarr.Array, path or URL: open_dataset validates it and reads whole chunks
-            source, X = X, open_dataset(X)
-            # blocks of our choosing shrink if the workers need it, for a fit; a stream's
-            # position counts its blocks, so a stream keeps the same blocks run after run
-            if self.block_size is None and many_passes:
-                float_rows = X.dtype.kind == "f"
 
-                def reblock(rows: int) -> Any:
-                    smaller = open_dataset(source, block_rows=rows)
-                    return smaller if float_rows else smaller.astype(np.float64)
+        def check_features(n_features: int, source: Any) -> None:
+            if is_zarr_source(source) or is_dask_array(source):
+                self._check_n_features(n_features, reset=reset)
+            else:  # scikit-learn's checks of the feature count and names
+                validate_data(self, source, skip_check_array=True, reset=reset)
 
-            else:
-                block = check_block_size(self.block_size, int(X.shape[0]))
-                X = open_dataset(source, block_rows=block)
-            check_shape(tuple(X.shape), k)
-        elif is_dask_array(X):
-            check_dtype(X.dtype)
-            check_shape(tuple(X.shape), k)
-            X = as_dask_rows(X, check_block_size(self.block_size, int(X.shape[0])))
-        if is_dask_array(X):
-            self._check_n_features(X.shape[1], reset=reset)
-            if X.dtype.kind not in "f":
-                X = X.astype(np.float64)
-            w = None if sample_weight is None else _dask_sample_weight(sample_weight, X)
-            # only a fit makes several passes: predictions read the blocks once
-            return DaskEngine(
-                X,
-                w,
-                split_every=self.split_every,
-                persist=self.persist if many_passes else False,
-                persist_fraction=self.persist_fraction,
-                n_components=self.n_components,
-                covariance_type=self.covariance_type,
-                reblock=reblock,
-                check_memory=True if reset or many_passes else "cached",
-            )
-        if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
-            check_dtype(X.dtype)
-        if len(getattr(X, "shape", ())) > 2:  # scikit-learn's message only says "dim <= 2"
-            check_shape(tuple(X.shape), k)
-        X = validate_data(
-            self,
+        return make_engine(
             X,
-            dtype=[np.float64, np.float32],
-            ensure_all_finite=False,
-            ensure_min_samples=2 if reset else 1,
-            reset=reset,
+            sample_weight,
+            block_size=self.block_size,
+            split_every=self.split_every,
+            passes="many" if many_passes else "one",
+            persist=self.persist,
+            persist_fraction=self.persist_fraction,
+            n_components=self.n_components,
+            covariance_type=self.covariance_type,
+            min_components=self.n_components if reset else None,
+            min_rows=2 if reset else 1,
+            check_features=check_features,
+            check_memory=True if reset or many_passes else "cached",
         )
-        check_shape(X.shape, k)
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(
-                sample_weight, X, dtype=np.float64, ensure_non_negative=True
-            )
-        block = check_block_size(self.block_size, X.shape[0])
-        if block is None:
-            block = default_block_rows(self.n_components, X.shape[1])
-        if isinstance(block, int):
-            block = min(block, X.shape[0])
-        return LocalEngine(X, sample_weight, block, self.split_every)
 
     def _check_n_features(self, n_features: int, *, reset: bool) -> None:
         if reset:
@@ -432,93 +371,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         fitted_before = hasattr(self, "converged_")
         engine = self._engine(X, sample_weight, reset=True)
         user_init = self._check_initial_parameters(engine.n_features)
-        do_init = not (self.warm_start and fitted_before)
-        n_init = self.n_init if do_init else 1
+        warm = self.warm_start and fitted_before
+        n_init = 1 if warm else self.n_init
         random_state = check_random_state(self.random_state)
         seeds = [int(random_state.randint(np.iinfo(np.int32).max)) for _ in range(n_init)]
-
-        fingerprint = self._fingerprint(engine, sample_weight is not None)
-        resumed = self._resume_state(fingerprint)
-        best = resumed.best if resumed else None
-        best_lb = resumed.best_lower_bound if resumed else -math.inf
-        first = resumed.init_index if resumed else 0
-        if resumed is not None and resumed.finished:
-            first = n_init  # the checkpointed fit had finished: nothing left to run
-        # a checkpoint is bound to the values of its data: fingerprinted in the first
-        # pass of a new fit, checked against the first pass of a resumed one
-        data = (
-            None
-            if self.checkpoint is None
-            else DataCheck(
-                self.checkpoint,
-                resumed.extra.get("data_fingerprint") if resumed else None,
-                resuming=resumed is not None,
-            )
+        fitted = fit_em(
+            engine,
+            self._fit_settings(),
+            seeds=seeds,
+            user_init=user_init,
+            start=(self._params(), float(self.lower_bound_)) if warm else None,
+            weighted=sample_weight is not None,
+            checkpoint=self.checkpoint,
+            resume=self.resume,
         )
-
-        for init in range(first, n_init):
-            start = time.perf_counter()
-            if self.verbose:
-                print(f"Initialization {init}")
-            carried = resumed.current if resumed and init == resumed.init_index else None
-            lower_bound = -math.inf
-            history: tuple[float, ...] = ()
-            if carried is not None:
-                params, history = carried.params, carried.lower_bounds
-            elif do_init:
-                params = initial_params(
-                    engine,
-                    self.init_params,
-                    self.n_components,
-                    self.covariance_type,
-                    self.reg_covar,
-                    seeds[init],
-                    **user_init,
-                )
-            else:
-                params, lower_bound = self._params(), float(self.lower_bound_)
-            if carried is not None and carried.converged:
-                result = EMResult(params, history[-1], history, len(history), True)
-            else:
-                result = run_em(
-                    engine,
-                    params,
-                    tol=self.tol,
-                    max_iter=self.max_iter,
-                    reg_covar=self.reg_covar,
-                    lower_bound=lower_bound,
-                    history=history,
-                    callback=self._iteration_callback(
-                        start, fingerprint, init, best, best_lb, data
-                    ),
-                    check_data=data.observe if data is not None and data.pending else None,
-                )
-            if self.verbose:
-                status = "converged" if result.converged else "did not converge"
-                print(
-                    f"Initialization {status}. time lapse {time.perf_counter() - start:.5f}s"
-                    f"\t lower bound {result.lower_bound:.5f}"
-                )
-            if best is None or result.lower_bound > best_lb:
-                best = RunState(result.params, result.lower_bounds, result.converged)
-                best_lb = result.lower_bound
-            if data is not None:
-                data.ensure(engine)  # a run that made no pass (resumed when converged)
-                save_checkpoint(
-                    data.checkpoint,
-                    Checkpoint(
-                        fingerprint,
-                        init + 1,
-                        None,
-                        best,
-                        best_lb,
-                        finished=init == n_init - 1,
-                        extra=data.record(),
-                    ),
-                )
-        if data is not None:
-            data.ensure(engine)  # a finished fit resumed: checked before it is returned
-        assert best is not None
+        best, best_lb = fitted.best, fitted.lower_bound
         if not best.converged and self.max_iter > 0:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
@@ -574,7 +441,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _stream_step(
         self,
-        engine: LocalEngine | DaskEngine,
+        engine: Engine,
         state: StreamState | None,
         fingerprint: bool = False,
     ) -> tuple[StreamState, int, DataFingerprint | None]:
@@ -596,7 +463,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
         return new, int(stats.n_rows), rows_fingerprint
 
-    def _start_params(self, engine: LocalEngine | DaskEngine) -> Params:
+    def _start_params(self, engine: Engine) -> Params:
         """Params to start a stream from: the user's, or ``init_params`` on ``engine``'s rows."""
         user_init = self._check_initial_parameters(engine.n_features)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -681,18 +548,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             "seed": plan.seed,
         }
 
-    def _stream_source(
-        self, source: Any, sample_weight: Any, reset: bool
-    ) -> tuple[Any, Any, tuple[int, ...]]:
-        """``(X, sample_weight, block_rows)``: a dask array or a validated NumPy array."""
-        if is_zarr_source(source) or is_dask_array(source):
-            engine = self._engine(source, sample_weight, reset=reset, many_passes=False)
-            assert isinstance(engine, DaskEngine)
-            return engine.X, engine.sample_weight, engine.block_rows
-        engine = self._engine(source, sample_weight, reset=reset, many_passes=False)
-        assert isinstance(engine, LocalEngine)
-        return engine.X, engine.sample_weight, engine.block_rows
-
     def _fit_stream(
         self,
         source: Any,
@@ -753,13 +608,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 continuing=continuing,
             )
             return
-        X, w, block_rows = self._stream_source(source, sample_weight, reset=not continuing)
+        source_engine = self._engine(source, sample_weight, reset=not continuing, many_passes=False)
         if window is None:
-            window = _default_window(X)
+            window = source_engine.parallel_blocks()
         plan = StreamPlan.for_blocks(
-            block_rows, window=int(window), n_passes=int(n_passes), shuffle=bool(shuffle), seed=seed
+            source_engine.block_rows,
+            window=int(window),
+            n_passes=int(n_passes),
+            shuffle=bool(shuffle),
+            seed=seed,
         )
-        fingerprint = self._stream_fingerprint(X.shape[1], plan, w is not None)
+        fingerprint = self._stream_fingerprint(
+            source_engine.n_features, plan, sample_weight is not None
+        )
         resumed = self._resume_stream(fingerprint)
         if resumed is not None:
             state, position, carried = resumed
@@ -779,9 +640,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 resuming=resumed is not None,
             )
             if resumed is not None:
-                data.ensure(
-                    window_engine(X, w, plan.ranges_read(position), split_every=self.split_every)
-                )
+                data.ensure(source_engine.window(plan.ranges_read(position)))
             elif not continuing:
                 data.observe(DataFingerprint())  # nothing read yet
             else:
@@ -790,13 +649,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 known = DataFingerprint.from_json(carried.get("data_fingerprint"))
                 if known is not None:
                     data.observe(known)
-        n_rows = int(X.shape[0])
+        n_rows = source_engine.n_rows
         held_out = _HeldOut(self, validation)
         self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
         started = time.perf_counter()
         rows_here = 0
         for after, ranges in plan.walk(position, n_rows):
-            engine = window_engine(X, w, ranges, split_every=self.split_every)
+            engine = source_engine.window(ranges)
             first_pass = not position.in_segment or position.pass_index == 0
             track = data is not None and not data.pending and first_pass
             state, n_read, rows_fingerprint = self._stream_step(engine, state, track)
@@ -979,72 +838,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if callback is not None:
             callback(record)
 
-    # -- checkpoints ----------------------------------------------------------
-    def _fingerprint(self, engine: LocalEngine | DaskEngine, weighted: bool) -> dict[str, Any]:
-        """What a checkpoint must agree on to be resumed by this fit."""
-        return {
-            "n_rows": engine.n_rows,
-            "n_features": engine.n_features,
-            "weighted": weighted,
-            "n_components": int(self.n_components),
-            "covariance_type": self.covariance_type,
-            "tol": float(self.tol),
-            "reg_covar": float(self.reg_covar),
-            "n_init": int(self.n_init),
-            "max_iter": int(self.max_iter),
-            "init_params": self.init_params,
-            "random_state": int(self.random_state)
-            if isinstance(self.random_state, (int, np.integer))
-            else None,
-        }
-
-    def _resume_state(self, fingerprint: dict[str, Any]) -> Checkpoint | None:
-        if self.checkpoint is None or not self.resume or not Path(self.checkpoint).exists():
-            return None
-        state = load_checkpoint(self.checkpoint)
-        _check_fingerprint(
-            self.checkpoint,
-            state.fingerprint,
-            fingerprint,
-            "fit",
-            "Fit with resume=False to start over, or use another checkpoint path.",
+    def _fit_settings(self) -> FitSettings:
+        seed = self.random_state
+        return FitSettings(
+            n_components=int(self.n_components),
+            covariance_type=self.covariance_type,
+            tol=float(self.tol),
+            reg_covar=float(self.reg_covar),
+            max_iter=int(self.max_iter),
+            n_init=int(self.n_init),
+            init_params=self.init_params,
+            random_state=int(seed) if isinstance(seed, (int, np.integer)) else None,
+            verbose=int(self.verbose),
+            verbose_interval=int(self.verbose_interval),
         )
-        return state
-
-    def _iteration_callback(
-        self,
-        start: float,
-        fingerprint: dict[str, Any],
-        init: int,
-        best: RunState | None,
-        best_lb: float,
-        data: DataCheck | None,
-    ) -> Any:
-        def after_iteration(info: IterationInfo) -> None:
-            if data is not None:
-                save_checkpoint(
-                    data.checkpoint,
-                    Checkpoint(
-                        fingerprint,
-                        init,
-                        RunState(info.params, info.lower_bounds, info.converged),
-                        best,
-                        best_lb,
-                        extra=data.record(),
-                    ),
-                )
-            if self.verbose and info.n_iter % self.verbose_interval == 0:
-                if self.verbose == 1:
-                    print(f"  Iteration {info.n_iter}")
-                else:
-                    rate = info.n_rows / info.seconds if info.seconds > 0 else math.inf
-                    print(
-                        f"  Iteration {info.n_iter}\t time lapse {info.seconds:.5f}s"
-                        f"\t ll change {info.change:.5f}\t ll {info.lower_bound:.6f}"
-                        f"\t {rate:,.0f} rows/s"
-                    )
-
-        return after_iteration
 
     def _set_params(self, params: Params) -> None:
         self.weights_ = np.array(params.weights)
@@ -1084,77 +891,41 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         An existing file at ``path`` is refused unless ``overwrite=True`` (and
         then only a distmix model file is replaced, atomically).
         """
-        params = self._params()
-        check_file_target(path, what="model file", kinds=(MODEL_FORMAT,), replace=overwrite)
-        settings: dict[str, Any] = {}
-        arrays: dict[str, Any] = {**params_arrays(params), "lower_bounds": self.lower_bounds_}
-        for name, value in self.get_params().items():
-            if name in _RUN_TIME_PARAMS:
-                continue  # how that fit ran, not what the model is
-            if name in _ARRAY_PARAMS:
-                if value is not None:
-                    arrays["init_" + name] = value
-            elif isinstance(value, (np.integer, np.floating)):
-                settings[name] = value.item()
-            elif isinstance(value, (tuple, list)):
-                settings[name] = [int(v) for v in value]
-            elif isinstance(value, os.PathLike):
-                settings[name] = os.fspath(value)
-            elif value is None or isinstance(value, (bool, int, float, str)):
-                settings[name] = value
-            # anything else (a RandomState instance) is not stored: it cannot be re-created
-        meta = {
-            "format": MODEL_FORMAT,
-            "version": FORMAT_VERSION,
-            "covariance_type": self.covariance_type,
-            "estimator_params": settings,
-            "converged": bool(self.converged_),
-            "n_iter": int(self.n_iter_),
-            "lower_bound": float(self.lower_bound_),
-            "n_features_in": int(self.n_features_in_),
-        }
-        state = getattr(self, "_stream_state", None)
-        if state is not None:
-            # a streamed model carries its stream: loaded with warm_start=True, it continues it
-            stream_meta, stream_arrays_ = stream_arrays(state, self._stream_position)
-            stream_meta["plan"] = self.__dict__.get("_stream_plan")
-            stream_meta["data"] = self.__dict__.get("_stream_data")
-            meta["stream"] = stream_meta
-            arrays.update(stream_arrays_)
-        write_archive(path, meta, arrays)
+        write_model(
+            path,
+            ModelFile(
+                params=self._params(),
+                settings=self.get_params(),
+                converged=bool(self.converged_),
+                n_iter=int(self.n_iter_),
+                lower_bound=float(self.lower_bound_),
+                lower_bounds=tuple(self.lower_bounds_),
+                stream_state=getattr(self, "_stream_state", None),
+                stream_position=getattr(self, "_stream_position", None),
+                stream_plan=self.__dict__.get("_stream_plan"),
+                stream_data=self.__dict__.get("_stream_data"),
+            ),
+            overwrite=overwrite,
+        )
 
     # -- prediction ---------------------------------------------------------
-    def _apply(self, X: Any, block_fn: Any, kind: str) -> Any:
-        """Run a prediction kernel over the blocks of ``X``: NumPy in, NumPy out;
+    def _apply(self, X: Any, task: TaskName) -> Any:
+        """Run a prediction task over the blocks of ``X``: NumPy in, NumPy out;
         dask in, lazy dask out."""
         params = self._params()
-        engine = self._engine(X, reset=False)
-        if isinstance(engine, DaskEngine):
-            import dask
-
-            k = self.n_components
-            kwargs: dict[str, Any] = {
-                "labels": {"drop_axis": 1, "dtype": np.int64},
-                "samples": {"drop_axis": 1, "dtype": np.float64},
-                "proba": {"chunks": (engine.X.chunks[0], (k,)), "dtype": np.float64},
-            }[kind]
-            return engine.X.map_blocks(
-                _checked_block, block_fn, dask.delayed(params, pure=True), **kwargs
-            )
-        parts = engine.map_blocks(_checked_block, block_fn, params)
-        return np.concatenate(parts, axis=0)
+        return self._engine(X, reset=False).map_blocks(task, params)
 
     def predict(self, X: Any) -> Any:
         """Most probable component of every row, shape (n_samples,)."""
-        return self._apply(X, estep.predict_block, "labels")
+        return self._apply(X, "predict")
 
     def predict_proba(self, X: Any) -> Any:
         """Responsibilities of every component for every row, shape (n_samples, K)."""
-        return self._apply(X, estep.predict_proba_block, "proba")
+        return self._apply(X, "predict_proba")
 
     def score_samples(self, X: Any) -> Any:
         """Log-density ``log p(x)`` of every row, shape (n_samples,)."""
-        return self._apply(X, estep.score_samples_block, "samples")
+        return self._apply(X, "score_samples")
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (one pass; computed now, also for dask input)."""
@@ -1195,53 +966,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return np.vstack(pieces), labels
 
 
-def _checked_block(
-    block: Any, block_fn: Any, params: Params, row_offset: int = 0, block_info: Any = None
-) -> Any:
-    """A prediction kernel behind a finiteness check that names the bad rows.
-
-    Not a kernel itself: it may raise, so it looks at the values (host glue).
-    """
-    if block_info is not None:
-        row_offset = block_info[0]["array-location"][0][0]
-    xp = estep.namespace(block)
-    bad = ~xp.all(xp.isfinite(block), axis=1)
-    n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
-    if n_bad:
-        first = int(xp.argmax(xp.astype(bad, xp.int8)))
-        raise_if_nonfinite(n_bad, row_offset + first)
-    return rowwise_in_pieces(block_fn, block, params)
-
-
-def _dask_sample_weight(sample_weight: Any, X: Any) -> Any:
-    """Row weights as a dask array chunked like ``X``'s rows, validated.
-
-    Validated eagerly (one small compute over the weights, not the rows) so that
-    a bad weight never reaches an E-step.
-    """
-    import dask
-    import dask.array as da
-
-    n = int(X.shape[0])
-    if is_dask_array(sample_weight):
-        w = sample_weight.astype(np.float64)
-    else:
-        w_np = np.asarray(sample_weight, dtype=np.float64)
-        if w_np.shape != (n,):
-            raise ValueError(
-                f"sample_weight must have shape (n_samples,) = ({n},), got {w_np.shape}."
-            )
-        w = da.from_array(w_np, chunks=(X.chunks[0],))
-    if w.shape != (n,):
-        raise ValueError(f"sample_weight must have shape (n_samples,) = ({n},), got {w.shape}.")
-    finite, smallest = dask.compute(da.isfinite(w).all(), w.min())
-    if not finite:
-        raise ValueError("Input sample_weight contains NaN or infinity.")
-    if smallest < 0:
-        raise ValueError(f"Negative values in data passed to sample_weight (smallest: {smallest}).")
-    return w
-
-
 _PLAN_KEYS = ("seed", "window", "n_passes", "shuffle")
 
 
@@ -1268,7 +992,7 @@ class _HeldOut:
 
     def __init__(self, model: GaussianMixture, validation: Any) -> None:
         self.model, self.validation = model, validation
-        self._engine: LocalEngine | DaskEngine | None = None
+        self._engine: Engine | None = None
 
     def record(self, state: StreamState) -> StreamState:
         """``state`` with the held-out log-likelihood of its model Params (if rows were given)."""
@@ -1318,47 +1042,6 @@ def _is_batch_iterable(source: Any) -> bool:
             for item in source
         )
     return hasattr(source, "__iter__")
-
-
-#: seconds the default window waits for a first worker to join a client's cluster
-WORKER_WAIT_S = 60.0
-
-
-def _default_window(X: Any) -> int:
-    """Blocks per update: one per thread that can run them (workers' threads on a cluster).
-
-    A cluster without any worker yet (a job-queue cluster whose jobs are still
-    queued, say) is waited for, up to ``WORKER_WAIT_S``, until one joins;
-    otherwise the window would be 1 on one run and the cluster's threads on the
-    next. An adaptive cluster starts workers only once there is work, so it is
-    not waited for. Still no worker: one block per update, with a warning. The
-    window changes the fit: pass ``window=`` for a fit that does not depend on
-    the cluster at all.
-    """
-    if is_dask_array(X):
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            pass
-        else:
-            adaptive = getattr(getattr(client, "cluster", None), "_adaptive", None) is not None
-            if not client.nthreads() and not adaptive:
-                with contextlib.suppress(TimeoutError):
-                    client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-            threads = sum(client.nthreads().values())
-            if not threads:
-                why = "is adaptive" if adaptive else f"had none within {WORKER_WAIT_S:g} s"
-                warnings.warn(
-                    f"the Dask cluster of {client.scheduler.address} has no worker yet (it "
-                    f"{why}): streaming one block per update. Pass window= to choose.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            return max(1, threads)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, cores or 1)
 
 
 def fit_stream(
@@ -1434,9 +1117,6 @@ def fit_stream(
     )
 
 
-_ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
-#: settings of how a fit is run, not of the model: model files neither keep nor restore them
-_RUN_TIME_PARAMS = ("checkpoint", "resume", "warm_start", "verbose", "verbose_interval")
 
 
 def load(path: str | os.PathLike[str]) -> GaussianMixture:
@@ -1446,51 +1126,23 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
     summing to one and positive-definite covariances; anything else is refused
     with a :class:`distmix.persist.ModelFileError` naming the file and the array.
     """
-    meta, arrays = read_archive(path, MODEL_FORMAT)
-    covariance_type = meta.get("covariance_type")
-    if covariance_type not in ("full", "tied", "diag", "spherical"):
-        raise ModelFileError(f"{path}: unknown covariance_type {covariance_type!r}.")
-    params = params_from_arrays(arrays, covariance_type, path)
-    if meta.get("n_features_in") != params.n_features:
-        raise ModelFileError(
-            f"{path}: n_features_in {meta.get('n_features_in')!r} does not match the means' "
-            f"{params.n_features} features."
-        )
-    settings = dict(meta.get("estimator_params", {}))
-    for name in _RUN_TIME_PARAMS:
-        settings.pop(name, None)  # older files stored them: never obeyed
-    if isinstance(settings.get("block_size"), list):
-        settings["block_size"] = tuple(settings["block_size"])
-    for name in _ARRAY_PARAMS:
-        settings[name] = arrays.get("init_" + name)
+    stored = read_model(path)
     try:
-        model = GaussianMixture(**settings)
+        model = GaussianMixture(**stored.settings)
     except TypeError as error:
         raise ModelFileError(f"{path}: unknown estimator setting ({error}).") from error
-    if settings.get("covariance_type") not in (None, covariance_type):
-        raise ModelFileError(f"{path}: covariance_type disagrees between header and settings.")
-    model.covariance_type = covariance_type
-    history = np.asarray(arrays.get("lower_bounds", np.empty(0)), dtype=np.float64)
-    stream = meta.get("stream")
-    expected = meta.get("n_iter")
-    if isinstance(stream, dict):  # a streamed model keeps the history of its newest updates
-        expected = np.asarray(arrays.get("stream_history", np.empty((0, 0)))).shape[0]
-    if history.ndim != 1 or history.size != expected:
-        raise ModelFileError(f"{path}: lower_bounds does not hold n_iter={expected} values.")
+    params = stored.params
     model._set_params(params)
-    model.converged_ = bool(meta.get("converged"))
-    model.n_iter_ = int(meta["n_iter"])
-    model.lower_bound_ = float(meta["lower_bound"])
-    model.lower_bounds_ = history.tolist()
+    model.converged_ = stored.converged
+    model.n_iter_ = stored.n_iter
+    model.lower_bound_ = stored.lower_bound
+    model.lower_bounds_ = list(stored.lower_bounds)
     model.n_features_in_ = params.n_features
-    if isinstance(stream, dict):
-        state, position = stream_from_arrays(stream, arrays, covariance_type, path)
-        if not state.model_params.allclose(params, rtol=0.0):
-            raise ModelFileError(f"{path}: the stream state disagrees with the model's parameters.")
-        model._set_stream(state, position)
+    if stored.stream_state is not None:
+        model._set_stream(stored.stream_state, stored.stream_position)
         model._set_params(params)  # the stored bits
-        if isinstance(stream.get("plan"), dict):
-            model._stream_plan = {k: stream["plan"].get(k) for k in _PLAN_KEYS}
-        if isinstance(stream.get("data"), dict):  # the rows it read: fingerprint, blocks
-            model._stream_data = dict(stream["data"])
+        if stored.stream_plan is not None:
+            model._stream_plan = dict(stored.stream_plan)
+        if stored.stream_data is not None:
+            model._stream_data = dict(stored.stream_data)
     return model

@@ -78,6 +78,29 @@ class DataFingerprint:
             return NotImplemented
         return DataFingerprint((self.value + other.value) & _MASK, self.n_rows + other.n_rows)
 
+    #: values in :meth:`pack`'s vector: the value's four 16-bit limbs and the row count
+    PACKED_SIZE = 5
+
+    def pack(self) -> np.ndarray:
+        """A flat float64 vector: the value in 16-bit limbs (exact in float64), the count."""
+        limbs = [(self.value >> (16 * i)) & 0xFFFF for i in range(4)]
+        return np.asarray([*limbs, self.n_rows], dtype=np.float64)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "DataFingerprint", "method": METHOD}
+
+    @classmethod
+    def unpack(cls, vector: Any, schema: dict[str, Any]) -> DataFingerprint:
+        """Inverse of :meth:`pack` (limbs may carry: summed packed vectors read back too)."""
+        flat = np.asarray(vector, dtype=np.float64)
+        if flat.shape != (cls.PACKED_SIZE,) or schema.get("method", METHOD) != METHOD:
+            raise ValueError(
+                f"packed DataFingerprint ({METHOD}) has {cls.PACKED_SIZE} values, got an "
+                f"array of shape {flat.shape} for method {schema.get('method')!r}."
+            )
+        value = sum(int(limb) << (16 * i) for i, limb in enumerate(flat[:4]))
+        return cls(value & _MASK, int(flat[4]))
+
     def to_json(self) -> dict[str, Any]:
         """What a checkpoint stores (JSON: the value as 16 hex digits)."""
         return {"method": METHOD, "value": f"{self.value:016x}", "n_rows": self.n_rows}
@@ -120,11 +143,6 @@ def block_fingerprint(
         row ^= _splitmix64(w.view(np.uint64) ^ _MIX2)
     total = int(np.sum(_splitmix64(row), dtype=np.uint64))
     return DataFingerprint(total, n)
-
-
-def fingerprint_block(block: Any, sample_weight: Any, row_offset: int) -> DataFingerprint:
-    """Engine-facing (``fn(block, w, offset)``): the fingerprint of one block."""
-    return block_fingerprint(block, sample_weight, row_offset)
 
 
 class DataChangedError(ValueError):

@@ -11,7 +11,7 @@ cluster only once no task of the write can still write a chunk into it, see
 name, where nothing reads it.
 
 * Zarr arrays end their codec chain with a CRC-32C checksum, as the datasets
-  of :mod:`distmix.chunks` do, and their fill value cannot be mistaken for
+  of :mod:`distmix.sources.zarr_write` do, and their fill value cannot be mistaken for
   data: NaN for float outputs, -1 for labels. Every chunk is written.
 * ``.npy`` files are written through a temporary file, fsync, ``os.replace``.
 * An existing output is refused unless ``overwrite``; with it, the old output
@@ -41,7 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
+import zarr
+from distributed import Event, as_completed, wait
+from zarr.codecs import Crc32cCodec
 
 from distmix._paths import check_writable, is_url, named, overwrite_hint
 
@@ -181,9 +185,6 @@ def create_output_array(
         fill value -1 for integers (never a component index) and NaN for floats;
         empty chunks are written too, so a missing chunk means loss.
     """
-    import zarr
-    from zarr.codecs import Crc32cCodec
-
     dt = np.dtype(dtype)
     if dt.kind in "iu":
         fill: Any = -1
@@ -427,8 +428,6 @@ def _write_npy(tmp: Path, result: Any, client: Any) -> None:
 
 
 def _write_zarr(tmp: Path, result: Any, client: Any, attributes: dict[str, Any] | None) -> None:
-    import dask.array as da
-
     data = result if hasattr(result, "dask") else da.from_array(np.asarray(result))
     rows = max(data.chunks[0]) if data.shape[0] else 1
     if any(c != rows for c in data.chunks[0][:-1]):  # zarr chunks are regular
@@ -447,8 +446,6 @@ def _store(data: Any, target: Any, client: Any) -> None:
     the blocks run on a thread pool of our own, shut down (waiting for blocks still
     running) before returning or raising; on a cluster, see :func:`_store_on_cluster`.
     """
-    import dask.array as da
-
     if client is not None:
         _store_on_cluster(data, target, client)
         return
@@ -473,8 +470,6 @@ def _store_on_cluster(data: Any, target: Any, client: Any) -> None:
     (never started, or starting after the flag: they skip); only then does the error
     reach the caller, which removes the temporary.
     """
-    from distributed import as_completed
-
     token = secrets.token_hex(8)
     flag = f"distmix-stop-writing-{token}"
     written = data.map_blocks(
@@ -499,8 +494,6 @@ def _store_on_cluster(data: Any, target: Any, client: Any) -> None:
 def _write_block(block: np.ndarray, *, target: Any, flag: str, block_info: Any = None) -> Any:
     """Write one computed block where it lies in ``target``, unless the write was
     stopped (``flag`` set); a task of :func:`_store_on_cluster`."""
-    from distributed import Event
-
     done = np.ones((1,) * block.ndim, dtype=bool)
     if Event(flag).is_set():  # the write failed elsewhere: its temporary is going away
         return ~done
@@ -518,8 +511,6 @@ def _stop_writing(client: Any, futures: list[Any], flag: str) -> None:
     skips its write, including one handed out between the listing and its
     cancellation; for that reason the flag stays set (a name on the scheduler).
     """
-    from distributed import Event, wait
-
     try:
         Event(flag, client=client).set()
         handed_out = {_task_key(key) for keys in client.processing().values() for key in keys}

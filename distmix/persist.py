@@ -361,6 +361,28 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def check_checkpoint_settings(
+    path: Any, stored: dict[str, Any], current: dict[str, Any], what: str, hint: str
+) -> None:
+    """Refuse a checkpoint written by another fit or stream, naming every difference.
+
+    ``stored`` is the settings record the checkpoint holds, ``current`` this
+    run's; ``what`` names the kind of run ("fit", "stream") and ``hint`` the remedy.
+    """
+    differences = [
+        f"{key} {stored.get(key)!r} in the checkpoint, {value!r} now"
+        for key, value in current.items()
+        if stored.get(key) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"checkpoint {path} was written by a different {what} ("
+            + "; ".join(differences)
+            + "). "
+            + hint
+        )
+
+
 def _history_key(prefix: str) -> str:
     return prefix + "lower_bounds"
 
@@ -570,3 +592,143 @@ def load_stream_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any]
         raise ModelFileError(f"{path}: the checkpoint holds no stream state.")
     state, position = stream_from_arrays(stream, arrays, fingerprint["covariance_type"], path)
     return fingerprint, state, position, dict(meta.get("extra", {}))
+
+
+# -- model files ------------------------------------------------------------------
+#: settings of how a fit is run, not of the model: model files neither keep nor restore them
+RUN_TIME_SETTINGS = ("checkpoint", "resume", "warm_start", "verbose", "verbose_interval")
+#: estimator settings that are arrays, stored as ``init_<name>`` arrays
+ARRAY_SETTINGS = ("weights_init", "means_init", "precisions_init")
+#: what a streamed model records of how it read its source
+STREAM_PLAN_KEYS = ("seed", "window", "n_passes", "shuffle")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What a model file holds: a fitted mixture, the settings that define it, and,
+    for a streamed model, its stream (state, position, plan, and the rows it read)."""
+
+    params: Params
+    settings: dict[str, Any]
+    converged: bool
+    n_iter: int
+    lower_bound: float
+    lower_bounds: tuple[float, ...]
+    stream_state: Any = None
+    stream_position: Any = None
+    stream_plan: dict[str, Any] | None = None
+    stream_data: dict[str, Any] | None = None
+
+
+def _setting_value(value: Any) -> Any:
+    """A setting as JSON, or ``NotImplemented`` for what cannot be re-created (a
+    ``RandomState`` instance)."""
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return [int(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return NotImplemented
+
+
+def write_model(path: str | os.PathLike[str], model: ModelFile, *, overwrite: bool = False) -> None:
+    """Write ``model`` to ``path`` atomically (an ``.npz`` archive with a JSON header).
+
+    Run-time settings (:data:`RUN_TIME_SETTINGS`) are not stored. An existing
+    file at ``path`` is refused unless ``overwrite`` (and then only a distmix
+    model file is replaced).
+    """
+    check_file_target(path, what="model file", kinds=(MODEL_FORMAT,), replace=overwrite)
+    params = model.params
+    settings: dict[str, Any] = {}
+    arrays: dict[str, Any] = {**params_arrays(params), "lower_bounds": list(model.lower_bounds)}
+    for name, value in model.settings.items():
+        if name in RUN_TIME_SETTINGS:
+            continue  # how that fit ran, not what the model is
+        if name in ARRAY_SETTINGS:
+            if value is not None:
+                arrays["init_" + name] = value
+            continue
+        stored = _setting_value(value)
+        if stored is not NotImplemented:
+            settings[name] = stored
+    meta: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "version": FORMAT_VERSION,
+        "covariance_type": params.covariance_type,
+        "estimator_params": settings,
+        "converged": bool(model.converged),
+        "n_iter": int(model.n_iter),
+        "lower_bound": float(model.lower_bound),
+        "n_features_in": int(params.n_features),
+    }
+    if model.stream_state is not None:
+        # a streamed model carries its stream: loaded with warm_start=True, it continues it
+        stream_meta, stream_arrays_ = stream_arrays(model.stream_state, model.stream_position)
+        stream_meta["plan"] = model.stream_plan
+        stream_meta["data"] = model.stream_data
+        meta["stream"] = stream_meta
+        arrays.update(stream_arrays_)
+    write_archive(path, meta, arrays)
+
+
+def read_model(path: str | os.PathLike[str]) -> ModelFile:
+    """Read and validate a model file written by :func:`write_model`.
+
+    Format and version, shapes, finite values, weights summing to one,
+    positive-definite covariances and the stream state's agreement with the
+    parameters are checked; anything else is refused with a
+    :class:`ModelFileError` naming the file and the array. Run-time settings
+    that older files stored are dropped.
+    """
+    meta, arrays = read_archive(path, MODEL_FORMAT)
+    covariance_type = meta.get("covariance_type")
+    if covariance_type not in ("full", "tied", "diag", "spherical"):
+        raise ModelFileError(f"{path}: unknown covariance_type {covariance_type!r}.")
+    params = params_from_arrays(arrays, covariance_type, path)
+    if meta.get("n_features_in") != params.n_features:
+        raise ModelFileError(
+            f"{path}: n_features_in {meta.get('n_features_in')!r} does not match the means' "
+            f"{params.n_features} features."
+        )
+    settings = dict(meta.get("estimator_params", {}))
+    for name in RUN_TIME_SETTINGS:
+        settings.pop(name, None)  # older files stored them: never obeyed
+    if isinstance(settings.get("block_size"), list):
+        settings["block_size"] = tuple(settings["block_size"])
+    for name in ARRAY_SETTINGS:
+        settings[name] = arrays.get("init_" + name)
+    if settings.get("covariance_type") not in (None, covariance_type):
+        raise ModelFileError(f"{path}: covariance_type disagrees between header and settings.")
+    settings["covariance_type"] = covariance_type
+    history = np.asarray(arrays.get("lower_bounds", np.empty(0)), dtype=np.float64)
+    stream = meta.get("stream")
+    expected = meta.get("n_iter")
+    if isinstance(stream, dict):  # a streamed model keeps the history of its newest updates
+        expected = np.asarray(arrays.get("stream_history", np.empty((0, 0)))).shape[0]
+    if history.ndim != 1 or history.size != expected:
+        raise ModelFileError(f"{path}: lower_bounds does not hold n_iter={expected} values.")
+    state = position = plan = data = None
+    if isinstance(stream, dict):
+        state, position = stream_from_arrays(stream, arrays, covariance_type, path)
+        if not state.model_params.allclose(params, rtol=0.0):
+            raise ModelFileError(f"{path}: the stream state disagrees with the model's parameters.")
+        if isinstance(stream.get("plan"), dict):
+            plan = {k: stream["plan"].get(k) for k in STREAM_PLAN_KEYS}
+        if isinstance(stream.get("data"), dict):  # the rows it read: fingerprint, blocks
+            data = dict(stream["data"])
+    return ModelFile(
+        params=params,
+        settings=settings,
+        converged=bool(meta.get("converged")),
+        n_iter=int(meta["n_iter"]),
+        lower_bound=float(meta["lower_bound"]),
+        lower_bounds=tuple(history.tolist()),
+        stream_state=state,
+        stream_position=position,
+        stream_plan=plan,
+        stream_data=data,
+    )

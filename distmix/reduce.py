@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import dask
+
 T = TypeVar("T")
 
 DEFAULT_SPLIT_EVERY = 8
@@ -75,8 +77,6 @@ def dask_tree_sum(parts: Sequence[Any], split_every: int, name: str) -> Any:
     Returns one Delayed whose graph has ``tree_depth(len(parts), split_every)``
     combine levels; node keys are ``(name, level, index)``.
     """
-    import dask
-
     check_split_every(split_every)
     level = list(parts)
     depth = 0

@@ -225,6 +225,22 @@ class SuffStats:
             offset += 1
         return cls(covariance_type, reference, **values)  # type: ignore[arg-type]
 
+    def schema(self) -> dict[str, Any]:
+        """How to read :meth:`pack`'s vector back (:meth:`from_schema`); the reference is
+        the one array in it (the caller of an E-step knows it: the means it sent)."""
+        return {
+            "type": "SuffStats",
+            "covariance_type": self.covariance_type,
+            "n_components": self.n_components,
+            "n_features": self.n_features,
+            "reference": self.reference,
+        }
+
+    @classmethod
+    def from_schema(cls, vector: Any, schema: dict[str, Any]) -> SuffStats:
+        """:meth:`unpack` with the covariance type and reference of a :meth:`schema`."""
+        return cls.unpack(vector, schema["covariance_type"], schema["reference"])
+
     @staticmethod
     def packed_size(covariance_type: str, n_components: int, n_features: int) -> int:
         second = int(np.prod(second_moment_shape(covariance_type, n_components, n_features)))

@@ -42,7 +42,7 @@ from distributed import LocalCluster
 
 import distmix
 import distmix.cluster
-from distmix.chunks import open_dataset
+from distmix.sources.dataset import open_dataset
 
 
 def rows_drawn_on_the_workers(

@@ -42,8 +42,8 @@ from scipy.optimize import linear_sum_assignment
 
 import distmix
 import distmix.cluster
-from distmix.chunks import open_dataset
 from distmix.datasets import TrueMixture, write_zarr
+from distmix.sources.dataset import open_dataset
 
 #: how far a fitted parameter may lie from the true one, in standard errors
 ALLOWED_STANDARD_ERRORS = 6.0

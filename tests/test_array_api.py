@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import COVARIANCE_TYPES, mixture_data, random_covariances
 
-from distmix import init
+from distmix import init_kernels as init
 from distmix.estep import (
     chunk_stats,
     log_resp_and_norm,
@@ -26,6 +26,7 @@ from distmix.estep import (
     resp_stats,
     score_samples_block,
 )
+from distmix.nonfinite import NonFinite
 from distmix.params import Params
 from distmix.suffstats import SuffStats
 
@@ -212,18 +213,18 @@ def test_kmeans_block_strict_equals_numpy(init_problem, covariance_type):
 def test_cost_and_nearest_weight_blocks_strict_equal_numpy(init_problem):
     X, w, centers, shift = init_problem
     close(
-        init.cost_block(xps.asarray(X), xps.asarray(w), OFFSET, centers, shift),
-        init.cost_block(X, w, OFFSET, centers, shift),
+        init.cost_block(xps.asarray(X), xps.asarray(w), OFFSET, centers, shift).values,
+        init.cost_block(X, w, OFFSET, centers, shift).values,
     )
-    got = init.nearest_weight_block(xps.asarray(X), xps.asarray(w), OFFSET, centers, shift)
-    want = init.nearest_weight_block(X, w, OFFSET, centers, shift)
+    got = init.nearest_weight_block(xps.asarray(X), xps.asarray(w), OFFSET, centers, shift).values
+    want = init.nearest_weight_block(X, w, OFFSET, centers, shift).values
     close(got, want)
     np.testing.assert_allclose(want.sum(), w[np.all(np.isfinite(X), axis=1)].sum(), rtol=1e-12)
 
 
 def test_sample_block_strict_equals_numpy(init_problem):
     X, w, centers, shift = init_problem
-    phi = float(init.cost_block(X, w, OFFSET, centers, shift)[0])
+    phi = float(init.cost_block(X, w, OFFSET, centers, shift).values[0])
     args = (OFFSET, centers, shift, phi, 20.0, 3, 1)
     want = init.sample_block(X, w, *args)
     got = init.sample_block(xps.asarray(X), xps.asarray(w), *args)
@@ -242,8 +243,8 @@ def test_random_resp_and_nonfinite_blocks_strict_equal_numpy(init_problem, covar
     )
     assert is_strict(got.resp_sum)
     assert_stats_match(got, want)
-    assert init.nonfinite_block(xps.asarray(X), None, OFFSET) == init.NonFinite(2.0, OFFSET + 9.0)
-    assert init.nonfinite_block(X, None, OFFSET) == init.NonFinite(2.0, OFFSET + 9.0)
+    assert init.nonfinite_block(xps.asarray(X), None, OFFSET) == NonFinite(2.0, OFFSET + 9.0)
+    assert init.nonfinite_block(X, None, OFFSET) == NonFinite(2.0, OFFSET + 9.0)
 
 
 # -- CuPy on a GPU ------------------------------------------------------------------------

@@ -25,11 +25,11 @@ import zarr
 from conftest import mixture_data
 
 import distmix
-from distmix.chunks import create_zarr_array
 from distmix.engines import DaskEngine, LocalEngine
 from distmix.engines.stream import StreamPlan
-from distmix.fingerprint import DataChangedError, DataFingerprint, fingerprint_block
+from distmix.fingerprint import DataChangedError, DataFingerprint
 from distmix.persist import load_checkpoint, load_stream_checkpoint, save_checkpoint
+from distmix.sources.zarr_write import create_zarr_array
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def X() -> np.ndarray:
 
 
 def _fingerprint(engine) -> DataFingerprint:
-    return engine.map_reduce(fingerprint_block)
+    return engine.reduce("fingerprint")
 
 
 def _snapshot(path: Path) -> tuple[bytes, int]:

@@ -14,7 +14,7 @@ import zarr
 from conftest import dask_processes
 
 import distmix
-from distmix.chunks import open_dataset
+from distmix.sources.dataset import open_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,7 @@ from conftest import mixture_data
 
 import distmix
 from distmix.persist import atomic_write_bytes, load_checkpoint
+from distmix.sources.dataset import open_dataset
 
 NAN_ERROR = "contains NaN"
 
@@ -88,7 +89,7 @@ def test_missing_parent_directories_are_created_and_unwritable_ancestors_refused
     out = tmp_path / "new3" / "g.zarr"
     result = run_cli("generate", out, "--rows", 1000, "--features", 2, "--components", 2)
     assert result.returncode == 0, result.stderr
-    assert distmix.chunks.open_dataset(str(out)).shape == (1000, 2)
+    assert open_dataset(str(out)).shape == (1000, 2)
     model, checkpoint = tmp_path / "models" / "a" / "m.npz", tmp_path / "cks" / "fit.ck"
     result = run_cli("fit", data["clean"], *FIT, "--out", model, "--checkpoint", checkpoint)
     assert result.returncode == 0, result.stderr
@@ -279,7 +280,7 @@ def test_generate_writes_all_or_nothing(tmp_path):
     assert any(p.name.startswith(".g.zarr.tmp-") for p in tmp_path.iterdir())
     small = ["generate", out, "--rows", 1000, "--features", 2, "--components", 2]
     assert run_cli(*small).returncode == 0
-    assert distmix.chunks.open_dataset(str(out)).shape == (1000, 2)
+    assert open_dataset(str(out)).shape == (1000, 2)
     result = run_cli(*small, "--seed", 3)
     assert result.returncode == 2 and "already exists; pass --overwrite" in result.stderr
     assert run_cli(*small, "--seed", 3, "--overwrite").returncode == 0

@@ -24,10 +24,10 @@ import zarr
 from conftest import stop_process_group
 
 import distmix
-from distmix.chunks import create_zarr_array
 from distmix.cli import main
 from distmix.datasets import random_mixture, sample_rows, write_zarr
 from distmix.persist import load_stream_checkpoint
+from distmix.sources.zarr_write import create_zarr_array
 
 FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_")
 N_FEATURES, N_COMPONENTS, SEED = 3, 3, 7

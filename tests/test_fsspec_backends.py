@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import distmix
-from distmix.chunks import create_zarr_array
 from distmix.cli import main
+from distmix.sources.zarr_write import create_zarr_array
 
 FSSPEC_CLASSES = sys.modules["fsspec.registry"]._registry  # `fsspec.registry` is a read-only view
 

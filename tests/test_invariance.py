@@ -26,8 +26,11 @@ from dask.callbacks import Callback
 from sklearn.exceptions import ConvergenceWarning
 
 from distmix import GaussianMixture, estep
-from distmix.chunks import default_block_rows
-from distmix.em import (
+from distmix.engines import DaskEngine
+from distmix.estep import chunk_stats
+from distmix.params import Params
+from distmix.sources.blocks import default_block_rows
+from distmix.tasks import (
     STACK_BYTES,
     _pieces,
     estep_block,
@@ -35,9 +38,6 @@ from distmix.em import (
     log_likelihood_block,
     rowwise_in_pieces,
 )
-from distmix.engines import DaskEngine
-from distmix.estep import chunk_stats
-from distmix.params import Params
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 #: the default, "kmeans", is covered by test_default_init_fit_does_not_depend_on_blocks
@@ -494,7 +494,7 @@ def test_iteration_graph_is_one_params_key_and_a_tree(n_blocks, split_every):
     X = data(seed=15, n_rows=sum(chunks), n_components=2)
     params = start_params(X, 2, "full", seed=10)
     Xd = as_dask(X, chunks)
-    graph = DaskEngine(Xd, split_every=split_every).graph(estep_block, params)
+    graph = DaskEngine(Xd, split_every=split_every).graph("estep", params)
     hlg = graph.__dask_graph__()
     dsk = dict(hlg)
     deps = {key: set(value) for key, value in hlg.get_all_dependencies().items()}

@@ -18,7 +18,7 @@ from conftest import local_cluster, starting_params
 from sklearn.exceptions import ConvergenceWarning
 
 import distmix
-from distmix.chunks import create_zarr_array
+from distmix.sources.zarr_write import create_zarr_array
 
 pytestmark = pytest.mark.slow
 

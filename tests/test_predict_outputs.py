@@ -21,7 +21,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 import distmix
-from distmix.chunks import create_zarr_array
+from distmix.sources.zarr_write import create_zarr_array
 
 pytestmark = pytest.mark.slow
 

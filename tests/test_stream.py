@@ -24,9 +24,9 @@ from conftest import COVARIANCE_TYPES, local_cluster, mixture_data, starting_par
 
 import distmix
 from distmix import GaussianMixture, fit_stream
-from distmix.chunks import create_zarr_array
 from distmix.engines.stream import StepSchedule, StreamPlan, StreamPosition
 from distmix.persist import ModelFileError, load_stream_checkpoint
+from distmix.sources.zarr_write import create_zarr_array
 
 N_FEATURES, N_COMPONENTS = 3, 3
 FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_")
@@ -102,9 +102,9 @@ def test_running_average_follows_the_recursion(X):
     steps = [r["step_size"] for r in model.stream_history_]
     np.testing.assert_allclose(steps, [1, 1 / 2, 1 / 3, 1 / 4], rtol=1e-15)
     # by hand: s_t = s_{t-1} + (stats_t/|b_t| - s_{t-1}) / t, each about its own reference
-    from distmix.em import estep_block
     from distmix.mstep import m_step
     from distmix.params import Params
+    from distmix.tasks import estep_block
 
     params = Params.from_precisions(
         start["weights_init"], start["means_init"], start["precisions_init"], "full"
@@ -230,7 +230,7 @@ def test_stream_windows_run_on_a_dask_cluster(X, tmp_path):
 
     with local_cluster(2) as client, get_task_stream(client) as tasks:
         there = fit_stream(path, **opts)  # window: the cluster's 2 worker threads
-    workers = {t["worker"] for t in tasks.data if "estep_block" in str(t["key"])}
+    workers = {t["worker"] for t in tasks.data if "distmix-estep-" in str(t["key"])}
     assert len(workers) == 2, workers  # the E-steps ran on both worker processes
     assert there.n_steps_ == here.n_steps_ == 8
     assert_same_model(there, here, rtol=1e-10)
@@ -265,15 +265,14 @@ def test_default_window_waits_for_a_cluster_s_first_worker(X, tmp_path, monkeypa
     worker after the wait, one block per update and a warning."""
     import threading
 
-    import distmix.estimator
-    from distmix.chunks import open_dataset
+    import distmix.engines.dask
 
     with workerless_cluster(X, tmp_path, 2, 2) as (cluster, client, path, opts, here):
-        monkeypatch.setattr(distmix.estimator, "WORKER_WAIT_S", 0.5)
+        monkeypatch.setattr(distmix.engines.dask, "WORKER_WAIT_S", 0.5)
         with pytest.warns(UserWarning, match=r"no worker yet \(it had none within 0.5 s\)"):
-            assert distmix.estimator._default_window(open_dataset(path)) == 1
+            assert distmix.engines.dask.parallel_blocks() == 1
         assert not client.nthreads()
-        monkeypatch.setattr(distmix.estimator, "WORKER_WAIT_S", 60.0)
+        monkeypatch.setattr(distmix.engines.dask, "WORKER_WAIT_S", 60.0)
         late = threading.Timer(1.0, cluster.scale, args=(1,))
         late.start()
         try:

@@ -14,7 +14,6 @@ import pytest
 from conftest import dask_processes, mixture_data
 
 from distmix import GaussianMixture
-from distmix.chunks import open_dataset
 from distmix.cli import main
 from distmix.datasets import write_zarr
 from distmix.engines import dask as dask_engine
@@ -30,7 +29,8 @@ from distmix.engines.dask import (
     rows_that_fit,
     terminate_fraction,
 )
-from distmix.npy import open_npy
+from distmix.sources.dataset import open_dataset
+from distmix.sources.npy import open_npy
 
 MiB = 2**20
 

@@ -1,43 +1,99 @@
-"""What every engine offers: run a block function on every block and tree-sum.
+"""What every engine offers: named block tasks, tree-summed or mapped, over its blocks.
 
 An engine knows where the row blocks are and how their partial results are
-combined; it knows nothing of Gaussian mixtures or of the estimator. A block
-function has the signature ``fn(block, sample_weight_block, row_offset, *args)``
-and returns something with an associative ``+`` (SuffStats, NumPy arrays, ...).
+combined; it knows nothing of Gaussian mixtures, the EM loop or the estimator.
+It is asked for a task of the closed registry in :mod:`distmix.tasks` by name,
+with small arguments (Params, centres, seeds), never for an arbitrary
+function, and may refuse a task by name (:attr:`Engine.refused_tasks`).
+
+The conformance suite every engine passes is :mod:`distmix.testing`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-BlockFn = Callable[..., Any]
+from distmix.results import Rows
+from distmix.tasks import TaskName
 
 
 class Engine(Protocol):
-    """The interface the EM loop and the initialisers use."""
+    """The interface the EM loop, the initialisers and the online driver use."""
 
     n_rows: int
     n_features: int
     split_every: int
+    #: names of block tasks this engine refuses (a federation: those that move rows)
+    refused_tasks: frozenset[str]
 
     @property
     def block_rows(self) -> tuple[int, ...]:
         """Number of rows of each block, in order."""
         ...
 
-    def map_reduce(self, fn: BlockFn, *args: Any) -> Any:
-        """``tree_sum(fn(block_i, w_i, offset_i, *args) for each block)``, on the host.
+    @property
+    def row_offsets(self) -> tuple[int, ...]:
+        """Global index of each block's first row (its position, unless the blocks
+        were gathered from a larger source): bad rows are named by it."""
+        ...
 
-        One compute (one pass over the rows) per call.
+    def reduce(self, task: TaskName, *args: Any) -> Any:
+        """The tree sum (fan-in ``split_every``, block order) of the reduce task
+        ``task`` run on every block it needs, on the host.
+
+        One compute (one pass over the rows) per call; raises
+        :class:`~distmix.tasks.TaskRefusedError` for a refused task.
         """
         ...
 
-    def take_rows(self, indices: np.ndarray) -> np.ndarray:
-        """The rows at global ``indices`` as a float64 host array ``(m, D)``."""
+    def map_blocks(self, task: TaskName, *args: Any) -> Any:
+        """The map task ``task`` on every block, its outputs in row order: a NumPy
+        array from an in-process engine, a lazy dask array from a Dask engine."""
         ...
+
+
+class WindowedEngine(Engine, Protocol):
+    """An engine a stream can read window by window (every engine ``make_engine`` builds)."""
+
+    def parallel_blocks(self) -> int:
+        """How many blocks run at once: a stream's default window."""
+        ...
+
+    def window(self, ranges: Sequence[tuple[int, int]]) -> WindowedEngine:
+        """An engine over the row ``ranges`` (positions in this engine) of this one, one
+        block per range in the order given, its rows keeping their global index."""
+        ...
+
+
+def rows_at(engine: Engine, positions: Any) -> np.ndarray:
+    """The engine's rows at ``positions`` (0 ≤ p < ``n_rows``, counted over its blocks
+    in order; any order, repeats allowed) as float64 ``(m, D)``, through the
+    ``take_rows`` task, which reads only the blocks that hold them."""
+    pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if pos.size == 0:
+        return np.empty((0, engine.n_features))
+    if pos.min() < 0 or pos.max() >= engine.n_rows:
+        raise IndexError(
+            f"row positions must be in [0, {engine.n_rows}), got {pos.min()}..{pos.max()}."
+        )
+    # a block's rows are numbered globally from its row offset (a stream's window
+    # gathers blocks from anywhere in its source)
+    starts = np.asarray(block_offsets(engine.block_rows), dtype=np.int64)
+    offsets = np.asarray(engine.row_offsets, dtype=np.int64)
+    block = np.searchsorted(starts, pos, side="right") - 1
+    wanted = offsets[block] + (pos - starts[block])
+    unique = np.unique(wanted)
+    taken: Rows = engine.reduce("take_rows", unique)
+    order = np.argsort(taken.index, kind="stable")
+    found = taken.index[order]
+    if not np.array_equal(found, unique):
+        raise RuntimeError(
+            f"the take_rows task returned {found.size} rows for {unique.size} asked for."
+        )
+    return taken.rows[order][np.searchsorted(found, wanted)]
 
 
 def block_offsets(block_rows: tuple[int, ...]) -> tuple[int, ...]:

@@ -16,19 +16,29 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from contextvars import ContextVar
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
+import dask
+import dask.array as da
+import dask.base
+import dask.threaded
+import distributed
 import numpy as np
+import psutil
+from dask.diagnostics import ProgressBar
 
 from distmix._blas import one_blas_thread
-from distmix.engines.base import BlockFn, check_row_offsets
+from distmix.engines.base import check_row_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
-from distmix.suffstats import _to_numpy
+from distmix.tasks import TaskName, check_arguments, get_task, run_block, run_map_block
 
 _call_ids = itertools.count()
 
@@ -40,18 +50,10 @@ def _blas_limit_for(scheduler: Any, graph: Any) -> Any:
     its own threads in every task would oversubscribe the cores (measured: 2×
     slower on 2 cores). Distributed workers set this themselves.
     """
-    import dask.base
-    import dask.threaded
 
     if dask.base.get_scheduler(scheduler=scheduler, collections=[graph]) is dask.threaded.get:
         return one_blas_thread()
     return nullcontext()
-
-
-def _call_block(fn: BlockFn, block: Any, w: Any, offset: int, args: tuple) -> Any:
-    part = fn(block, w, offset, *args)
-    to_host = getattr(part, "to_host", None)
-    return to_host() if to_host is not None else part
 
 
 _SHOW_PROGRESS: ContextVar[bool] = ContextVar("distmix_show_progress", default=False)
@@ -70,27 +72,59 @@ def show_progress() -> Iterator[None]:
 
 
 def _compute_with_progress(graph: Any, scheduler: Any) -> Any:
-    import dask
-    import dask.base
 
     client = None
     if scheduler is None:
         with contextlib.suppress(ImportError, ValueError):
-            from distributed import default_client
-
-            client = default_client()
+            client = distributed.default_client()
     if client is not None and dask.base.get_scheduler(collections=[graph]) == client.get:
-        from distributed import progress
-
         future = client.compute(graph)  # still one computation for the pass
-        progress(future, notebook=False)
+        distributed.progress(future, notebook=False)
         print(flush=True)
         return future.result()
-    from dask.diagnostics import ProgressBar
 
     with ProgressBar(minimum=1.0), _blas_limit_for(scheduler, graph):
         (result,) = dask.compute(graph, scheduler=scheduler)
     return result
+
+
+#: seconds :func:`parallel_blocks` waits for a first worker to join a client's cluster
+WORKER_WAIT_S = 60.0
+
+
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
+def parallel_blocks() -> int:
+    """Blocks that run at once on Dask: the workers' threads of the active distributed
+    client, else this machine's cores (the threaded scheduler).
+
+    A cluster without any worker yet (a job-queue cluster whose jobs are still
+    queued, say) is waited for, up to ``WORKER_WAIT_S``, until one joins;
+    otherwise a stream's default window would be 1 on one run and the cluster's
+    threads on the next. An adaptive cluster starts workers only once there is
+    work, so it is not waited for. Still no worker: 1, with a warning.
+    """
+    try:
+        client = distributed.default_client()
+    except ValueError:
+        return _cores()
+    adaptive = getattr(getattr(client, "cluster", None), "_adaptive", None) is not None
+    if not client.nthreads() and not adaptive:
+        with contextlib.suppress(TimeoutError):
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    threads = sum(client.nthreads().values())
+    if not threads:
+        why = "is adaptive" if adaptive else f"had none within {WORKER_WAIT_S:g} s"
+        warnings.warn(
+            f"the Dask cluster of {client.scheduler.address} has no worker yet (it "
+            f"{why}): streaming one block per update. Pass window= to choose.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return max(1, threads)
 
 
 def cluster_memory(scheduler: Any = None) -> float:
@@ -100,13 +134,10 @@ def cluster_memory(scheduler: Any = None) -> float:
     without a limit counts as this machine's total memory). Otherwise: this
     machine's available memory.
     """
-    import psutil
 
     if scheduler is None:
         try:
-            from distributed import default_client
-
-            client = default_client()
+            client = distributed.default_client()
         except (ImportError, ValueError):
             client = None
         if client is not None:
@@ -163,7 +194,6 @@ class WorkerMemory:
 
 def terminate_fraction() -> float:
     """The fraction of its memory limit at which a nanny restarts its worker (Dask's config)."""
-    import dask
 
     value = dask.config.get("distributed.worker.memory.terminate", 0.95)
     return float(value) if value else 1.0
@@ -171,7 +201,6 @@ def terminate_fraction() -> float:
 
 def pause_fraction() -> float:
     """The fraction of its memory limit at which a worker stops starting tasks (Dask's config)."""
-    import dask
 
     value = dask.config.get("distributed.worker.memory.pause", 0.8)
     return float(value) if value else 1.0
@@ -193,7 +222,7 @@ def _loaded_memory_probe() -> Callable[[], float | str]:
         try:
             import psutil
 
-            import distmix.em  # noqa: F401  (with NumPy, SciPy, scikit-learn, Zarr: ~110 MiB)
+            import distmix.tasks  # noqa: F401  (with NumPy, SciPy, scikit-learn: ~110 MiB)
 
             return float(psutil.Process().memory_info().rss)
         except MemoryError:
@@ -250,7 +279,6 @@ def measured_workers(info: dict[str, dict[str, Any]], loaded: dict[str, Any]) ->
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("distmix")
@@ -278,9 +306,7 @@ def _default_client(scheduler: Any) -> Any:
     if scheduler is not None:
         return None
     try:
-        from distributed import default_client
-
-        return default_client()
+        return distributed.default_client()
     except (ImportError, ValueError):
         return None
 
@@ -534,6 +560,8 @@ class DaskEngine:
         checks them only against a measurement still reused, asking nothing of
         the cluster (engines that read every block once: predictions, scores);
         ``False`` for engines over blocks already checked (a stream's windows).
+    refused_tasks : frozenset of str
+        Block tasks this engine refuses by name (none by default).
 
     Raises
     ------
@@ -558,7 +586,9 @@ class DaskEngine:
         covariance_type: str | None = None,
         reblock: Callable[[int], Any] | None = None,
         check_memory: bool | Literal["cached"] = True,
+        refused_tasks: frozenset[str] = frozenset(),
     ) -> None:
+        self.refused_tasks = frozenset(refused_tasks)
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: -1})
         # before any pass: a block that no worker can hold would kill every worker
@@ -598,59 +628,95 @@ class DaskEngine:
     def block_rows(self) -> tuple[int, ...]:
         return tuple(int(c) for c in self.X.chunks[0])
 
-    def graph(self, fn: BlockFn, *args: Any) -> Any:
-        """The Delayed whose compute is one ``map_reduce`` (for inspection and tests)."""
-        import dask
+    @property
+    def row_offsets(self) -> tuple[int, ...]:
+        return self._row_offsets
 
-        name = f"distmix-{getattr(fn, '__name__', 'block')}-{next(_call_ids)}"
+    def parallel_blocks(self) -> int:
+        """How many blocks run at once (:func:`parallel_blocks`): a stream's default window."""
+        return parallel_blocks()
+
+    def window(self, ranges: Sequence[tuple[int, int]]) -> DaskEngine:
+        """An engine over the row ``ranges`` of this one (one block per range, in the
+        order given), its rows keeping their global index: a stream's update. Its
+        blocks are not checked against the workers' memory again."""
+
+        def gather(array: Any) -> Any:
+            parts = [array[a:b] for a, b in ranges]
+            return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
+
+        starts = np.cumsum((0,) + self.block_rows)[:-1]
+
+        def global_row(position: int) -> int:
+            i = max(0, int(np.searchsorted(starts, position, side="right")) - 1)
+            return self._row_offsets[i] + position - int(starts[i])
+
+        return DaskEngine(
+            gather(self.X),
+            None if self.sample_weight is None else gather(self.sample_weight),
+            split_every=self.split_every,
+            scheduler=self.scheduler,
+            persist=False,
+            row_offsets=tuple(global_row(a) for a, _ in ranges),
+            check_memory=False,  # the source's engine checked these blocks once
+            refused_tasks=self.refused_tasks,
+        )
+
+    def graph(self, task: TaskName, *args: Any) -> Any:
+        """The Delayed whose compute is one :meth:`reduce` (for inspection and tests).
+
+        Keys: ``("distmix-<task>-<n>", "block", i)`` for block ``i``, then the
+        tree's ``("distmix-<task>-<n>-sum", level, j)``.
+        """
+        spec = get_task(task, "reduce", self.refused_tasks, by="the Dask engine")
+        check_arguments(spec, args)
+        which = spec.blocks(args, self._row_offsets, self.block_rows)
+        if not which:
+            raise ValueError(f"block task {task!r} needs none of the engine's blocks.")
+        name = f"distmix-{task}-{next(_call_ids)}"
         args_key = dask.delayed(args, pure=True)  # one key every block task depends on
         w_blocks = self._w_blocks or [None] * len(self._x_blocks)
         parts = [
-            dask.delayed(_call_block, pure=True)(
-                fn, block, w, offset, args_key, dask_key_name=(name, "block", i)
+            dask.delayed(run_block, pure=True)(
+                task,
+                self._x_blocks[i],
+                w_blocks[i],
+                self._row_offsets[i],
+                args_key,
+                dask_key_name=(name, "block", i),
             )
-            for i, (block, w, offset) in enumerate(
-                zip(self._x_blocks, w_blocks, self._row_offsets, strict=True)
-            )
+            for i in which
         ]
         return dask_tree_sum(parts, self.split_every, name + "-sum")
 
-    def map_reduce(self, fn: BlockFn, *args: Any) -> Any:
-        import dask
-
-        graph = self.graph(fn, *args)
+    def reduce(self, task: TaskName, *args: Any) -> Any:
+        graph = self.graph(task, *args)
         if _SHOW_PROGRESS.get():
             return _compute_with_progress(graph, self.scheduler)
         with _blas_limit_for(self.scheduler, graph):
             (result,) = dask.compute(graph, scheduler=self.scheduler)
         return result
 
-    def take_rows(self, indices: np.ndarray) -> np.ndarray:
-        """Rows at global ``indices``, read from the same block tasks as every pass.
-
-        Going through the blocks (not ``X[indices]``) keeps one definition per
-        key: a distributed scheduler warns when a key comes back with a different
-        task, as sliced-and-optimised array graphs would.
-        """
-        import dask
-
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.size == 0:
-            return np.empty((0, self.n_features))
-        bounds = np.cumsum((0,) + self.block_rows)
-        which = np.searchsorted(bounds, idx, side="right") - 1
-        needed = np.unique(which)
-        parts = [
-            dask.delayed(_rows_of_block, pure=True)(self._x_blocks[b], idx[which == b] - bounds[b])
-            for b in needed
-        ]
-        with _blas_limit_for(self.scheduler, parts[0]):
-            blocks = dask.compute(*parts, scheduler=self.scheduler)
-        out = np.empty((idx.size, self.n_features))
-        for b, rows in zip(needed, blocks, strict=True):
-            out[which == b] = rows
-        return out
+    def map_blocks(self, task: TaskName, *args: Any) -> Any:
+        """The map task on every block: a lazy dask array chunked like the rows."""
+        spec = get_task(task, "map", self.refused_tasks, by="the Dask engine")
+        check_arguments(spec, args)
+        columns = spec.columns(*args) if spec.columns is not None else None
+        layout: dict[str, Any] = (
+            {"drop_axis": 1} if columns is None else {"chunks": (self.X.chunks[0], (columns,))}
+        )
+        return self.X.map_blocks(
+            _map_block,
+            task,
+            dask.delayed(args, pure=True),
+            dask.delayed(self._row_offsets, pure=True),
+            dtype=spec.dtype,
+            **layout,
+        )
 
 
-def _rows_of_block(block: Any, local_rows: np.ndarray) -> np.ndarray:
-    return _to_numpy(block[local_rows, ...])
+def _map_block(
+    block: Any, task: str, args: tuple, row_offsets: tuple[int, ...], block_info: Any = None
+) -> Any:
+    """One block of :meth:`DaskEngine.map_blocks`: its global first row from its place."""
+    return run_map_block(task, block, row_offsets[block_info[0]["chunk-location"][0]], args)

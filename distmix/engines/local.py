@@ -13,7 +13,7 @@ import concurrent.futures
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
@@ -22,10 +22,10 @@ import array_api_compat
 import numpy as np
 
 from distmix._blas import one_blas_thread
-from distmix.chunks import check_block_size
-from distmix.engines.base import BlockFn, block_offsets, check_row_offsets
+from distmix.engines.base import block_offsets, check_row_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
-from distmix.suffstats import _to_numpy
+from distmix.sources.blocks import check_block_size
+from distmix.tasks import TaskName, check_arguments, get_task, run_block, run_map_block
 
 
 def split_rows(n_rows: int, block_size: int | tuple[int, ...] | None) -> tuple[int, ...]:
@@ -59,6 +59,8 @@ class LocalEngine:
         Global index of every block's first row, for naming bad rows (default:
         the blocks' positions in ``X``). A stream gives the source's rows here
         when ``X`` holds a window of blocks gathered from anywhere in it.
+    refused_tasks : frozenset of str
+        Block tasks this engine refuses by name (none by default).
     """
 
     def __init__(
@@ -69,8 +71,10 @@ class LocalEngine:
         split_every: int = DEFAULT_SPLIT_EVERY,
         n_threads: int | None = None,
         row_offsets: tuple[int, ...] | None = None,
+        refused_tasks: frozenset[str] = frozenset(),
     ) -> None:
         self.X = X
+        self.refused_tasks = frozenset(refused_tasks)
         self.sample_weight = sample_weight
         self.n_rows, self.n_features = int(X.shape[0]), int(X.shape[1])
         self.split_every = check_split_every(split_every)
@@ -85,51 +89,88 @@ class LocalEngine:
     def block_rows(self) -> tuple[int, ...]:
         return self._block_rows
 
-    def _blocks(self) -> Any:
-        for start, length, offset in zip(
-            block_offsets(self._block_rows), self._block_rows, self._row_offsets, strict=True
-        ):
-            stop = start + length
-            w = None if self.sample_weight is None else self.sample_weight[start:stop]
-            yield self.X[start:stop, ...], w, offset
+    @property
+    def row_offsets(self) -> tuple[int, ...]:
+        return self._row_offsets
 
-    def map_reduce(self, fn: BlockFn, *args: Any) -> Any:
+    def _blocks(self, which: list[int] | None = None) -> Any:
+        starts = block_offsets(self._block_rows)
+        for i in range(len(starts)) if which is None else which:
+            start, stop = starts[i], starts[i] + self._block_rows[i]
+            w = None if self.sample_weight is None else self.sample_weight[start:stop]
+            yield self.X[start:stop, ...], w, self._row_offsets[i]
+
+    def parallel_blocks(self) -> int:
+        """How many blocks could run at once: this machine's cores (a stream's default
+        window, which does not depend on ``n_threads``)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, cores or 1)
+
+    def window(self, ranges: Sequence[tuple[int, int]]) -> LocalEngine:
+        """An engine over the row ``ranges`` of this one (one block per range, in the
+        order given), its rows keeping their global index: a stream's update."""
+        offsets = tuple(self._global_row(a) for a, _ in ranges)
+        lengths = tuple(b - a for a, b in ranges)
+        rows: Any
+        if len(ranges) == 1:
+            rows = slice(*ranges[0])
+        else:
+            rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+        w = None if self.sample_weight is None else self.sample_weight[rows]
+        return LocalEngine(
+            self.X[rows],
+            w,
+            lengths,
+            self.split_every,
+            row_offsets=offsets,
+            refused_tasks=self.refused_tasks,
+        )
+
+    def _global_row(self, position: int) -> int:
+        """The global index of the row at ``position`` of this engine."""
+        starts = block_offsets(self._block_rows)
+        i = max(0, int(np.searchsorted(starts, position, side="right")) - 1)
+        return self._row_offsets[i] + position - starts[i]
+
+    def reduce(self, task: TaskName, *args: Any) -> Any:
+        spec = get_task(task, "reduce", self.refused_tasks, by="the local engine")
+        check_arguments(spec, args)
+        which = spec.blocks(args, self._row_offsets, self._block_rows)
+
         def run(item: tuple[Any, Any, int]) -> Any:
             block, w, start = item
-            return _host(fn(block, w, start, *args))
+            return run_block(task, block, w, start, args)
 
-        return self._each_block(run, lambda parts: tree_sum(parts, self.split_every))
+        return self._each_block(run, lambda parts: tree_sum(parts, self.split_every), which)
 
-    def map_blocks(self, fn: Any, *args: Any) -> list[Any]:
-        """``[fn(block, *args, row_offset=start) for each block]`` (for prediction)."""
+    def map_blocks(self, task: TaskName, *args: Any) -> np.ndarray:
+        """The map task on every block, the outputs concatenated in row order."""
+        spec = get_task(task, "map", self.refused_tasks, by="the local engine")
+        check_arguments(spec, args)
 
         def run(item: tuple[Any, Any, int]) -> Any:
             block, _, start = item
-            return fn(block, *args, row_offset=start)
+            return run_map_block(task, block, start, args)
 
-        return self._each_block(run, list)
+        return self._each_block(run, lambda parts: np.concatenate(list(parts), axis=0))
 
     def _each_block(
-        self, run: Callable[[Any], Any], consume: Callable[[Iterator[Any]], Any]
+        self,
+        run: Callable[[Any], Any],
+        consume: Callable[[Iterator[Any]], Any],
+        which: list[int] | None = None,
     ) -> Any:
-        """``consume`` the results of ``run`` on every block, in block order.
+        """``consume`` the results of ``run`` on every block (or those ``which``
+        lists), in block order.
 
         Blocks run side by side on the shared pool (NumPy: with BLAS held to one
         thread meanwhile); the first failing block, in order, raises.
         """
         if self.n_threads == 1:
-            return consume(map(run, self._blocks()))
+            return consume(map(run, self._blocks(which)))
         pool = _shared_pool(self.n_threads)
         with one_blas_thread() if _on_host(self.X) else nullcontext():
-            return consume(_ordered_map(pool, run, self._blocks(), 2 * self.n_threads))
-
-    def take_rows(self, indices: np.ndarray) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64)
-        return (
-            np.stack([_to_numpy(self.X[int(i), ...]) for i in idx])
-            if idx.size
-            else np.empty((0, self.n_features))
-        )
+            return consume(_ordered_map(pool, run, self._blocks(which), 2 * self.n_threads))
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -176,8 +217,3 @@ def _ordered_map(
 
 def _on_host(x: Any) -> bool:
     return isinstance(x, np.ndarray)
-
-
-def _host(part: Any) -> Any:
-    to_host = getattr(part, "to_host", None)
-    return to_host() if to_host is not None else part

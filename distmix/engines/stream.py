@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from distmix.chunks import is_dask_array, raise_if_nonfinite
 from distmix.engines.base import Engine
 from distmix.mstep import m_step
+from distmix.nonfinite import raise_if_nonfinite
 from distmix.params import Params
+from distmix.sources.checks import is_dask_array
 from distmix.suffstats import SuffStats
 
 #: how many per-update history entries a stream keeps (the newest); older ones are dropped

@@ -19,16 +19,12 @@ import zarr
 from conftest import mixture_data
 
 from distmix import GaussianMixture
-from distmix.chunks import (
-    ChunkReadError,
-    MissingChunkError,
-    NonFiniteInputError,
-    as_dask_rows,
-    create_zarr_array,
-    open_dataset,
-    storage_chunk_shape,
-)
 from distmix.datasets import TrueMixture, random_mixture, sample_rows, write_zarr
+from distmix.nonfinite import NonFiniteInputError
+from distmix.sources.blocks import as_dask_rows
+from distmix.sources.dataset import open_dataset
+from distmix.sources.zarr_arrays import ChunkReadError, MissingChunkError, storage_chunk_shape
+from distmix.sources.zarr_write import create_zarr_array
 
 N_ROWS, N_FEATURES, N_COMPONENTS = 1000, 4, 3
 FORMATS = (2, 3)

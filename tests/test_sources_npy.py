@@ -21,12 +21,12 @@ from conftest import local_cluster, mixture_data, starting_params
 from sklearn.exceptions import ConvergenceWarning
 
 from distmix import GaussianMixture
-from distmix.chunks import ChunkReadError, open_dataset
 from distmix.cli import main
-from distmix.em import estep_block
 from distmix.engines.dask import DaskEngine
-from distmix.npy import open_npy
 from distmix.params import Params
+from distmix.sources.dataset import open_dataset
+from distmix.sources.npy import open_npy
+from distmix.sources.zarr_arrays import ChunkReadError
 
 SAME_RTOL = 1e-10
 N_FEATURES, N_COMPONENTS = 8, 3
@@ -40,7 +40,7 @@ def _mixture_npy(path, n_rows: int, seed: int = 0, **save) -> np.ndarray:
 
 def _graph_bytes(engine: DaskEngine, params: Params) -> int:
     """Pickled size of one E-step pass's task graph: what a client sends the scheduler."""
-    graph = engine.graph(estep_block, params)
+    graph = engine.graph("estep", params)
     return len(cloudpickle.dumps(dict(graph.__dask_graph__())))
 
 

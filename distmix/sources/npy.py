@@ -18,16 +18,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from numpy.lib import format as npy_format
 
-from distmix.chunks import (
-    ChunkReadError,
-    _describe_error,
-    _row_range,
-    check_block_size,
-    check_dtype,
-    check_shape,
-)
+from distmix.sources.blocks import check_block_size
+from distmix.sources.checks import check_dtype, check_shape
+from distmix.sources.zarr_arrays import ChunkReadError, _describe_error, _row_range
 
 #: default block: about this many bytes of the file's rows (as ``distmix fit`` always did)
 NPY_BLOCK_BYTES = 2**23
@@ -55,8 +53,6 @@ def read_npy_header(path: str, name: str = "X") -> tuple[tuple[int, ...], np.dty
         Not a ``.npy`` file (bad magic string or header), or a file shorter
         than its header says.
     """
-    from numpy.lib import format as npy_format
-
     described = f"{name} at {path}"
     if not os.path.isfile(path):
         what = "a directory" if os.path.isdir(path) else "no such file"
@@ -94,7 +90,7 @@ class NpyRows:
 
     Pickles as the path and the header's facts. Each read maps the file, copies
     the rows asked for (in native byte order) and unmaps it; a failure names the
-    rows and the path (:class:`~distmix.chunks.ChunkReadError`). Its dask token
+    rows and the path (:class:`~distmix.sources.zarr_arrays.ChunkReadError`). Its dask token
     includes the file's size and modification time, so a rewritten file is a
     new source.
     """
@@ -194,9 +190,6 @@ def open_npy(
         A dtype that is not numeric, among them object arrays (which are never
         unpickled).
     """
-    import dask.array as da
-    from dask.base import tokenize
-
     location = os.path.abspath(os.fspath(path))
     shape, dtype, fortran_order, offset = read_npy_header(location, name)
     described = f"{name} at {os.fspath(path)}"

@@ -1,0 +1,195 @@
+"""``make_engine``: the one place that chooses and builds the engine for a source.
+
+A NumPy (or other array-API) array becomes a :class:`~distmix.engines.local.LocalEngine`
+over in-memory blocks; a dask array, a Zarr array, a path or URL of one, or a
+``.npy`` path becomes a :class:`~distmix.engines.dask.DaskEngine` with one task
+per block. Shape, dtype and weights are validated here, before any pass;
+finiteness is checked by the first pass itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.utils import check_array
+from sklearn.utils.validation import _check_sample_weight
+
+from distmix.engines.dask import DaskEngine
+from distmix.engines.local import LocalEngine
+from distmix.reduce import DEFAULT_SPLIT_EVERY
+from distmix.sources.blocks import as_dask_rows, check_block_size, default_block_rows
+from distmix.sources.checks import check_dtype, check_shape, is_dask_array, is_zarr_source
+from distmix.sources.dataset import open_dataset
+
+
+def make_engine(
+    source: Any,
+    sample_weight: Any = None,
+    *,
+    block_size: int | tuple[int, ...] | None = None,
+    split_every: int = DEFAULT_SPLIT_EVERY,
+    passes: Literal["many", "one"] = "many",
+    persist: bool | str = "auto",
+    persist_fraction: float = 0.5,
+    n_components: int | None = None,
+    covariance_type: str | None = None,
+    min_components: int | None = None,
+    min_rows: int = 1,
+    check_features: Callable[[int, Any], None] | None = None,
+    check_memory: bool | Literal["cached"] | None = None,
+    refused_tasks: frozenset[str] = frozenset(),
+) -> LocalEngine | DaskEngine:
+    """The engine for ``source``, its shape, dtype and weights validated.
+
+    Parameters
+    ----------
+    source : array-like (n, D), dask array, ``zarr.Array``, or the path/URL of a
+        Zarr array or ``.npy`` file
+    sample_weight : array-like or dask array (n,), optional
+        Non-negative, finite row weights.
+    block_size : int, tuple of int or None
+        Rows per block (``None``: about 1 MiB blocks in memory, the input's
+        chunks for dask, whole Zarr chunks, blocks that shrink if the workers
+        need it for a Zarr fit), or the length of every block.
+    split_every : int
+        Fan-in of the reduction tree.
+    passes : {"many", "one"}
+        ``"many"`` for a fit (blocks may be persisted, the workers' memory is
+        measured); ``"one"`` for a prediction, a score or a stream (blocks are
+        read once per call, the workers' last measurement is reused).
+    persist, persist_fraction
+        For dask and Zarr sources making many passes: see ``DaskEngine``.
+    n_components, covariance_type : optional
+        Of the model the blocks will be fitted to or scored with: they size the
+        workers' memory check and the in-memory blocks.
+    min_components : int, optional
+        A new fit's number of components: the source must have at least as many rows.
+    min_rows : int
+        Fewest rows accepted (a fit needs 2).
+    check_features : callable, optional
+        ``check_features(n_features, source)``, called before any engine is built
+        (the estimator's check of ``n_features_in_`` and feature names).
+    check_memory : True, "cached", False or None
+        Of a Dask engine (``None``: ``True`` for many passes, ``"cached"`` for one).
+    refused_tasks : frozenset of str
+        Block tasks the engine refuses by name.
+    """
+    many = passes == "many"
+    if passes not in ("many", "one"):
+        raise ValueError(f"passes must be 'many' or 'one', got {passes!r}.")
+    k = min_components
+    reblock: Callable[[int], Any] | None = None
+    X = source
+    if is_zarr_source(X):
+        # a zarr.Array, path or URL: open_dataset validates it and reads whole chunks
+        X = open_dataset(source)
+        # blocks of our choosing shrink if the workers need it, for a fit; a stream's
+        # position counts its blocks, so a stream keeps the same blocks run after run
+        if block_size is None and many:
+            float_rows = X.dtype.kind == "f"
+
+            def reblock(rows: int) -> Any:
+                smaller = open_dataset(source, block_rows=rows)
+                return smaller if float_rows else smaller.astype(np.float64)
+
+        else:
+            X = open_dataset(source, block_rows=check_block_size(block_size, int(X.shape[0])))
+        check_shape(tuple(X.shape), k)
+    elif is_dask_array(X):
+        check_dtype(X.dtype)
+        check_shape(tuple(X.shape), k)
+        X = as_dask_rows(X, check_block_size(block_size, int(X.shape[0])))
+    if is_dask_array(X):
+        if check_features is not None:
+            check_features(int(X.shape[1]), source)
+        if X.dtype.kind not in "f":
+            X = X.astype(np.float64)
+        w = None if sample_weight is None else dask_sample_weight(sample_weight, X)
+        return DaskEngine(
+            X,
+            w,
+            split_every=split_every,
+            persist=persist if many else False,
+            persist_fraction=persist_fraction,
+            n_components=n_components,
+            covariance_type=covariance_type,
+            reblock=reblock,
+            check_memory=(True if many else "cached") if check_memory is None else check_memory,
+            refused_tasks=refused_tasks,
+        )
+    return _local_engine(
+        X,
+        sample_weight,
+        block_size=block_size,
+        split_every=split_every,
+        n_components=n_components,
+        min_components=min_components,
+        min_rows=min_rows,
+        check_features=check_features,
+        refused_tasks=refused_tasks,
+    )
+
+
+def _local_engine(
+    X: Any,
+    sample_weight: Any,
+    *,
+    block_size: Any,
+    split_every: int,
+    n_components: int | None,
+    min_components: int | None,
+    min_rows: int,
+    check_features: Callable[[int, Any], None] | None,
+    refused_tasks: frozenset[str],
+) -> LocalEngine:
+    if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
+        check_dtype(X.dtype)
+    source = X
+    if len(getattr(X, "shape", ())) > 2:  # scikit-learn's message only says "dim <= 2"
+        check_shape(tuple(X.shape), min_components)
+    X = check_array(
+        X, dtype=[np.float64, np.float32], ensure_all_finite=False, ensure_min_samples=min_rows
+    )
+    if check_features is not None:
+        check_features(int(X.shape[1]), source)
+    check_shape(X.shape, min_components)
+    if sample_weight is not None:
+        sample_weight = _check_sample_weight(
+            sample_weight, X, dtype=np.float64, ensure_non_negative=True
+        )
+    block = check_block_size(block_size, X.shape[0])
+    if block is None:
+        block = default_block_rows(n_components or 1, X.shape[1])
+    if isinstance(block, int):
+        block = min(block, X.shape[0])
+    return LocalEngine(X, sample_weight, block, split_every, refused_tasks=refused_tasks)
+
+
+def dask_sample_weight(sample_weight: Any, X: Any) -> Any:
+    """Row weights as a dask array chunked like ``X``'s rows, validated.
+
+    Validated eagerly (one small compute over the weights, not the rows) so that
+    a bad weight never reaches an E-step.
+    """
+    n = int(X.shape[0])
+    if is_dask_array(sample_weight):
+        w = sample_weight.astype(np.float64)
+    else:
+        w_np = np.asarray(sample_weight, dtype=np.float64)
+        if w_np.shape != (n,):
+            raise ValueError(
+                f"sample_weight must have shape (n_samples,) = ({n},), got {w_np.shape}."
+            )
+        w = da.from_array(w_np, chunks=(X.chunks[0],))
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape (n_samples,) = ({n},), got {w.shape}.")
+    finite, smallest = dask.compute(da.isfinite(w).all(), w.min())
+    if not finite:
+        raise ValueError("Input sample_weight contains NaN or infinity.")
+    if smallest < 0:
+        raise ValueError(f"Negative values in data passed to sample_weight (smallest: {smallest}).")
+    return w
