@@ -6,6 +6,7 @@ tree sum → M-step → parameters, with a different engine moving the statistic
 
 from distmix.em import EMResult, run_em
 from distmix.engines import DaskEngine, LocalEngine
+from distmix.engines.factory import make_engine
 from distmix.estep import chunk_stats
 from distmix.estimator import GaussianMixture, fit_stream, load
 from distmix.mstep import EmptyComponentWarning, m_step
@@ -26,5 +27,6 @@ __all__ = [
     "fit_stream",
     "load",
     "m_step",
+    "make_engine",
     "run_em",
 ]

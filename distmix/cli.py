@@ -34,7 +34,7 @@ import numpy as np
 import distmix
 from distmix.cluster import connect, resolve
 from distmix.datasets import write_zarr
-from distmix.engines.dask import parallel_blocks, show_progress
+from distmix.engines.dask import parallel_blocks
 from distmix.outputs import check_output_path, staged_directory, write_output
 from distmix.persist import (
     CHECKPOINT_FORMAT,
@@ -44,6 +44,7 @@ from distmix.persist import (
     load_checkpoint,
     load_stream_checkpoint,
 )
+from distmix.progress import TextProgress, reporting
 from distmix.sources.dataset import open_dataset
 
 
@@ -258,7 +259,8 @@ def _fit(args: argparse.Namespace) -> int:
             where = f"initialisation {state.init_index + 1} of {args.n_init} starts"
         print(f"resuming the fit in {args.checkpoint}: {where}")
     progress_bar = sys.stdout.isatty() if args.progress is None else args.progress
-    progress = show_progress() if progress_bar else contextlib.nullcontext()
+    # one bar for the whole fit: its iterations and the blocks of the pass in progress
+    progress = reporting(TextProgress(sys.stdout)) if progress_bar else contextlib.nullcontext()
     with _client(args.cluster) as client:
         if client is not None:
             print(f"Dask cluster at {client.scheduler.address}, dashboard {client.dashboard_link}")
@@ -566,7 +568,8 @@ all of DATA and prints a line. With --stream by online EM: see "streaming" below
     batch.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        help="a progress bar of the block reads of every pass (default: on a terminal)",
+        help="one progress line for the fit: its iterations and the blocks of the pass "
+        "in progress (default: on a terminal)",
     )
 
     stream_defaults = _stream_defaults()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distmix import progress
 from distmix.engines.base import Engine
 from distmix.fingerprint import DataChangedError, DataFingerprint
 from distmix.init import initial_params
@@ -33,6 +34,7 @@ from distmix.persist import (
     load_checkpoint,
     save_checkpoint,
 )
+from distmix.progress import logger
 from distmix.suffstats import SuffStats
 
 
@@ -275,14 +277,8 @@ def fit_em(
     are fingerprinted in the first pass of a new fit and checked against the
     first pass of a resumed one, before anything is written.
     """
-    n_init = len(seeds)
     key = settings.checkpoint_key(engine, weighted)
     resumed = _resumed_checkpoint(checkpoint, key) if resume else None
-    best = resumed.best if resumed else None
-    best_lb = resumed.best_lower_bound if resumed else -math.inf
-    first = resumed.init_index if resumed else 0
-    if resumed is not None and resumed.finished:
-        first = n_init  # the checkpointed fit had finished: nothing left to run
     data = (
         None
         if checkpoint is None
@@ -292,68 +288,136 @@ def fit_em(
             resuming=resumed is not None,
         )
     )
-    for init in range(first, n_init):
+    fit = _BatchFit(engine, settings, tuple(seeds), user_init or {}, start, key, resumed, data)
+    first = resumed.init_index if resumed else 0
+    if resumed is not None and resumed.finished:
+        first = len(seeds)  # the checkpointed fit had finished: nothing left to run
+    with progress.fit_progress(settings.max_iter * len(seeds)) as reporter:
+        for init in range(first, len(seeds)):
+            fit.run(init)
+            reporter.step((init + 1) * settings.max_iter, f"run {init + 1}/{len(seeds)} done")
+    if data is not None:
+        data.ensure(engine)  # a finished fit resumed: checked before it is returned
+    assert fit.best is not None
+    return FitResult(fit.best, fit.best_lb)
+
+
+@dataclass
+class _BatchFit:
+    """The state :func:`fit_em` carries from run to run: the best run so far."""
+
+    engine: Engine
+    settings: FitSettings
+    seeds: tuple[int, ...]
+    user_init: dict[str, Any]
+    start: tuple[Params, float] | None
+    key: dict[str, Any]
+    resumed: Checkpoint | None
+    data: DataCheck | None
+    best: RunState | None = None
+    best_lb: float = -math.inf
+
+    def __post_init__(self) -> None:
+        if self.resumed is not None:
+            self.best, self.best_lb = self.resumed.best, self.resumed.best_lower_bound
+
+    def run(self, init: int) -> None:
+        """Run ``init`` (from its start, or from the resumed checkpoint's state)."""
+        settings, data, resumed = self.settings, self.data, self.resumed
         started = time.perf_counter()
         if settings.verbose:
-            print(f"Initialization {init}")
+            logger.info(f"Initialization {init}")
         carried = resumed.current if resumed and init == resumed.init_index else None
         lower_bound = -math.inf
         history: tuple[float, ...] = ()
         if carried is not None:
             params, history = carried.params, carried.lower_bounds
-        elif start is None:
+        elif self.start is None:
             params = initial_params(
-                engine,
+                self.engine,
                 settings.init_params,
                 settings.n_components,
                 settings.covariance_type,
                 settings.reg_covar,
-                seeds[init],
-                **(user_init or {}),
+                self.seeds[init],
+                **self.user_init,
             )
         else:
-            params, lower_bound = start
+            params, lower_bound = self.start
         if carried is not None and carried.converged:
             result = EMResult(params, history[-1], history, len(history), True)
         else:
             result = run_em(
-                engine,
+                self.engine,
                 params,
                 tol=settings.tol,
                 max_iter=settings.max_iter,
                 reg_covar=settings.reg_covar,
                 lower_bound=lower_bound,
                 history=history,
-                callback=_after_iteration(settings, started, key, init, best, best_lb, data),
+                callback=self._after_iteration(init),
                 check_data=data.observe if data is not None and data.pending else None,
             )
         if settings.verbose:
             status = "converged" if result.converged else "did not converge"
-            print(
+            logger.info(
                 f"Initialization {status}. time lapse {time.perf_counter() - started:.5f}s"
                 f"\t lower bound {result.lower_bound:.5f}"
             )
-        if best is None or result.lower_bound > best_lb:
-            best = RunState(result.params, result.lower_bounds, result.converged)
-            best_lb = result.lower_bound
+        if self.best is None or result.lower_bound > self.best_lb:
+            self.best = RunState(result.params, result.lower_bounds, result.converged)
+            self.best_lb = result.lower_bound
         if data is not None:
-            data.ensure(engine)  # a run that made no pass (resumed when converged)
+            data.ensure(self.engine)  # a run that made no pass (resumed when converged)
             save_checkpoint(
                 data.checkpoint,
                 Checkpoint(
-                    key,
+                    self.key,
                     init + 1,
                     None,
-                    best,
-                    best_lb,
-                    finished=init == n_init - 1,
+                    self.best,
+                    self.best_lb,
+                    finished=init == len(self.seeds) - 1,
                     extra=data.record(),
                 ),
             )
-    if data is not None:
-        data.ensure(engine)  # a finished fit resumed: checked before it is returned
-    assert best is not None
-    return FitResult(best, best_lb)
+
+    def _after_iteration(self, init: int) -> Callable[[IterationInfo], None]:
+        """The callback of run ``init``: checkpoint, progress, then the verbose line."""
+        settings, data = self.settings, self.data
+        best, best_lb = self.best, self.best_lb  # as they were when the run started
+        reporter = progress.current()
+
+        def after_iteration(info: IterationInfo) -> None:
+            if data is not None:
+                save_checkpoint(
+                    data.checkpoint,
+                    Checkpoint(
+                        self.key,
+                        init,
+                        RunState(info.params, info.lower_bounds, info.converged),
+                        best,
+                        best_lb,
+                        extra=data.record(),
+                    ),
+                )
+            reporter.step(
+                init * settings.max_iter + info.n_iter,
+                f"run {init + 1}/{len(self.seeds)} iteration {info.n_iter} "
+                f"ll {info.lower_bound:.6f}",
+            )
+            if settings.verbose and info.n_iter % settings.verbose_interval == 0:
+                if settings.verbose == 1:
+                    logger.info(f"  Iteration {info.n_iter}")
+                else:
+                    rate = info.n_rows / info.seconds if info.seconds > 0 else math.inf
+                    logger.info(
+                        f"  Iteration {info.n_iter}\t time lapse {info.seconds:.5f}s"
+                        f"\t ll change {info.change:.5f}\t ll {info.lower_bound:.6f}"
+                        f"\t {rate:,.0f} rows/s"
+                    )
+
+        return after_iteration
 
 
 def _resumed_checkpoint(
@@ -371,41 +435,3 @@ def _resumed_checkpoint(
         "Fit with resume=False to start over, or use another checkpoint path.",
     )
     return state
-
-
-def _after_iteration(
-    settings: FitSettings,
-    started: float,
-    key: dict[str, Any],
-    init: int,
-    best: RunState | None,
-    best_lb: float,
-    data: DataCheck | None,
-) -> Callable[[IterationInfo], None]:
-    """The callback of one run: checkpoint, then the verbose line."""
-
-    def after_iteration(info: IterationInfo) -> None:
-        if data is not None:
-            save_checkpoint(
-                data.checkpoint,
-                Checkpoint(
-                    key,
-                    init,
-                    RunState(info.params, info.lower_bounds, info.converged),
-                    best,
-                    best_lb,
-                    extra=data.record(),
-                ),
-            )
-        if settings.verbose and info.n_iter % settings.verbose_interval == 0:
-            if settings.verbose == 1:
-                print(f"  Iteration {info.n_iter}")
-            else:
-                rate = info.n_rows / info.seconds if info.seconds > 0 else math.inf
-                print(
-                    f"  Iteration {info.n_iter}\t time lapse {info.seconds:.5f}s"
-                    f"\t ll change {info.change:.5f}\t ll {info.lower_bound:.6f}"
-                    f"\t {rate:,.0f} rows/s"
-                )
-
-    return after_iteration

@@ -64,6 +64,7 @@ from distmix.persist import (
     save_stream_checkpoint,
     write_model,
 )
+from distmix.progress import verbose_logging
 from distmix.reduce import check_split_every
 from distmix.sources.checks import is_dask_array, is_zarr_source
 from distmix.tasks import TaskName
@@ -343,7 +344,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self
         """
-        with self._unchanged_on_error():
+        with self._unchanged_on_error(), verbose_logging(self.verbose):
             self._fit(X, sample_weight)
         return self
 
@@ -1115,8 +1116,6 @@ def fit_stream(
         report_every=report_every,
         callback=callback,
     )
-
-
 
 
 def load(path: str | os.PathLike[str]) -> GaussianMixture:

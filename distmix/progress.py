@@ -76,6 +76,7 @@ class TextProgress(ProgressReporter):
         self.note = ""
         self.started = time.perf_counter()
         self._last_draw = 0.0
+        self.drawn = False
 
     def _out(self) -> TextIO:
         return self.stream if self.stream is not None else sys.stderr
@@ -101,6 +102,7 @@ class TextProgress(ProgressReporter):
         self._draw(force=True)
         self._out().write("\n")
         self._out().flush()
+        self.drawn = False
 
     def line(self) -> str:
         """The line as it stands."""
@@ -125,6 +127,7 @@ class TextProgress(ProgressReporter):
         if not force and now - self._last_draw < 0.1:
             return  # at most ten redraws a second
         self._last_draw = now
+        self.drawn = True
         out = self._out()
         out.write("\r\x1b[2K" + self.line() if out.isatty() else "\r" + self.line())
         out.flush()
@@ -137,6 +140,11 @@ _REPORTER: ContextVar[ProgressReporter] = ContextVar("distmix_progress", default
 def current() -> ProgressReporter:
     """The reporter of the fit in progress (a no-op one outside :func:`reporting`)."""
     return _REPORTER.get()
+
+
+def reporting_on() -> bool:
+    """Whether a reporter listens (engines skip their counting when none does)."""
+    return _REPORTER.get() is not _NO_REPORTER
 
 
 @contextlib.contextmanager
@@ -170,8 +178,7 @@ def log_to(stream: TextIO | None = None, level: int = logging.INFO) -> Iterator[
     if logger.handlers or logging.getLogger().handlers:
         yield
         return
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = _LineHandler(stream if stream is not None else sys.stdout)
     previous = logger.level
     logger.addHandler(handler)
     logger.setLevel(level)
@@ -180,6 +187,25 @@ def log_to(stream: TextIO | None = None, level: int = logging.INFO) -> Iterator[
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Plain message lines that do not run into a progress line on the same stream:
+    the line is cleared first and drawn again after the message."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bar = current()
+        shared = isinstance(bar, TextProgress) and bar.drawn and bar._out() is self.stream
+        if shared:
+            self.stream.write("\r\x1b[2K" if self.stream.isatty() else "\n")
+        super().emit(record)
+        if shared:
+            assert isinstance(bar, TextProgress)
+            bar._draw(force=True)
 
 
 def verbose_logging(verbose: Any) -> contextlib.AbstractContextManager[None]:

@@ -70,7 +70,7 @@ def test_fit_through_a_real_scheduler_equals_the_in_memory_fit(dataset, tmp_path
             "--progress",
         )
     assert "Iteration 1" in result.stdout and "rows/s" in result.stdout
-    assert "100% Completed" in result.stdout  # the progress bar of the block reads
+    assert "blocks (100%)" in result.stdout  # the fit's progress line, with the blocks of a pass
     assert cluster["address"] in result.stdout
     fitted = distmix.load(model_path)
 

@@ -20,8 +20,9 @@ from conftest import mixture_data
 
 from distmix import GaussianMixture
 from distmix.datasets import TrueMixture, random_mixture, sample_rows, write_zarr
+from distmix.engines.base import rows_at
+from distmix.engines.factory import make_engine
 from distmix.nonfinite import NonFiniteInputError
-from distmix.sources.blocks import as_dask_rows
 from distmix.sources.dataset import open_dataset
 from distmix.sources.zarr_arrays import ChunkReadError, MissingChunkError, storage_chunk_shape
 from distmix.sources.zarr_write import create_zarr_array
@@ -185,8 +186,9 @@ def test_open_zarr_array_object(tmp_path, zarr_format):
     Xd = open_dataset(array)
     assert Xd.chunks[0][0] == 128
     np.testing.assert_array_equal(Xd.compute(), X)
-    # the estimator's entry point takes the array as it is
-    np.testing.assert_array_equal(as_dask_rows(array).compute(), X)
+    # the estimator's entry point (make_engine) takes the array as it is
+    engine = make_engine(array, passes="one")
+    np.testing.assert_array_equal(rows_at(engine, np.arange(X.shape[0])), X)
 
 
 def test_open_file_url(tmp_path, zarr_format):

@@ -20,21 +20,22 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
 import dask
 import dask.array as da
 import dask.base
+import dask.callbacks
 import dask.threaded
 import distributed
+import distributed.diagnostics.progressbar
 import numpy as np
 import psutil
-from dask.diagnostics import ProgressBar
 
+from distmix import progress
 from distmix._blas import one_blas_thread
 from distmix.engines.base import check_row_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
@@ -56,34 +57,46 @@ def _blas_limit_for(scheduler: Any, graph: Any) -> Any:
     return nullcontext()
 
 
-_SHOW_PROGRESS: ContextVar[bool] = ContextVar("distmix_show_progress", default=False)
+class _PassProgress(dask.callbacks.Callback):
+    """Counts the block tasks of one pass on Dask's local schedulers for the reporter."""
+
+    def __init__(self, name: str, reporter: progress.ProgressReporter) -> None:
+        super().__init__()
+        self.name, self.reporter, self.done = name, reporter, 0
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+        if isinstance(key, tuple) and key[:2] == (self.name, "block"):
+            self.done += 1
+            self.reporter.blocks_done(self.done)
 
 
-@contextlib.contextmanager
-def show_progress() -> Iterator[None]:
-    """Within this block, every pass of a Dask engine draws a progress bar of its tasks
-    (block reads and additions) on the terminal: Dask's ``ProgressBar`` on the local
-    schedulers, ``distributed.progress`` with a distributed client."""
-    token = _SHOW_PROGRESS.set(True)
-    try:
-        yield
-    finally:
-        _SHOW_PROGRESS.reset(token)
+class _ClusterPassProgress(distributed.diagnostics.progressbar.TextProgressBar):
+    """The scheduler's count of a pass's finished tasks (block reads and additions),
+    forwarded to the reporter as blocks: it draws nothing itself."""
+
+    def __init__(self, future: Any, n_blocks: int, reporter: progress.ProgressReporter) -> None:
+        self.n_blocks, self.reporter = n_blocks, reporter
+        super().__init__([future], interval="200ms")
+
+    def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
+        fraction = (1 - remaining / all) if all else 1.0
+        self.reporter.blocks_done(fraction * self.n_blocks)
+
+    def _draw_stop(self, **kwargs: Any) -> None:
+        pass
 
 
-def _compute_with_progress(graph: Any, scheduler: Any) -> Any:
-
-    client = None
-    if scheduler is None:
-        with contextlib.suppress(ImportError, ValueError):
-            client = distributed.default_client()
+def _compute_reporting(graph: Any, scheduler: Any, name: str, n_blocks: int) -> Any:
+    """``dask.compute(graph)`` (one computation) telling the reporter how many of the
+    pass's ``n_blocks`` blocks are done."""
+    reporter = progress.current()
+    reporter.begin_pass(n_blocks)
+    client = _default_client(scheduler)
     if client is not None and dask.base.get_scheduler(collections=[graph]) == client.get:
         future = client.compute(graph)  # still one computation for the pass
-        distributed.progress(future, notebook=False)
-        print(flush=True)
+        _ClusterPassProgress(future, n_blocks, reporter)
         return future.result()
-
-    with ProgressBar(minimum=1.0), _blas_limit_for(scheduler, graph):
+    with _PassProgress(name, reporter), _blas_limit_for(scheduler, graph):
         (result,) = dask.compute(graph, scheduler=scheduler)
     return result
 
@@ -668,6 +681,10 @@ class DaskEngine:
         Keys: ``("distmix-<task>-<n>", "block", i)`` for block ``i``, then the
         tree's ``("distmix-<task>-<n>-sum", level, j)``.
         """
+        return self._graph(task, args)[0]
+
+    def _graph(self, task: TaskName, args: tuple) -> tuple[Any, str, int]:
+        """``(graph, name of its keys, number of block tasks)``."""
         spec = get_task(task, "reduce", self.refused_tasks, by="the Dask engine")
         check_arguments(spec, args)
         which = spec.blocks(args, self._row_offsets, self.block_rows)
@@ -687,12 +704,12 @@ class DaskEngine:
             )
             for i in which
         ]
-        return dask_tree_sum(parts, self.split_every, name + "-sum")
+        return dask_tree_sum(parts, self.split_every, name + "-sum"), name, len(parts)
 
     def reduce(self, task: TaskName, *args: Any) -> Any:
-        graph = self.graph(task, *args)
-        if _SHOW_PROGRESS.get():
-            return _compute_with_progress(graph, self.scheduler)
+        graph, name, n_blocks = self._graph(task, args)
+        if progress.reporting_on():
+            return _compute_reporting(graph, self.scheduler, name, n_blocks)
         with _blas_limit_for(self.scheduler, graph):
             (result,) = dask.compute(graph, scheduler=self.scheduler)
         return result

@@ -21,6 +21,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from distmix import progress
 from distmix._blas import one_blas_thread
 from distmix.engines.base import block_offsets, check_row_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
@@ -141,7 +142,17 @@ class LocalEngine:
             block, w, start = item
             return run_block(task, block, w, start, args)
 
-        return self._each_block(run, lambda parts: tree_sum(parts, self.split_every), which)
+        reporter = progress.current()
+        reporter.begin_pass(len(which))
+
+        def counted(parts: Iterator[Any]) -> Iterator[Any]:
+            for done, part in enumerate(parts, start=1):
+                reporter.blocks_done(done)
+                yield part
+
+        return self._each_block(
+            run, lambda parts: tree_sum(counted(parts), self.split_every), which
+        )
 
     def map_blocks(self, task: TaskName, *args: Any) -> np.ndarray:
         """The map task on every block, the outputs concatenated in row order."""

@@ -5,9 +5,8 @@ of rows is the caller's (``block_size``, checked by :func:`check_block_size`),
 the source's own (a dask array's row chunks, whole Zarr chunks), or
 :func:`default_block_rows`, sized for the cache.
 
-The EM loop and the engines import this module, so it imports no Zarr: a Zarr
-source reaches :func:`as_dask_rows` opened by
-:func:`distmix.sources.dataset.open_dataset`, imported only when one comes.
+The EM loop and the engines import this module, so it imports no Zarr: Zarr
+sources are opened into dask arrays by :func:`distmix.sources.dataset.open_dataset`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from distmix.sources.checks import check_dtype, check_shape, is_zarr_source
+from distmix.sources.checks import check_dtype, check_shape
 
 #: aim for this many bytes in a block's (rows, D) float64 copy: about one L2 cache
 TARGET_BLOCK_BYTES = 2**20
@@ -34,18 +33,9 @@ def default_block_rows(n_components: int, n_features: int) -> int:
 
 
 def as_dask_rows(X: Any, block_rows: int | tuple[int, ...] | None = None) -> Any:
-    """A dask array (from a dask array or a Zarr source) with all columns in one chunk.
-
-    Zarr sources (a ``zarr.Array``, a path or a URL) go through
-    :func:`~distmix.sources.dataset.open_dataset`: each block reads whole Zarr
-    chunks and ``block_rows`` is rounded down to a multiple of the Zarr row chunk.
-    """
-    if is_zarr_source(X):
-        # function-level import: dataset imports this module (zarr_arrays and npy use
-        # check_block_size), and importing it here would put Zarr in the EM loop's imports
-        from distmix.sources.dataset import open_dataset
-
-        return open_dataset(X, block_rows=block_rows)
+    """A dask array with all columns in one chunk, its rows in ``block_rows`` (``None``:
+    as they are). Zarr sources are opened by :func:`~distmix.sources.dataset.open_dataset`,
+    whose blocks hold whole Zarr chunks."""
     check_dtype(X.dtype)
     check_shape(X.shape, None)
     rows: Any = X.chunks[0] if block_rows is None else block_rows
