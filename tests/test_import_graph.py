@@ -33,8 +33,7 @@ ALLOWED_FUNCTION_IMPORTS = {
     "task loads, on the worker, to measure the worker's memory",
     ("distmix.cli", "distmix.examples"): "the examples may be missing from an editable "
     "install made before they existed; `distmix demo` says so instead of failing",
-    ("distmix.cluster", "dask_jobqueue"): "optional package, needed only by the "
-    "slurm/pbs configs",
+    ("distmix.cluster", "dask_jobqueue"): "optional package, needed only by the slurm/pbs configs",
 }
 
 KERNELS = {
@@ -157,9 +156,7 @@ def test_the_graph_is_read(graph):
 def test_kernels_import_no_engine_loop_estimator_or_cli(graph, kernel):
     assert kernel in graph, f"{kernel} is not a module of the package"
     reached = closure(graph, kernel)
-    bad = sorted(
-        m for m in reached if m.startswith("distmix.engines") or m in LOOP or m in LEAVES
-    )
+    bad = sorted(m for m in reached if m.startswith("distmix.engines") or m in LOOP or m in LEAVES)
     assert not bad, f"{kernel} imports {bad}"
 
 

@@ -284,17 +284,21 @@ def test_float32_input_agrees_with_float64(covariance_type, as_input):
 
 
 # -- sample weights -----------------------------------------------------------
-WEIGHT_INPUTS = ("numpy", "dask", "dask_with_dask_weights", "dask_with_other_weight_chunks")
+#: ways of giving rows and weights: the same fit from each
+WEIGHTED_INPUTS = {
+    "numpy": lambda X, w: (X, w),
+    "dask": lambda X, w: (as_dask(X), w),
+    "dask_with_dask_weights": lambda X, w: (as_dask(X), da.from_array(w, chunks=(DASK_CHUNKS,))),
+    "dask_with_other_weight_chunks": lambda X, w: (
+        as_dask(X),
+        da.from_array(w, chunks=(LOCAL_BLOCKS,)),
+    ),
+}
+WEIGHT_INPUTS = tuple(WEIGHTED_INPUTS)
 
 
 def _weighted_input(kind: str, X: np.ndarray, w: np.ndarray):
-    if kind == "numpy":
-        return X, w
-    if kind == "dask":
-        return as_dask(X), w
-    if kind == "dask_with_dask_weights":
-        return as_dask(X), da.from_array(w, chunks=(DASK_CHUNKS,))
-    return as_dask(X), da.from_array(w, chunks=(LOCAL_BLOCKS,))
+    return WEIGHTED_INPUTS[kind](X, w)
 
 
 @pytest.mark.parametrize(
