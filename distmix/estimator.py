@@ -47,12 +47,7 @@ from distmix.engines.stream import (
 )
 from distmix.fingerprint import DataFingerprint, block_fingerprint
 from distmix.init import initial_params
-from distmix.params import (
-    Params,
-    check_weights,
-    covariance_shape,
-    precision_cholesky_from_precisions,
-)
+from distmix.params import Params, check_initial_parameters, sample_mixture
 from distmix.persist import (
     CHECKPOINT_FORMAT,
     STREAM_CHECKPOINT_FORMAT,
@@ -259,31 +254,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return StepSchedule(self.learning_decay, self.learning_offset, self.forgetting_factor)
 
     def _check_initial_parameters(self, n_features: int) -> dict[str, Any]:
-        k, cov = self.n_components, self.covariance_type
-        out: dict[str, Any] = {}
-        if self.weights_init is not None:
-            out["weights_init"] = check_weights(self.weights_init, k)
-        if self.means_init is not None:
-            means = np.asarray(self.means_init, dtype=np.float64)
-            if means.shape != (k, n_features):
-                raise ValueError(
-                    f"means_init must have shape (n_components, n_features) = ({k}, {n_features}), "
-                    f"got {means.shape}."
-                )
-            if not np.all(np.isfinite(means)):
-                raise ValueError("means_init contains NaN or infinity.")
-            out["means_init"] = means
-        if self.precisions_init is not None:
-            prec = np.asarray(self.precisions_init, dtype=np.float64)
-            shape = covariance_shape(cov, k, n_features)
-            if prec.shape != shape:
-                raise ValueError(
-                    f"precisions_init for covariance_type={cov!r} must have shape {shape}, "
-                    f"got {prec.shape}."
-                )
-            precision_cholesky_from_precisions(prec, cov)  # raises if not positive-definite
-            out["precisions_init"] = prec
-        return out
+        return check_initial_parameters(
+            self.n_components,
+            n_features,
+            self.covariance_type,
+            weights_init=self.weights_init,
+            means_init=self.means_init,
+            precisions_init=self.precisions_init,
+        )
 
     def _engine(
         self, X: Any, sample_weight: Any = None, *, reset: bool, many_passes: bool | None = None
@@ -951,20 +929,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             or n_samples < 1
         ):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        rng = check_random_state(self.random_state)
-        counts = rng.multinomial(n_samples, self.weights_)
-        d = self.means_.shape[1]
-        pieces = []
-        for k, (mean, count) in enumerate(zip(self.means_, counts, strict=True)):
-            if self.covariance_type == "full":
-                pieces.append(rng.multivariate_normal(mean, self.covariances_[k], int(count)))
-            elif self.covariance_type == "tied":
-                pieces.append(rng.multivariate_normal(mean, self.covariances_, int(count)))
-            else:
-                scale = np.sqrt(self.covariances_[k])
-                pieces.append(mean + rng.standard_normal(size=(int(count), d)) * scale)
-        labels = np.repeat(np.arange(self.n_components), counts)
-        return np.vstack(pieces), labels
+        return sample_mixture(self._params(), n_samples, check_random_state(self.random_state))
 
 
 _PLAN_KEYS = ("seed", "window", "n_passes", "shuffle")

@@ -284,3 +284,60 @@ def check_weights(weights: np.ndarray, n_components: int, name: str = "weights_i
     if not math.isclose(float(np.sum(weights)), 1.0, abs_tol=WEIGHTS_ATOL):
         raise ValueError(f"{name} must sum to 1, but they sum to {float(np.sum(weights)):.10g}.")
     return weights
+
+
+def check_initial_parameters(
+    n_components: int,
+    n_features: int,
+    covariance_type: str,
+    *,
+    weights_init: Any = None,
+    means_init: Any = None,
+    precisions_init: Any = None,
+) -> dict[str, Any]:
+    """The user-given initial parameters that are not ``None``, validated as float64
+    arrays (shapes as in scikit-learn; precisions positive-definite)."""
+    k, cov = n_components, covariance_type
+    out: dict[str, Any] = {}
+    if weights_init is not None:
+        out["weights_init"] = check_weights(weights_init, k)
+    if means_init is not None:
+        means = np.asarray(means_init, dtype=np.float64)
+        if means.shape != (k, n_features):
+            raise ValueError(
+                f"means_init must have shape (n_components, n_features) = ({k}, {n_features}), "
+                f"got {means.shape}."
+            )
+        if not np.all(np.isfinite(means)):
+            raise ValueError("means_init contains NaN or infinity.")
+        out["means_init"] = means
+    if precisions_init is not None:
+        prec = np.asarray(precisions_init, dtype=np.float64)
+        shape = covariance_shape(cov, k, n_features)
+        if prec.shape != shape:
+            raise ValueError(
+                f"precisions_init for covariance_type={cov!r} must have shape {shape}, "
+                f"got {prec.shape}."
+            )
+        precision_cholesky_from_precisions(prec, cov)  # raises if not positive-definite
+        out["precisions_init"] = prec
+    return out
+
+
+def sample_mixture(
+    params: Params, n_samples: int, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_samples`` rows drawn from the mixture and their components, ``(X, labels)``."""
+    counts = rng.multinomial(n_samples, params.weights)
+    d = params.n_features
+    pieces = []
+    for k, (mean, count) in enumerate(zip(params.means, counts, strict=True)):
+        if params.covariance_type == "full":
+            pieces.append(rng.multivariate_normal(mean, params.covariances[k], int(count)))
+        elif params.covariance_type == "tied":
+            pieces.append(rng.multivariate_normal(mean, params.covariances, int(count)))
+        else:
+            scale = np.sqrt(params.covariances[k])
+            pieces.append(mean + rng.standard_normal(size=(int(count), d)) * scale)
+    labels = np.repeat(np.arange(params.n_components), counts)
+    return np.vstack(pieces), labels
