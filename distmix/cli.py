@@ -46,6 +46,7 @@ from distmix.persist import (
 )
 from distmix.progress import TextProgress, reporting
 from distmix.sources.dataset import open_dataset
+from distmix.stepwise import StepSchedule
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -325,7 +326,9 @@ def _fit_stream(args: argparse.Namespace, model: Any) -> int:
         # by default one block per thread that runs them: the workers' threads when a
         # client is active, else this machine's cores
         window = args.window or stored.get("window") or parallel_blocks()
-        schedule = model._schedule()
+        schedule = StepSchedule(
+            model.learning_decay, model.learning_offset, model.forgetting_factor
+        )
         floor = schedule.forgetting_factor
         print(
             f"online EM: {window} block{'s' * (window != 1)} per update, {passes} "

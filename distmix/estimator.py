@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import math
 import os
-import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,28 +22,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from distmix import online
 from distmix._typing import INIT_PARAMS, check_covariance_type
 from distmix.em import (
-    DataCheck,
     FitSettings,
-    e_step_fingerprinted,
     fit_em,
     mean_log_likelihood_of,
 )
-from distmix.engines.base import Engine, WindowedEngine
+from distmix.engines.base import WindowedEngine
 from distmix.engines.factory import make_engine
-from distmix.engines.stream import (
-    StepSchedule,
-    StreamPlan,
-    StreamPosition,
-    StreamRecord,
-    StreamState,
-    batch_stats,
-    online_update,
-    with_validation,
-)
-from distmix.fingerprint import DataFingerprint, block_fingerprint
-from distmix.init import initial_params
+from distmix.online import OnlineSettings, Stream, StreamOptions
 from distmix.params import Params, check_initial_parameters, sample_mixture
 from distmix.persist import (
     CHECKPOINT_FORMAT,
@@ -54,14 +39,13 @@ from distmix.persist import (
     ModelFile,
     ModelFileError,
     check_file_target,
-    load_stream_checkpoint,
     read_model,
-    save_stream_checkpoint,
     write_model,
 )
 from distmix.progress import verbose_logging
 from distmix.reduce import check_split_every
 from distmix.sources.checks import is_dask_array, is_zarr_source
+from distmix.stepwise import StepSchedule, StreamRecord, StreamState
 from distmix.tasks import TaskName
 
 
@@ -250,9 +234,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ):
             raise ValueError(f"average_after must be None or an integer >= 0, got {after!r}.")
 
-    def _schedule(self) -> StepSchedule:
-        return StepSchedule(self.learning_decay, self.learning_offset, self.forgetting_factor)
-
     def _check_initial_parameters(self, n_features: int) -> dict[str, Any]:
         return check_initial_parameters(
             self.n_components,
@@ -410,56 +391,56 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _partial_fit(self, X: Any, sample_weight: Any) -> None:
         self._check_parameters()
-        state: StreamState | None = getattr(self, "_stream_state", None)
+        stream = self._stream()
         fitted = hasattr(self, "precisions_cholesky_")
         engine = self._engine(X, sample_weight, reset=not fitted, many_passes=False)
-        if state is None and fitted:
-            state = StreamState(self._params())
-        state, _, _ = self._stream_step(engine, state)
-        self._set_stream(state, getattr(self, "_stream_position", None))
-
-    def _stream_step(
-        self,
-        engine: Engine,
-        state: StreamState | None,
-        fingerprint: bool = False,
-    ) -> tuple[StreamState, int, DataFingerprint | None]:
-        """One online-EM update with the rows of ``engine``.
-
-        ``(new state, rows read, their fingerprint)``; with ``fingerprint`` the
-        same pass fingerprints the rows (else ``None``). A stream without a state
-        starts from ``_start_params`` on these rows.
-        """
-        if state is None:
-            state = StreamState(self._start_params(engine))
-        rows_fingerprint = None
-        if fingerprint:
-            stats, rows_fingerprint = e_step_fingerprinted(engine, state.params)
+        if stream is not None:
+            state: StreamState | None = stream.state
         else:
-            stats = batch_stats(engine, state.params)
-        new = online_update(
-            state, stats, self._schedule(), self.reg_covar, average_after=self.average_after
-        )
-        return new, int(stats.n_rows), rows_fingerprint
-
-    def _start_params(self, engine: Engine) -> Params:
-        """Params to start a stream from: the user's, or ``init_params`` on ``engine``'s rows."""
-        user_init = self._check_initial_parameters(engine.n_features)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        return initial_params(
-            engine,
-            self.init_params,
-            self.n_components,
-            self.covariance_type,
-            self.reg_covar,
-            seed,
-            **user_init,
+            state = StreamState(self._params()) if fitted else None
+        state, _, _ = online.update(engine, state, self._online_settings())
+        self._set_stream(
+            Stream(state) if stream is None else dataclasses.replace(stream, state=state)
         )
 
-    def _set_stream(self, state: StreamState, position: StreamPosition | None) -> None:
-        """Expose a stream's state under the estimator's attribute names."""
+    def _schedule(self) -> StepSchedule:
+        return StepSchedule(self.learning_decay, self.learning_offset, self.forgetting_factor)
+
+    def _online_settings(self) -> OnlineSettings:
+        random_state = self.random_state
+        return OnlineSettings(
+            n_components=self.n_components,
+            covariance_type=self.covariance_type,
+            reg_covar=self.reg_covar,
+            init_params=self.init_params,
+            schedule=self._schedule(),
+            average_after=self.average_after,
+            user_init=self._check_initial_parameters,
+            draw_seed=lambda: int(check_random_state(random_state).randint(np.iinfo(np.int32).max)),
+            checkpoint=self.checkpoint,
+            resume=bool(self.resume),
+            verbose=int(self.verbose),
+        )
+
+    def _stream(self) -> Stream | None:
+        """The stream this estimator has got to (``None`` if it has not streamed)."""
+        state = self.__dict__.get("_stream_state")
+        if state is None:
+            return None
+        return Stream(
+            state,
+            self.__dict__.get("_stream_position"),
+            self.__dict__.get("_stream_plan"),
+            self.__dict__.get("_stream_data"),
+        )
+
+    def _set_stream(self, stream: Stream) -> None:
+        """Keep ``stream`` and expose its state under the estimator's attribute names."""
+        state = stream.state
         self._stream_state = state
-        self._stream_position = position
+        self._stream_position = stream.position
+        self._stream_plan = None if stream.plan is None else dict(stream.plan)
+        self._stream_data = None if stream.data is None else dict(stream.data)
         self._set_params(state.model_params)
         self.converged_ = False  # online EM has no convergence test
         self.n_steps_ = state.n_steps
@@ -494,328 +475,27 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         callback: Callable[[StreamRecord], None] | None = None,
     ) -> GaussianMixture:
         """Stepwise online EM over ``source`` in batches: see :func:`distmix.fit_stream`."""
-        with self._unchanged_on_error():
-            self._fit_stream(
+        with self._unchanged_on_error(), verbose_logging(self.verbose):
+            self._check_parameters()
+            if self.checkpoint is not None:
+                check_file_target(
+                    self.checkpoint,
+                    what="checkpoint",
+                    kinds=(STREAM_CHECKPOINT_FORMAT,),
+                    replace=True,
+                )
+            end = online.fit_stream(
                 source,
                 sample_weight,
-                n_passes=n_passes,
-                window=window,
-                shuffle=shuffle,
-                validation=validation,
-                report_every=report_every,
-                callback=callback,
+                self._online_settings(),
+                lambda X, w, first: self._engine(X, w, reset=first, many_passes=False),
+                StreamOptions(n_passes, window, shuffle, validation, report_every, callback),
+                previous=self._stream() if self.warm_start else None,
+                random_state_given=self.random_state is not None,
             )
+            if end is not None:  # else a continued stream had nothing new to read
+                self._set_stream(end)
         return self
-
-    def _stream_fingerprint(self, n_features: int, plan: StreamPlan, weighted: bool) -> dict:
-        return {
-            "n_features": int(n_features),
-            "weighted": weighted,
-            "n_components": int(self.n_components),
-            "covariance_type": self.covariance_type,
-            "reg_covar": float(self.reg_covar),
-            "init_params": self.init_params,
-            "learning_decay": float(self.learning_decay),
-            "learning_offset": float(self.learning_offset),
-            "forgetting_factor": None
-            if self.forgetting_factor is None
-            else float(self.forgetting_factor),
-            "average_after": None if self.average_after is None else int(self.average_after),
-            "window": plan.window,
-            "n_passes": plan.n_passes,
-            "shuffle": plan.shuffle,
-            "seed": plan.seed,
-        }
-
-    def _fit_stream(
-        self,
-        source: Any,
-        sample_weight: Any,
-        *,
-        n_passes: int | None,
-        window: int | None,
-        shuffle: bool | None,
-        validation: Any,
-        report_every: int,
-        callback: Callable[[StreamRecord], None] | None,
-    ) -> None:
-        self._check_parameters()
-        if self.checkpoint is not None:
-            check_file_target(
-                self.checkpoint, what="checkpoint", kinds=(STREAM_CHECKPOINT_FORMAT,), replace=True
-            )
-        state: StreamState | None = None
-        position = StreamPosition()
-        continuing = self.warm_start and getattr(self, "_stream_state", None) is not None
-        if continuing:
-            state, position = self._stream_state, self._stream_position or StreamPosition()
-        # settings not given continue those of the stream being continued or resumed
-        stored: dict[str, Any] = dict(self.__dict__.get("_stream_plan") or {}) if continuing else {}
-        if self.checkpoint is not None and self.resume and Path(self.checkpoint).exists():
-            fingerprint_before, _, _, _ = load_stream_checkpoint(self.checkpoint)
-            stored.update({k: fingerprint_before.get(k) for k in _PLAN_KEYS})
-        n_passes = stored.get("n_passes") or 1 if n_passes is None else n_passes
-        shuffle = stored.get("shuffle", True) if shuffle is None else shuffle
-        window = stored.get("window") if window is None else window
-        if self.random_state is None and stored.get("seed") is not None:
-            seed = int(stored["seed"])
-        else:
-            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        for name, value in (("n_passes", n_passes), ("report_every", report_every)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if window is not None and (
-            isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1
-        ):
-            raise ValueError(f"window must be None or an integer >= 1, got {window!r}.")
-        if _is_batch_iterable(source):
-            if sample_weight is not None:
-                raise ValueError(
-                    "sample_weight cannot be given with an iterable of batches; "
-                    "make each batch a (X, sample_weight) pair instead."
-                )
-            self._stream_batches(
-                source,
-                state,
-                position,
-                seed,
-                n_passes=int(n_passes),
-                shuffle=bool(shuffle),
-                validation=validation,
-                report_every=int(report_every),
-                callback=callback,
-                continuing=continuing,
-            )
-            return
-        source_engine = self._engine(source, sample_weight, reset=not continuing, many_passes=False)
-        if window is None:
-            window = source_engine.parallel_blocks()
-        plan = StreamPlan.for_blocks(
-            source_engine.block_rows,
-            window=int(window),
-            n_passes=int(n_passes),
-            shuffle=bool(shuffle),
-            seed=seed,
-        )
-        fingerprint = self._stream_fingerprint(
-            source_engine.n_features, plan, sample_weight is not None
-        )
-        resumed = self._resume_stream(fingerprint)
-        if resumed is not None:
-            state, position, carried = resumed
-        else:
-            carried = dict(self.__dict__.get("_stream_data") or {}) if continuing else {}
-        # a position counts the blocks of the run that wrote it: the rows already read
-        # keep that run's blocks, whatever the blocks of the source are now
-        plan = plan.with_blocks_read(_decode_stops(carried.get("block_stops")), position)
-        data = None
-        if self.checkpoint is not None:
-            # the checkpoint is bound to the values read so far (each row once, in the
-            # first pass over its segment): a resumed stream reads those rows once more,
-            # hash only, and refuses to go on if they changed, before writing anything
-            data = DataCheck(
-                self.checkpoint,
-                carried.get("data_fingerprint"),
-                resuming=resumed is not None,
-            )
-            if resumed is not None:
-                data.ensure(source_engine.window(plan.ranges_read(position)))
-            elif not continuing:
-                data.observe(DataFingerprint())  # nothing read yet
-            else:
-                # continued from this estimator's own stream, which recorded its rows (if
-                # it had no checkpoint, nothing was recorded and the checkpoint says so)
-                known = DataFingerprint.from_json(carried.get("data_fingerprint"))
-                if known is not None:
-                    data.observe(known)
-        n_rows = source_engine.n_rows
-        held_out = _HeldOut(self, validation)
-        self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
-        started = time.perf_counter()
-        rows_here = 0
-        for after, ranges in plan.walk(position, n_rows):
-            engine = source_engine.window(ranges)
-            first_pass = not position.in_segment or position.pass_index == 0
-            track = data is not None and not data.pending and first_pass
-            state, n_read, rows_fingerprint = self._stream_step(engine, state, track)
-            if data is not None and rows_fingerprint is not None:
-                data.add(rows_fingerprint)
-            position = after
-            rows_here += n_read
-            last = not after.in_segment and after.rows_done == n_rows
-            if state.n_steps % report_every == 0 or last:
-                state = held_out.record(state)
-                self._report_stream(state, rows_here, time.perf_counter() - started, callback)
-            if data is not None:
-                save_stream_checkpoint(
-                    data.checkpoint,
-                    fingerprint,
-                    state,
-                    position,
-                    extra={**data.record(), **plan.blocks_read_record(position)},
-                )
-        if state is None:
-            if continuing:
-                return  # nothing new to read: the model stays as it is
-            raise ValueError("the stream source has no rows to read.")
-        self._set_stream(state, position)
-        self._stream_data = {
-            **(data.record() if data is not None else {}),
-            **plan.blocks_read_record(position),
-        }
-
-    def _stream_batches(
-        self,
-        source: Any,
-        state: StreamState | None,
-        position: StreamPosition,
-        seed: int,
-        *,
-        n_passes: int,
-        shuffle: bool,
-        validation: Any,
-        report_every: int,
-        callback: Callable[[StreamRecord], None] | None,
-        continuing: bool,
-    ) -> None:
-        """Stream an iterable of batches (arrays or ``(X, sample_weight)`` pairs).
-
-        A sequence (list, tuple) can be read in several passes and shuffled; an
-        iterator is read once, in its own order. The position counts batches,
-        so that a resumed stream skips those already folded in (the iterable
-        must yield the same batches again).
-        """
-        is_sequence = isinstance(source, Sequence)
-        if n_passes > 1 and not is_sequence and iter(source) is source:
-            raise ValueError(
-                "n_passes > 1 needs a source that can be read again (a list of batches, a "
-                "dask or Zarr array); an iterator is read once."
-            )
-        if shuffle and not is_sequence:
-            shuffle = False  # an iterator streams in its own order
-        fingerprint = {
-            **self._stream_fingerprint(
-                getattr(self, "n_features_in_", -1) if continuing else -1,
-                StreamPlan((), 1, n_passes, shuffle, seed),
-                False,
-            ),
-            "source": "batches",
-        }
-        fingerprint.pop("n_features")
-        resumed = self._resume_stream(fingerprint)
-        if resumed is not None:
-            state, position, _ = resumed
-        if not continuing and resumed is None:
-            position = StreamPosition()
-        # bound to the values of the batches folded in (keyed by their place in the
-        # source): checked on resume against the batches skipped, before any write
-        data, seen, checking = None, DataFingerprint(), False
-        if self.checkpoint is not None:
-            data = DataCheck(
-                self.checkpoint,
-                resumed[2].get("data_fingerprint") if resumed else None,
-                resuming=resumed is not None,
-            )
-            if resumed is not None and position.pass_index > 0:  # all of the first pass
-                data.observe(sum((_batch_fingerprint(i, b) for i, b in enumerate(source)), seen))
-            elif resumed is not None:
-                checking = True  # summed over the batches skipped below
-            elif not continuing:
-                data.observe(seen)
-        held_out = _HeldOut(self, validation)
-        started, rows_here = time.perf_counter(), 0
-        for pass_index in range(position.pass_index, n_passes):
-            order: Any = source
-            places: Any = itertools.count()
-            if shuffle:
-                rng = np.random.default_rng([seed, pass_index, 0x5EED])
-                places = rng.permutation(len(source))
-                order = [source[i] for i in places]
-            skip = position.batch_index if pass_index == position.pass_index else 0
-            # places: each batch's index in the source (a count when not shuffled)
-            for index, (place, item) in enumerate(zip(places, order, strict=False)):
-                if index < skip:
-                    if checking:
-                        seen += _batch_fingerprint(int(place), item)
-                    continue
-                if checking and data is not None:
-                    data.observe(seen)
-                    checking = False
-                X, w = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
-                where = f"batch {index}" + (f" of pass {pass_index}" if n_passes > 1 else "")
-                try:
-                    engine = self._engine(
-                        X, w, reset=state is None and not continuing, many_passes=False
-                    )
-                    track = data is not None and not data.pending and pass_index == 0
-                    state, n_read, rows_fingerprint = self._stream_step(engine, state, track)
-                except ValueError as error:
-                    raise ValueError(f"{where}: {error}") from error
-                if data is not None and rows_fingerprint is not None:
-                    data.add(_keyed_by_place(int(place), rows_fingerprint))
-                rows_here += n_read
-                position = StreamPosition(0, 0, 0, pass_index, index + 1)
-                if state.n_steps % report_every == 0:
-                    state = held_out.record(state)
-                    self._report_stream(state, rows_here, time.perf_counter() - started, callback)
-                if data is not None:
-                    save_stream_checkpoint(
-                        data.checkpoint, fingerprint, state, position, extra=data.record()
-                    )
-            position = StreamPosition(0, 0, 0, pass_index + 1, 0)
-        if checking and data is not None:
-            data.observe(seen)
-        if state is None:
-            if continuing or resumed is not None:
-                return
-            raise ValueError("the stream of batches is empty: there is nothing to fit.")
-        if validation is not None and (
-            not state.history or state.history[-1].validation_log_likelihood is None
-        ):
-            state = held_out.record(state)
-            self._report_stream(state, rows_here, time.perf_counter() - started, callback)
-        self._stream_plan = {k: fingerprint[k] for k in _PLAN_KEYS}
-        self._set_stream(state, None)
-
-    def _resume_stream(
-        self, fingerprint: dict[str, Any]
-    ) -> tuple[StreamState, StreamPosition, dict[str, Any]] | None:
-        """``(state, position, extra)`` of the checkpoint to resume, its settings checked."""
-        if self.checkpoint is None or not self.resume or not Path(self.checkpoint).exists():
-            return None
-        stored, state, position, extra = load_stream_checkpoint(self.checkpoint)
-        _check_fingerprint(
-            self.checkpoint,
-            stored,
-            fingerprint,
-            "stream",
-            "Start over without resuming (resume=False; on the command line, drop --resume), "
-            "or use another checkpoint path.",
-        )
-        return state, position or StreamPosition(), extra
-
-    def _report_stream(
-        self,
-        state: StreamState,
-        rows: int,
-        seconds: float,
-        callback: Callable[[StreamRecord], None] | None,
-    ) -> None:
-        record = state.history[-1]
-        if self.verbose:
-            rate = rows / seconds if seconds > 0 else math.inf
-            held_out = (
-                ""
-                if record.validation_log_likelihood is None
-                else f"\t held-out ll {record.validation_log_likelihood:.6f}"
-            )
-            print(
-                f"  Step {record.n_steps}\t rows {record.n_samples_seen:,}\t {rate:,.0f} rows/s"
-                f"\t step {record.step_size:.4f}\t running ll {record.running_log_likelihood:.6f}"
-                + held_out
-            )
-        if callback is not None:
-            callback(record)
 
     def _fit_settings(self) -> FitSettings:
         seed = self.random_state
@@ -932,84 +612,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return sample_mixture(self._params(), n_samples, check_random_state(self.random_state))
 
 
-_PLAN_KEYS = ("seed", "window", "n_passes", "shuffle")
-
-
-def _check_fingerprint(
-    path: Any, stored: dict[str, Any], current: dict[str, Any], what: str, hint: str
-) -> None:
-    """Refuse a checkpoint written by another fit or stream, naming every difference."""
-    differences = [
-        f"{key} {stored.get(key)!r} in the checkpoint, {value!r} now"
-        for key, value in current.items()
-        if stored.get(key) != value
-    ]
-    if differences:
-        raise ValueError(
-            f"checkpoint {path} was written by a different {what} ("
-            + "; ".join(differences)
-            + "). "
-            + hint
-        )
-
-
-class _HeldOut:
-    """The held-out rows of a stream, scored on demand (their engine made on first use)."""
-
-    def __init__(self, model: GaussianMixture, validation: Any) -> None:
-        self.model, self.validation = model, validation
-        self._engine: Engine | None = None
-
-    def record(self, state: StreamState) -> StreamState:
-        """``state`` with the held-out log-likelihood of its model Params (if rows were given)."""
-        if self.validation is None:
-            return state
-        if self._engine is None:
-            self._engine = self.model._engine(self.validation, reset=False)
-        return with_validation(state, mean_log_likelihood_of(self._engine, state.model_params))
-
-
-def _keyed_by_place(place: int, rows: DataFingerprint) -> DataFingerprint:
-    """A batch's fingerprint (rows numbered from 0) made specific to its ``place`` in
-    the source, so that the same batch elsewhere in the stream counts differently."""
-    return DataFingerprint(*_keyed_value(place, rows))
-
-
-def _keyed_value(place: int, rows: DataFingerprint) -> tuple[int, int]:
-    odd = int(block_fingerprint(np.array([[float(place)]])).value) | 1
-    return (rows.value * odd + place) % 2**64, rows.n_rows
-
-
-def _batch_fingerprint(place: int, item: Any) -> DataFingerprint:
-    """The fingerprint of a batch of an iterable at ``place`` in the source, read anew
-    (a resumed stream checks the batches it skips)."""
-    X, w = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
-    weights = None if w is None else np.asarray(w, dtype=np.float64)
-    return _keyed_by_place(place, block_fingerprint(np.asarray(X, dtype=np.float64), weights))
-
-
-def _decode_stops(record: Any) -> tuple[int, ...] | None:
-    """Block stops from their run-length record ``[[rows, count], ...]`` (or ``None``)."""
-    if not isinstance(record, list):
-        return None
-    lengths = [int(rows) for rows, count in record for _ in range(int(count))]
-    return tuple(int(s) for s in np.cumsum(lengths)) if lengths else ()
-
-
-def _is_batch_iterable(source: Any) -> bool:
-    """An iterable of batches (not an array, a Zarr source or a nested list of numbers)."""
-    if is_zarr_source(source) or hasattr(source, "shape") or isinstance(source, (str, bytes)):
-        return False
-    if isinstance(source, (list, tuple)):
-        # batches are 2-D arrays or (2-D array, weights) pairs; a list of 1-D rows is an array
-        return len(source) > 0 and all(
-            getattr(item, "ndim", 0) == 2
-            or (isinstance(item, tuple) and len(item) == 2 and getattr(item[0], "ndim", 0) == 2)
-            for item in source
-        )
-    return hasattr(source, "__iter__")
-
-
 def fit_stream(
     source: Any,
     model: GaussianMixture | None = None,
@@ -1058,7 +660,7 @@ def fit_stream(
     report_every : int, default=10
         Updates between progress lines (``verbose``), callbacks and validations.
     callback : callable, optional
-        Called with the latest :class:`~distmix.engines.stream.StreamRecord`.
+        Called with the latest :class:`~distmix.stepwise.StreamRecord`.
     **params
         Estimator parameters (``n_components``, ``learning_decay``, ``checkpoint``, ...).
 
@@ -1103,10 +705,13 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
     model.lower_bounds_ = list(stored.lower_bounds)
     model.n_features_in_ = params.n_features
     if stored.stream_state is not None:
-        model._set_stream(stored.stream_state, stored.stream_position)
+        model._set_stream(
+            Stream(
+                stored.stream_state,
+                stored.stream_position,
+                stored.stream_plan,
+                stored.stream_data,
+            )
+        )
         model._set_params(params)  # the stored bits
-        if stored.stream_plan is not None:
-            model._stream_plan = dict(stored.stream_plan)
-        if stored.stream_data is not None:
-            model._stream_data = dict(stored.stream_data)
     return model

@@ -28,6 +28,8 @@ import numpy as np
 
 from distmix._paths import check_writable, is_url, named, overwrite_hint
 from distmix.params import Params, covariance_shape
+from distmix.stepwise import StreamPosition, StreamRecord, StreamState
+from distmix.suffstats import SuffStats
 
 MODEL_FORMAT = "distmix-model"
 CHECKPOINT_FORMAT = "distmix-checkpoint"
@@ -453,8 +455,10 @@ _RECORD_FIELDS = (
 _POSITION_FIELDS = ("rows_done", "segment_start", "segment_stop", "pass_index", "batch_index")
 
 
-def stream_arrays(state: Any, position: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(meta, arrays)`` holding a :class:`~distmix.engines.stream.StreamState` exactly."""
+def stream_arrays(
+    state: StreamState, position: StreamPosition | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(meta, arrays)`` holding a :class:`~distmix.stepwise.StreamState` exactly."""
     meta: dict[str, Any] = {
         "n_steps": state.n_steps,
         "n_samples_seen": state.n_samples_seen,
@@ -488,11 +492,8 @@ def stream_arrays(state: Any, position: Any) -> tuple[dict[str, Any], dict[str, 
 
 def stream_from_arrays(
     meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], covariance_type: str, source: Any
-) -> tuple[Any, Any]:
+) -> tuple[StreamState, StreamPosition | None]:
     """Inverse of :func:`stream_arrays`: ``(StreamState, StreamPosition or None)``, validated."""
-    from distmix.engines.stream import StreamPosition, StreamRecord, StreamState
-    from distmix.suffstats import SuffStats
-
     try:
         params = params_from_arrays(arrays, covariance_type, source, "stream_params_")
         averaged = (
@@ -565,8 +566,8 @@ def _position_values(position: Any) -> list[int]:
 def save_stream_checkpoint(
     path: str | os.PathLike[str],
     fingerprint: Mapping[str, Any],
-    state: Any,
-    position: Any,
+    state: StreamState,
+    position: StreamPosition | None,
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a stream's state and position atomically to ``path``."""
@@ -581,7 +582,9 @@ def save_stream_checkpoint(
     write_archive(path, meta, arrays)
 
 
-def load_stream_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Any, Any, dict]:
+def load_stream_checkpoint(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, Any], StreamState, StreamPosition | None, dict[str, Any]]:
     """``(fingerprint, state, position, extra)`` of a stream checkpoint, validated."""
     meta, arrays = read_archive(path, STREAM_CHECKPOINT_FORMAT)
     fingerprint = meta.get("fingerprint")
@@ -614,8 +617,8 @@ class ModelFile:
     n_iter: int
     lower_bound: float
     lower_bounds: tuple[float, ...]
-    stream_state: Any = None
-    stream_position: Any = None
+    stream_state: StreamState | None = None
+    stream_position: StreamPosition | None = None
     stream_plan: dict[str, Any] | None = None
     stream_data: dict[str, Any] | None = None
 

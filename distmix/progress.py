@@ -39,7 +39,14 @@ class ProgressReporter:
     :meth:`blocks_done` with the number of blocks done so far (possibly
     fractional, from a cluster's task counts); :meth:`step` after every
     iteration or update; :meth:`end` when the fit is over (also on error).
+
+    A reporter with ``counts_blocks = False`` hears only of fits and steps: the
+    engines then do not count blocks for it (on a cluster, counting watches the
+    scheduler's tasks).
     """
+
+    #: whether the engines should report the blocks of each pass to this reporter
+    counts_blocks = True
 
     def begin(self, total: int | None, what: str = "iteration") -> None:
         """A fit of ``total`` steps (``what``: "iteration" or "update") starts."""
@@ -143,8 +150,10 @@ def current() -> ProgressReporter:
 
 
 def reporting_on() -> bool:
-    """Whether a reporter listens (engines skip their counting when none does)."""
-    return _REPORTER.get() is not _NO_REPORTER
+    """Whether a reporter listens to block counts (engines skip their counting when
+    none does)."""
+    reporter = _REPORTER.get()
+    return reporter is not _NO_REPORTER and reporter.counts_blocks
 
 
 @contextlib.contextmanager
@@ -173,20 +182,25 @@ def fit_progress(total: int | None, what: str = "iteration") -> Iterator[Progres
 @contextlib.contextmanager
 def log_to(stream: TextIO | None = None, level: int = logging.INFO) -> Iterator[None]:
     """Within this block, distmix's messages go to ``stream`` (default: standard output)
-    as plain lines, unless the application has given the ``distmix`` logger (or the
-    root logger) a handler of its own already."""
-    if logger.handlers or logging.getLogger().handlers:
+    as plain lines, once each: they do not also propagate to the root logger's handlers.
+
+    An application that has given the ``distmix`` logger a handler of its own keeps it:
+    then nothing changes here.
+    """
+    if logger.handlers:
         yield
         return
     handler = _LineHandler(stream if stream is not None else sys.stdout)
-    previous = logger.level
+    level_before, propagate_before = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(level)
+    logger.propagate = False
     try:
         yield
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(previous)
+        logger.setLevel(level_before)
+        logger.propagate = propagate_before
 
 
 class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -210,5 +224,7 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def verbose_logging(verbose: Any) -> contextlib.AbstractContextManager[None]:
     """What scikit-learn's ``verbose`` means here: with ``verbose > 0``, distmix's
-    messages go to standard output for the duration of the call."""
+    messages are printed to standard output for the duration of the call, whatever the
+    root logger's configuration (to route them elsewhere, leave ``verbose=0`` and give
+    the ``distmix`` logger a handler at INFO)."""
     return log_to() if verbose else contextlib.nullcontext()

@@ -29,20 +29,26 @@ def _zarr(path: Path, X: np.ndarray, chunk_rows: int) -> str:
     return str(path)
 
 
-def _after_iteration(model: distmix.GaussianMixture, hook) -> None:
-    """Call ``hook(info)`` after every EM iteration of ``model``'s next fit."""
-    original = model._iteration_callback
+class _AfterIteration(distmix.progress.ProgressReporter):
+    """Calls ``hook(n_iter)`` after every EM iteration of a fit (one run: n_init=1)."""
 
-    def wrapped(*args):
-        inner = original(*args)
+    counts_blocks = False  # no watching of the scheduler's tasks
 
-        def after(info):
-            inner(info)
-            hook(info)
+    def __init__(self, hook) -> None:
+        self.hook = hook
+        self.last = 0
 
-        return after
+    def step(self, n_done: int, note: str = "") -> None:
+        # the end of a run is a step too (to n_init * max_iter): the same count again
+        # after a run of max_iter iterations
+        if n_done != self.last:
+            self.last = n_done
+            self.hook(n_done)
 
-    model._iteration_callback = wrapped
+
+def _after_iteration(hook):
+    """Within this block, ``hook(n_iter)`` runs after every EM iteration."""
+    return distmix.progress.reporting(_AfterIteration(hook))
 
 
 def test_worker_killed_mid_fit_gives_the_no_fault_result(tmp_path):
@@ -56,16 +62,16 @@ def test_worker_killed_mid_fit_gives_the_no_fault_result(tmp_path):
         victim_address, victim_pid = sorted(pids.items())[0]
         killed = threading.Event()
 
-        def kill_soon(info):
-            if info.n_iter == 2:  # iteration 3 starts right away: kill during it
+        def kill_soon(n_iter):
+            if n_iter == 2:  # iteration 3 starts right away: kill during it
                 timer = threading.Timer(
                     0.02, lambda: (os.kill(victim_pid, signal.SIGKILL), killed.set())
                 )
                 timer.start()
 
         model = distmix.GaussianMixture(**settings)
-        _after_iteration(model, kill_soon)
-        model.fit(da.from_zarr(path))
+        with _after_iteration(kill_soon):
+            model.fit(da.from_zarr(path))
         assert killed.wait(5)
         assert not psutil.pid_exists(victim_pid) or psutil.Process(victim_pid).status() == "zombie"
         assert (
@@ -122,20 +128,19 @@ def test_long_fit_leaves_the_scheduler_as_it_found_it(scheduler_process, tmp_pat
                 count = n_tasks()
             return count
 
-        def record(info):
+        def record(n_iter):
             counts.append(settled_count())
             # fail at once (not after 500 slow iterations) if something stays behind
-            assert counts[-1] == baseline, f"iteration {info.n_iter}: {counts[-1]} tasks left"
-            if info.n_iter % 50 == 0:
-                rss[info.n_iter] = process.memory_info().rss
+            assert counts[-1] == baseline, f"iteration {n_iter}: {counts[-1]} tasks left"
+            if n_iter % 50 == 0:
+                rss[n_iter] = process.memory_info().rss
 
         # persist=False: every pass reads the blocks from the store, so between iterations
         # nothing at all should remain on the scheduler
         model = distmix.GaussianMixture(
             2, tol=0.0, max_iter=500, persist=False, **starting_params(X, 2, "full", seed=3)
         )
-        _after_iteration(model, record)
-        with warnings.catch_warnings():
+        with _after_iteration(record), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(da.from_zarr(path))
     assert len(counts) == 500

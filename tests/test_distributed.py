@@ -13,6 +13,7 @@ import zarr
 from conftest import local_cluster, mixture_data
 from sklearn.exceptions import ConvergenceWarning
 
+import distmix.progress
 from distmix import GaussianMixture
 
 
@@ -52,14 +53,14 @@ def test_persisted_blocks_are_released_after_the_fit(client, tmp_path):
     baseline = n_tasks()
     seen: list[int] = []
     model = GaussianMixture(2, random_state=0, persist=True, tol=1e-8, max_iter=5)
-    original = model._iteration_callback
 
-    def spy(*args):
-        inner = original(*args)
-        return lambda info: (inner(info), seen.append(n_tasks()))
+    class Spy(distmix.progress.ProgressReporter):
+        counts_blocks = False
 
-    model._iteration_callback = spy
-    with client.as_current(), warnings.catch_warnings():
+        def step(self, n_done, note=""):
+            seen.append(n_tasks())
+
+    with client.as_current(), warnings.catch_warnings(), distmix.progress.reporting(Spy()):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(array)
     assert min(seen) >= baseline + 8  # the 8 blocks stay in memory between iterations

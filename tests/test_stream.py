@@ -24,7 +24,7 @@ from conftest import COVARIANCE_TYPES, local_cluster, mixture_data, starting_par
 
 import distmix
 from distmix import GaussianMixture, fit_stream
-from distmix.engines.stream import StepSchedule, StreamPlan, StreamPosition
+from distmix.stepwise import StepSchedule, StreamPlan, StreamPosition
 from distmix.persist import ModelFileError, load_stream_checkpoint
 from distmix.sources.zarr_write import create_zarr_array
 

@@ -305,7 +305,7 @@ def test_cli_names_a_worker_without_distmix(dataset, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith("distmix fit: error: Dask worker tcp://127.0.0.1:")
-    assert "cannot load distmix" in err and "No module named 'distmix.em'" in err
+    assert "cannot load distmix" in err and "No module named 'distmix.tasks'" in err
     assert "cannot hold" not in err  # not taken for a worker without memory
     assert not out.exists()
 

@@ -1,7 +1,10 @@
-"""The stream engine: stepwise online EM over batches of rows.
+"""Stepwise online EM, the arithmetic: step sizes, the running statistics, the
+order a stream reads its blocks in, and the state a checkpoint keeps.
 
-Each batch's SuffStats come from the same kernel and the same engines as a
-batch-EM pass (a batch is one in-memory block set, or a window of dask/Zarr
+Layer: a kernel-side module, like :mod:`distmix.mstep`; it imports no engine,
+loop or estimator (:mod:`distmix.online` drives it with an engine's E-step
+passes). Each batch's SuffStats come from the same kernel and the same engines
+as a batch-EM pass (a batch is one in-memory block set, or a window of dask/Zarr
 blocks reduced as a tree). What is particular to streaming lives here: the
 running average of the statistics (Cappé & Moulines 2009; in mini-batch form,
 Liang & Klein 2009),
@@ -29,16 +32,14 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from distmix.engines.base import Engine
 from distmix.mstep import m_step
 from distmix.nonfinite import raise_if_nonfinite
 from distmix.params import Params
-from distmix.sources.checks import is_dask_array
 from distmix.suffstats import SuffStats
 
 #: how many per-update history entries a stream keeps (the newest); older ones are dropped
@@ -137,13 +138,6 @@ class StreamState:
         if self.stats is None:
             return -math.inf
         return float(self.stats.log_lik) / float(np.sum(self.stats.resp_sum))
-
-
-def batch_stats(engine: Engine, params: Params) -> SuffStats:
-    """SuffStats of one batch under ``params``: one pass of the shared E-step."""
-    from distmix.em import e_step  # the batch-EM pass, the same kernel and checks
-
-    return e_step(engine, params)
 
 
 def online_update(
@@ -366,50 +360,3 @@ class StreamPlan:
                         after = StreamPosition(pos.segment_stop)
                     yield after, batches[i]
             pos = StreamPosition(pos.segment_stop)
-
-
-def window_engine(X: Any, sample_weight: Any, ranges: Sequence[Range], *, split_every: int) -> Any:
-    """An engine over the row ``ranges`` of ``X`` (NumPy or dask), one block per range.
-
-    Rows keep their global index in ``X`` (for naming bad rows).
-    """
-    from distmix.engines.dask import DaskEngine
-    from distmix.engines.local import LocalEngine
-
-    offsets = tuple(a for a, _ in ranges)
-    lengths = tuple(b - a for a, b in ranges)
-    if is_dask_array(X):
-        import dask.array as da
-
-        def gather(array: Any) -> Any:
-            parts = [array[a:b] for a, b in ranges]
-            return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
-
-        w = None if sample_weight is None else gather(sample_weight)
-        return DaskEngine(
-            gather(X),
-            w,
-            split_every=split_every,
-            persist=False,
-            row_offsets=offsets,
-            check_memory=False,  # the source's engine checked these blocks once
-        )
-    if len(ranges) == 1:
-        rows: Any = slice(*ranges[0])
-    else:
-        rows = np.concatenate([np.arange(a, b) for a, b in ranges])
-    w = None if sample_weight is None else sample_weight[rows]
-    return LocalEngine(X[rows], w, lengths, split_every, row_offsets=offsets)
-
-
-@dataclass
-class StreamProgress:
-    """Counters a progress display reads: rows and seconds of this call."""
-
-    rows: int = 0
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else math.inf
