@@ -45,6 +45,7 @@ from distmix.persist import (
     load_stream_checkpoint,
 )
 from distmix.progress import TextProgress, reporting
+from distmix.settings import check_settings
 from distmix.sources.dataset import open_dataset
 from distmix.stepwise import StepSchedule
 
@@ -223,7 +224,7 @@ def _model_for(args: argparse.Namespace) -> Any:
         settings.update(max_iter=args.max_iter, tol=args.tol, n_init=args.n_init)
     model = distmix.GaussianMixture(args.components, **settings)
     try:
-        model._check_parameters()
+        check_settings(model.get_params())
     except ValueError as error:
         # the estimator names its parameters; a command-line user knows the flags
         message = str(error)

@@ -13,9 +13,10 @@ E-step of the last iteration, i.e. of the Params *before* its M-step.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,23 @@ class FitSettings:
     random_state: int | None = None
     verbose: int = 0
     verbose_interval: int = 10
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> FitSettings:
+        """From an estimator's ``get_params()`` (checked already)."""
+        seed = params["random_state"]
+        return cls(
+            n_components=int(params["n_components"]),
+            covariance_type=params["covariance_type"],
+            tol=float(params["tol"]),
+            reg_covar=float(params["reg_covar"]),
+            max_iter=int(params["max_iter"]),
+            n_init=int(params["n_init"]),
+            init_params=params["init_params"],
+            random_state=int(seed) if isinstance(seed, numbers.Integral) else None,
+            verbose=int(params["verbose"]),
+            verbose_interval=int(params["verbose_interval"]),
+        )
 
     def checkpoint_key(self, engine: Engine, weighted: bool) -> dict[str, Any]:
         """What a checkpoint must agree on to be resumed by this fit."""

@@ -1,20 +1,22 @@
 """``distmix.GaussianMixture``: a scikit-learn estimator over every engine.
 
-A leaf: it turns its input into an engine (NumPy → in-process blocks, dask or
-Zarr → one Dask task per block), runs :mod:`distmix.init` and
-:mod:`distmix.em`, and stores the result under scikit-learn's attribute names.
-Nothing in distmix imports it.
+A leaf, and thin: it checks its settings (:mod:`distmix.settings`), has
+:func:`~distmix.engines.factory.make_engine` build the engine of its input
+(NumPy → in-process blocks, dask or Zarr → one Dask task per block), hands the
+fit to the EM loop (:func:`distmix.em.fit_em`) or the online driver
+(:mod:`distmix.online`), and keeps the result under scikit-learn's attribute
+names; model files are :mod:`distmix.persist`'s. Nothing in distmix imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
@@ -23,15 +25,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from distmix import online
-from distmix._typing import INIT_PARAMS, check_covariance_type
 from distmix.em import (
     FitSettings,
     fit_em,
     mean_log_likelihood_of,
 )
-from distmix.engines.base import WindowedEngine
 from distmix.engines.factory import make_engine
-from distmix.online import OnlineSettings, Stream, StreamOptions
+from distmix.online import OnlineSettings, StreamOptions
 from distmix.params import Params, check_initial_parameters, sample_mixture
 from distmix.persist import (
     CHECKPOINT_FORMAT,
@@ -43,10 +43,15 @@ from distmix.persist import (
     write_model,
 )
 from distmix.progress import verbose_logging
-from distmix.reduce import check_split_every
-from distmix.sources.checks import is_dask_array, is_zarr_source
-from distmix.stepwise import StepSchedule, StreamRecord, StreamState
-from distmix.tasks import TaskName
+from distmix.settings import check_settings
+from distmix.stepwise import Stream, StreamRecord
+
+if TYPE_CHECKING:  # types only
+    from distmix.engines.base import WindowedEngine
+    from distmix.tasks import TaskName
+
+#: seeds of the runs are drawn below this bound (scikit-learn's)
+_SEEDS = np.iinfo(np.int32).max
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -190,49 +195,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # -- validation ---------------------------------------------------------
     def _check_parameters(self) -> None:
-        def positive_int(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, np.integer))
-                or value < minimum
-            ):
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-        positive_int("n_components", 1)
-        positive_int("max_iter", 0)
-        positive_int("n_init", 1)
-        positive_int("verbose_interval", 1)
-        check_covariance_type(self.covariance_type)
-        for name in ("tol", "reg_covar"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, (int, float, np.number))
-                or not value >= 0
-                or not math.isfinite(value)
-            ):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-        if self.init_params not in INIT_PARAMS:
-            raise ValueError(
-                f"init_params={self.init_params!r} is not one of "
-                f"{', '.join(repr(i) for i in INIT_PARAMS)}."
-            )
-        check_split_every(self.split_every)
-        if not (isinstance(self.persist, bool) or self.persist == "auto"):
-            raise ValueError(f"persist must be 'auto', True or False, got {self.persist!r}.")
-        fraction = self.persist_fraction
-        if (
-            isinstance(fraction, bool)
-            or not isinstance(fraction, (int, float))
-            or not 0 < fraction <= 1
-        ):
-            raise ValueError(f"persist_fraction must be a number in (0, 1], got {fraction!r}.")
-        self._schedule()
-        after = self.average_after
-        if after is not None and (
-            isinstance(after, bool) or not isinstance(after, (int, np.integer)) or after < 0
-        ):
-            raise ValueError(f"average_after must be None or an integer >= 0, got {after!r}.")
+        check_settings(self.get_params())
 
     def _check_initial_parameters(self, n_features: int) -> dict[str, Any]:
         return check_initial_parameters(
@@ -253,11 +216,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         many_passes = reset if many_passes is None else many_passes
 
-        def check_features(n_features: int, source: Any) -> None:
-            if is_zarr_source(source) or is_dask_array(source):
+        def check_features(n_features: int, in_memory: Any) -> None:
+            if in_memory is None:  # dask or Zarr
                 self._check_n_features(n_features, reset=reset)
             else:  # scikit-learn's checks of the feature count and names
-                validate_data(self, source, skip_check_array=True, reset=reset)
+                validate_data(self, in_memory, skip_check_array=True, reset=reset)
 
         return make_engine(
             X,
@@ -334,10 +297,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         warm = self.warm_start and fitted_before
         n_init = 1 if warm else self.n_init
         random_state = check_random_state(self.random_state)
-        seeds = [int(random_state.randint(np.iinfo(np.int32).max)) for _ in range(n_init)]
+        seeds = [int(random_state.randint(_SEEDS)) for _ in range(n_init)]
         fitted = fit_em(
             engine,
-            self._fit_settings(),
+            FitSettings.from_params(self.get_params()),
             seeds=seeds,
             user_init=user_init,
             start=(self._params(), float(self.lower_bound_)) if warm else None,
@@ -391,75 +354,33 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _partial_fit(self, X: Any, sample_weight: Any) -> None:
         self._check_parameters()
-        stream = self._stream()
-        fitted = hasattr(self, "precisions_cholesky_")
-        engine = self._engine(X, sample_weight, reset=not fitted, many_passes=False)
-        if stream is not None:
-            state: StreamState | None = stream.state
-        else:
-            state = StreamState(self._params()) if fitted else None
-        state, _, _ = online.update(engine, state, self._online_settings())
-        self._set_stream(
-            Stream(state) if stream is None else dataclasses.replace(stream, state=state)
-        )
-
-    def _schedule(self) -> StepSchedule:
-        return StepSchedule(self.learning_decay, self.learning_offset, self.forgetting_factor)
+        fitted = self._params() if hasattr(self, "precisions_cholesky_") else None
+        engine = self._engine(X, sample_weight, reset=fitted is None, many_passes=False)
+        stream = self.__dict__.get("_stream")
+        self._set_stream(online.partial_update(engine, stream, fitted, self._online_settings()))
 
     def _online_settings(self) -> OnlineSettings:
         random_state = self.random_state
-        return OnlineSettings(
-            n_components=self.n_components,
-            covariance_type=self.covariance_type,
-            reg_covar=self.reg_covar,
-            init_params=self.init_params,
-            schedule=self._schedule(),
-            average_after=self.average_after,
-            user_init=self._check_initial_parameters,
-            draw_seed=lambda: int(check_random_state(random_state).randint(np.iinfo(np.int32).max)),
-            checkpoint=self.checkpoint,
-            resume=bool(self.resume),
-            verbose=int(self.verbose),
-        )
-
-    def _stream(self) -> Stream | None:
-        """The stream this estimator has got to (``None`` if it has not streamed)."""
-        state = self.__dict__.get("_stream_state")
-        if state is None:
-            return None
-        return Stream(
-            state,
-            self.__dict__.get("_stream_position"),
-            self.__dict__.get("_stream_plan"),
-            self.__dict__.get("_stream_data"),
+        return OnlineSettings.from_params(
+            self.get_params(),
+            self._check_initial_parameters,
+            lambda: int(check_random_state(random_state).randint(_SEEDS)),
         )
 
     def _set_stream(self, stream: Stream) -> None:
         """Keep ``stream`` and expose its state under the estimator's attribute names."""
+        self._stream = stream
         state = stream.state
-        self._stream_state = state
-        self._stream_position = stream.position
-        self._stream_plan = None if stream.plan is None else dict(stream.plan)
-        self._stream_data = None if stream.data is None else dict(stream.data)
         self._set_params(state.model_params)
         self.converged_ = False  # online EM has no convergence test
-        self.n_steps_ = state.n_steps
-        self.n_iter_ = state.n_steps
+        self.n_steps_ = self.n_iter_ = state.n_steps
         self.n_samples_seen_ = state.n_samples_seen
         self.lower_bound_ = state.running_log_likelihood
         self.lower_bounds_ = [r.running_log_likelihood for r in state.history]
-        self.stream_history_ = [dataclasses.asdict(r) for r in state.history]
+        self.stream_history_ = [asdict(r) for r in state.history]
 
     def _forget_stream(self) -> None:
-        for name in (
-            "_stream_state",
-            "_stream_position",
-            "_stream_plan",
-            "_stream_data",
-            "n_steps_",
-            "n_samples_seen_",
-            "stream_history_",
-        ):
+        for name in ("_stream", "n_steps_", "n_samples_seen_", "stream_history_"):
             self.__dict__.pop(name, None)
 
     def fit_stream(
@@ -490,27 +411,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 self._online_settings(),
                 lambda X, w, first: self._engine(X, w, reset=first, many_passes=False),
                 StreamOptions(n_passes, window, shuffle, validation, report_every, callback),
-                previous=self._stream() if self.warm_start else None,
+                previous=self.__dict__.get("_stream") if self.warm_start else None,
                 random_state_given=self.random_state is not None,
             )
             if end is not None:  # else a continued stream had nothing new to read
                 self._set_stream(end)
         return self
-
-    def _fit_settings(self) -> FitSettings:
-        seed = self.random_state
-        return FitSettings(
-            n_components=int(self.n_components),
-            covariance_type=self.covariance_type,
-            tol=float(self.tol),
-            reg_covar=float(self.reg_covar),
-            max_iter=int(self.max_iter),
-            n_init=int(self.n_init),
-            init_params=self.init_params,
-            random_state=int(seed) if isinstance(seed, (int, np.integer)) else None,
-            verbose=int(self.verbose),
-            verbose_interval=int(self.verbose_interval),
-        )
 
     def _set_params(self, params: Params) -> None:
         self.weights_ = np.array(params.weights)
@@ -559,10 +465,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 n_iter=int(self.n_iter_),
                 lower_bound=float(self.lower_bound_),
                 lower_bounds=tuple(self.lower_bounds_),
-                stream_state=getattr(self, "_stream_state", None),
-                stream_position=getattr(self, "_stream_position", None),
-                stream_plan=self.__dict__.get("_stream_plan"),
-                stream_data=self.__dict__.get("_stream_data"),
+                stream=self.__dict__.get("_stream"),
             ),
             overwrite=overwrite,
         )
@@ -704,14 +607,7 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
     model.lower_bound_ = stored.lower_bound
     model.lower_bounds_ = list(stored.lower_bounds)
     model.n_features_in_ = params.n_features
-    if stored.stream_state is not None:
-        model._set_stream(
-            Stream(
-                stored.stream_state,
-                stored.stream_position,
-                stored.stream_plan,
-                stored.stream_data,
-            )
-        )
+    if stored.stream is not None:
+        model._set_stream(stored.stream)
         model._set_params(params)  # the stored bits
     return model

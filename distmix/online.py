@@ -18,8 +18,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from distmix.progress import current, fit_progress, logger
 from distmix.sources.checks import is_zarr_source
 from distmix.stepwise import (
     StepSchedule,
+    Stream,
     StreamPlan,
     StreamPosition,
     StreamRecord,
@@ -73,6 +74,30 @@ class OnlineSettings:
     resume: bool = False
     verbose: int = 0
 
+    @classmethod
+    def from_params(
+        cls,
+        params: Mapping[str, Any],
+        user_init: Callable[[int], dict[str, Any]],
+        draw_seed: Callable[[], int],
+    ) -> OnlineSettings:
+        """From an estimator's ``get_params()`` (checked already)."""
+        return cls(
+            n_components=params["n_components"],
+            covariance_type=params["covariance_type"],
+            reg_covar=params["reg_covar"],
+            init_params=params["init_params"],
+            schedule=StepSchedule(
+                params["learning_decay"], params["learning_offset"], params["forgetting_factor"]
+            ),
+            average_after=params["average_after"],
+            user_init=user_init,
+            draw_seed=draw_seed,
+            checkpoint=params["checkpoint"],
+            resume=bool(params["resume"]),
+            verbose=int(params["verbose"]),
+        )
+
     def record(self, n_features: int, plan: StreamPlan, weighted: bool) -> dict[str, Any]:
         """The settings a stream checkpoint is bound to (a resumed stream must match)."""
         schedule = self.schedule
@@ -94,21 +119,6 @@ class OnlineSettings:
             "shuffle": plan.shuffle,
             "seed": plan.seed,
         }
-
-
-@dataclass(frozen=True)
-class Stream:
-    """Where a stream has got to: what an estimator keeps between calls (and saves).
-
-    ``position`` is ``None`` for a stream of batches (or ``partial_fit`` calls);
-    ``plan`` holds the settings of the read order to continue with, ``data`` the
-    fingerprint of the rows read and the blocks they were read in.
-    """
-
-    state: StreamState
-    position: StreamPosition | None = None
-    plan: dict[str, Any] | None = None
-    data: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,22 @@ def update(
         state, stats, settings.schedule, settings.reg_covar, average_after=settings.average_after
     )
     return new, int(stats.n_rows), rows_fingerprint
+
+
+def partial_update(
+    engine: Engine, stream: Stream | None, fitted: Params | None, settings: OnlineSettings
+) -> Stream:
+    """``partial_fit``: one update of ``stream`` with ``engine``'s rows.
+
+    A model without a stream starts one from its ``fitted`` Params, or, if it has
+    none, from :func:`start_params` on these rows.
+    """
+    if stream is not None:
+        state: StreamState | None = stream.state
+    else:
+        state = StreamState(fitted) if fitted is not None else None
+    state, _, _ = update(engine, state, settings)
+    return Stream(state) if stream is None else replace(stream, state=state)
 
 
 # --------------------------------------------------------------------------- #

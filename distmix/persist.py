@@ -28,7 +28,7 @@ import numpy as np
 
 from distmix._paths import check_writable, is_url, named, overwrite_hint
 from distmix.params import Params, covariance_shape
-from distmix.stepwise import StreamPosition, StreamRecord, StreamState
+from distmix.stepwise import Stream, StreamPosition, StreamRecord, StreamState
 from distmix.suffstats import SuffStats
 
 MODEL_FORMAT = "distmix-model"
@@ -617,10 +617,7 @@ class ModelFile:
     n_iter: int
     lower_bound: float
     lower_bounds: tuple[float, ...]
-    stream_state: StreamState | None = None
-    stream_position: StreamPosition | None = None
-    stream_plan: dict[str, Any] | None = None
-    stream_data: dict[str, Any] | None = None
+    stream: Stream | None = None
 
 
 def _setting_value(value: Any) -> Any:
@@ -668,11 +665,11 @@ def write_model(path: str | os.PathLike[str], model: ModelFile, *, overwrite: bo
         "lower_bound": float(model.lower_bound),
         "n_features_in": int(params.n_features),
     }
-    if model.stream_state is not None:
+    if model.stream is not None:
         # a streamed model carries its stream: loaded with warm_start=True, it continues it
-        stream_meta, stream_arrays_ = stream_arrays(model.stream_state, model.stream_position)
-        stream_meta["plan"] = model.stream_plan
-        stream_meta["data"] = model.stream_data
+        stream_meta, stream_arrays_ = stream_arrays(model.stream.state, model.stream.position)
+        stream_meta["plan"] = model.stream.plan
+        stream_meta["data"] = model.stream.data
         meta["stream"] = stream_meta
         arrays.update(stream_arrays_)
     write_archive(path, meta, arrays)
@@ -714,15 +711,17 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
         expected = np.asarray(arrays.get("stream_history", np.empty((0, 0)))).shape[0]
     if history.ndim != 1 or history.size != expected:
         raise ModelFileError(f"{path}: lower_bounds does not hold n_iter={expected} values.")
-    state = position = plan = data = None
+    kept = None
     if isinstance(stream, dict):
         state, position = stream_from_arrays(stream, arrays, covariance_type, path)
         if not state.model_params.allclose(params, rtol=0.0):
             raise ModelFileError(f"{path}: the stream state disagrees with the model's parameters.")
+        plan = data = None
         if isinstance(stream.get("plan"), dict):
             plan = {k: stream["plan"].get(k) for k in STREAM_PLAN_KEYS}
         if isinstance(stream.get("data"), dict):  # the rows it read: fingerprint, blocks
             data = dict(stream["data"])
+        kept = Stream(state, position, plan, data)
     return ModelFile(
         params=params,
         settings=settings,
@@ -730,8 +729,5 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
         n_iter=int(meta["n_iter"]),
         lower_bound=float(meta["lower_bound"]),
         lower_bounds=tuple(history.tolist()),
-        stream_state=state,
-        stream_position=position,
-        stream_plan=plan,
-        stream_data=data,
+        stream=kept,
     )

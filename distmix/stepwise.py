@@ -247,6 +247,23 @@ Range = tuple[int, int]
 
 
 @dataclass(frozen=True)
+class Stream:
+    """Where a stream has got to: what an estimator keeps between calls and a model
+    file saves.
+
+    ``position`` is ``None`` for a stream of batches (or ``partial_fit`` calls);
+    ``plan`` holds the settings of the read order to continue with (seed, window,
+    passes, shuffle), ``data`` the fingerprint of the rows read and the blocks
+    they were read in.
+    """
+
+    state: StreamState
+    position: StreamPosition | None = None
+    plan: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """How a stream cuts and orders an array's rows; the same plan replays the same batches.
 

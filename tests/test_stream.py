@@ -24,9 +24,9 @@ from conftest import COVARIANCE_TYPES, local_cluster, mixture_data, starting_par
 
 import distmix
 from distmix import GaussianMixture, fit_stream
-from distmix.stepwise import StepSchedule, StreamPlan, StreamPosition
 from distmix.persist import ModelFileError, load_stream_checkpoint
 from distmix.sources.zarr_write import create_zarr_array
+from distmix.stepwise import StepSchedule, StreamPlan, StreamPosition
 
 N_FEATURES, N_COMPONENTS = 3, 3
 FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_")
@@ -161,7 +161,7 @@ def test_polyak_averaging_averages_the_updates_parameters(X):
         averaged.weights_, np.mean([w for w, _, _ in tail], axis=0), rtol=1e-12
     )
     # the E-steps use the latest (not the averaged) parameters: the running state is the same
-    np.testing.assert_allclose(averaged._stream_state.params.means, plain.means_, rtol=1e-12)
+    np.testing.assert_allclose(averaged._stream.state.params.means, plain.means_, rtol=1e-12)
 
 
 def test_forgetting_factor_floors_the_step_and_follows_a_drift():
@@ -438,9 +438,7 @@ def test_corrupt_stream_checkpoint_is_refused(X, tmp_path):
 # bad input                                                                   #
 # --------------------------------------------------------------------------- #
 def _state_of(model: GaussianMixture) -> dict[str, Any]:
-    return copy.deepcopy(
-        {k: v for k, v in vars(model).items() if not k.startswith("_stream_state")}
-    )
+    return copy.deepcopy({k: v for k, v in vars(model).items() if k != "_stream"})
 
 
 BAD_BATCHES = {
@@ -462,7 +460,7 @@ def test_bad_batch_leaves_the_model_as_it_was(X, case, kind):
     for batch in np.array_split(X, 3):
         model.partial_fit(batch)
     before = _state_of(model)
-    state = model._stream_state
+    stream = model._stream
     bad = make(X[:300])
     if kind == "dask":
         bad = da.from_array(bad, chunks=(100,) + bad.shape[1:])
@@ -476,7 +474,7 @@ def test_bad_batch_leaves_the_model_as_it_was(X, case, kind):
             assert np.array_equal(after[name], old), name
         else:
             assert after[name] == old, name
-    assert model._stream_state is state
+    assert model._stream is stream
     model.partial_fit(X[:300])  # and it still works
     assert model.n_steps_ == 4
 

@@ -71,8 +71,10 @@ def make_engine(
     min_rows : int
         Fewest rows accepted (a fit needs 2).
     check_features : callable, optional
-        ``check_features(n_features, source)``, called before any engine is built
-        (the estimator's check of ``n_features_in_`` and feature names).
+        ``check_features(n_features, array_like)``, called before any engine is
+        built (the estimator's check of ``n_features_in_`` and feature names):
+        ``array_like`` is the in-memory input as given (for scikit-learn's checks
+        of feature names), ``None`` for dask and Zarr sources.
     check_memory : True, "cached", False or None
         Of a Dask engine (``None``: ``True`` for many passes, ``"cached"`` for one).
     refused_tasks : frozenset of str
@@ -105,7 +107,7 @@ def make_engine(
         X = as_dask_rows(X, check_block_size(block_size, int(X.shape[0])))
     if is_dask_array(X):
         if check_features is not None:
-            check_features(int(X.shape[1]), source)
+            check_features(int(X.shape[1]), None)
         if X.dtype.kind not in "f":
             X = X.astype(np.float64)
         w = None if sample_weight is None else dask_sample_weight(sample_weight, X)

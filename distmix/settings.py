@@ -1,0 +1,71 @@
+"""The estimator's settings: one check of all of them, before any work.
+
+Layer: the loop's side (imports the kernels-side registries it validates
+against, never an engine or the estimator). :class:`distmix.GaussianMixture`
+and the command line both call :func:`check_settings`, so that a bad value is
+refused with the same message, naming the parameter, whichever way it came.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from distmix._typing import INIT_PARAMS, check_covariance_type
+from distmix.reduce import check_split_every
+from distmix.stepwise import StepSchedule
+
+
+def _is_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first estimator setting out of its range.
+
+    ``settings`` are :meth:`GaussianMixture.get_params`'s (the ``*_init`` arrays
+    are checked against the data's shape once it is known, not here).
+    """
+    for name, minimum in (
+        ("n_components", 1),
+        ("max_iter", 0),
+        ("n_init", 1),
+        ("verbose_interval", 1),
+    ):
+        value = settings[name]
+        if not _is_int(value) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    check_covariance_type(settings["covariance_type"])
+    for name in ("tol", "reg_covar"):
+        value = settings[name]
+        if (
+            not isinstance(value, (int, float, np.number))
+            or not value >= 0
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    if settings["init_params"] not in INIT_PARAMS:
+        raise ValueError(
+            f"init_params={settings['init_params']!r} is not one of "
+            f"{', '.join(repr(i) for i in INIT_PARAMS)}."
+        )
+    check_split_every(settings["split_every"])
+    persist = settings["persist"]
+    if not (isinstance(persist, bool) or persist == "auto"):
+        raise ValueError(f"persist must be 'auto', True or False, got {persist!r}.")
+    fraction = settings["persist_fraction"]
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 < fraction <= 1
+    ):
+        raise ValueError(f"persist_fraction must be a number in (0, 1], got {fraction!r}.")
+    StepSchedule(  # checks the step sizes of online EM
+        settings["learning_decay"], settings["learning_offset"], settings["forgetting_factor"]
+    )
+    after = settings["average_after"]
+    if after is not None and (not _is_int(after) or after < 0):
+        raise ValueError(f"average_after must be None or an integer >= 0, got {after!r}.")
