@@ -26,10 +26,10 @@ from conftest import mixture_data
 
 import distmix
 from distmix.engines import DaskEngine, LocalEngine
-from distmix.stepwise import StreamPlan
 from distmix.fingerprint import DataChangedError, DataFingerprint
 from distmix.persist import load_checkpoint, load_stream_checkpoint, save_checkpoint
 from distmix.sources.zarr_write import create_zarr_array
+from distmix.stepwise import StreamPlan
 
 
 @pytest.fixture(scope="module")
