@@ -127,10 +127,11 @@ def block_fingerprint(
     Values are hashed as float64 (a float32 or integer block hashes as its
     float64 values); ``sample_weight`` (n,) or ``None`` enters each row's hash.
     """
-    x = np.ascontiguousarray(_to_numpy(block)).reshape(int(block.shape[0]), -1)
-    n, d = x.shape
+    n = int(block.shape[0])
     if n == 0:
         return DataFingerprint()
+    x = np.ascontiguousarray(_to_numpy(block)).reshape(n, -1)
+    d = x.shape[1]
     # Σ_j bits_ij · m_j (mod 2⁶⁴); einsum measured 1.5× faster than matmul on uint64
     row = np.einsum("ij,j->i", x.view(np.uint64), _multipliers(d))
     # the global row index enters through an odd multiplier before the finaliser, so

@@ -171,3 +171,13 @@ def local_cluster(n_workers: int = 2, set_as_default: bool = True, **options) ->
         Client(cluster, set_as_default=set_as_default) as client,
     ):
         yield client
+
+
+@pytest.fixture(scope="session")
+def cluster_client() -> Iterator:
+    """The suite's shared cluster: two worker processes on 127.0.0.1 (one thread each),
+    started on first use and stopped at the end of the session. Not the default
+    client: a test that needs it as such uses ``cluster_client.as_current()``. Tests
+    that kill workers or need other memory limits start a cluster of their own."""
+    with local_cluster(2, set_as_default=False) as client:
+        yield client

@@ -10,17 +10,16 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import local_cluster, mixture_data
+from conftest import mixture_data
 from sklearn.exceptions import ConvergenceWarning
 
 import distmix.progress
 from distmix import GaussianMixture
 
 
-@pytest.fixture(scope="module")
-def client():
-    with local_cluster(2, set_as_default=False) as client:
-        yield client
+@pytest.fixture
+def client(cluster_client):
+    return cluster_client
 
 
 @pytest.mark.parametrize("init_params", ["kmeans", "random_from_data"])

@@ -11,6 +11,7 @@ The conformance suite every engine passes is :mod:`distmix.testing`.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -98,6 +99,35 @@ def rows_at(engine: Engine, positions: Any) -> np.ndarray:
 
 def block_offsets(block_rows: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(o) for o in np.concatenate([[0], np.cumsum(block_rows)[:-1]]))
+
+
+def window_offsets(
+    ranges: Sequence[tuple[int, int]], block_rows: tuple[int, ...], row_offsets: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The global first row of each of a window's ``ranges`` (positions in an engine of
+    ``block_rows`` whose blocks start at global rows ``row_offsets``).
+
+    A range becomes one block of the window, with one global first row, so its rows
+    must be consecutive global rows: a range across blocks that are not (a window of
+    a window, say) is refused rather than numbered wrongly.
+    """
+    starts = block_offsets(block_rows)
+    n_rows = sum(block_rows)
+    offsets = []
+    for a, b in ranges:
+        if not 0 <= a <= b <= n_rows:
+            raise ValueError(f"window range ({a}, {b}) is not within the {n_rows} rows.")
+        first = max(0, bisect.bisect_right(starts, a) - 1)
+        last = max(first, bisect.bisect_left(starts, b) - 1)
+        for i in range(first + 1, last + 1):
+            if row_offsets[i] != row_offsets[i - 1] + block_rows[i - 1]:
+                raise ValueError(
+                    f"window range ({a}, {b}) spans blocks whose rows are not consecutive "
+                    f"global rows (block {i} starts at global row {row_offsets[i]}, not "
+                    f"{row_offsets[i - 1] + block_rows[i - 1]}): give ranges within them."
+                )
+        offsets.append(row_offsets[first] + a - starts[first])
+    return tuple(offsets)
 
 
 def check_row_offsets(

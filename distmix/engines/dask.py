@@ -32,12 +32,11 @@ import dask.callbacks
 import dask.threaded
 import distributed
 import distributed.diagnostics.progressbar
-import numpy as np
 import psutil
 
 from distmix import progress
 from distmix._blas import one_blas_thread
-from distmix.engines.base import check_row_offsets
+from distmix.engines.base import check_row_offsets, window_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
 from distmix.tasks import TaskName, check_arguments, get_task, run_block, run_map_block
 
@@ -654,15 +653,14 @@ class DaskEngine:
         order given), its rows keeping their global index: a stream's update. Its
         blocks are not checked against the workers' memory again."""
 
+        offsets = window_offsets(ranges, self.block_rows, self._row_offsets)
+        lengths = tuple(b - a for a, b in ranges)
+
         def gather(array: Any) -> Any:
             parts = [array[a:b] for a, b in ranges]
-            return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
-
-        starts = np.cumsum((0,) + self.block_rows)[:-1]
-
-        def global_row(position: int) -> int:
-            i = max(0, int(np.searchsorted(starts, position, side="right")) - 1)
-            return self._row_offsets[i] + position - int(starts[i])
+            whole = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=0)
+            # one block per range (a no-op where the ranges are blocks, as a stream's are)
+            return whole.rechunk({0: lengths})
 
         return DaskEngine(
             gather(self.X),
@@ -670,7 +668,7 @@ class DaskEngine:
             split_every=self.split_every,
             scheduler=self.scheduler,
             persist=False,
-            row_offsets=tuple(global_row(a) for a, _ in ranges),
+            row_offsets=offsets,
             check_memory=False,  # the source's engine checked these blocks once
             refused_tasks=self.refused_tasks,
         )

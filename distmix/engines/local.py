@@ -23,7 +23,7 @@ import numpy as np
 
 from distmix import progress
 from distmix._blas import one_blas_thread
-from distmix.engines.base import block_offsets, check_row_offsets
+from distmix.engines.base import block_offsets, check_row_offsets, window_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
 from distmix.sources.blocks import check_block_size
 from distmix.tasks import TaskName, check_arguments, get_task, run_block, run_map_block
@@ -110,7 +110,7 @@ class LocalEngine:
     def window(self, ranges: Sequence[tuple[int, int]]) -> LocalEngine:
         """An engine over the row ``ranges`` of this one (one block per range, in the
         order given), its rows keeping their global index: a stream's update."""
-        offsets = tuple(self._global_row(a) for a, _ in ranges)
+        offsets = window_offsets(ranges, self._block_rows, self._row_offsets)
         lengths = tuple(b - a for a, b in ranges)
         rows: Any
         if len(ranges) == 1:
@@ -126,12 +126,6 @@ class LocalEngine:
             row_offsets=offsets,
             refused_tasks=self.refused_tasks,
         )
-
-    def _global_row(self, position: int) -> int:
-        """The global index of the row at ``position`` of this engine."""
-        starts = block_offsets(self._block_rows)
-        i = max(0, int(np.searchsorted(starts, position, side="right")) - 1)
-        return self._row_offsets[i] + position - starts[i]
 
     def reduce(self, task: TaskName, *args: Any) -> Any:
         spec = get_task(task, "reduce", self.refused_tasks, by="the local engine")
