@@ -266,18 +266,25 @@ def test_generate_writes_all_or_nothing(tmp_path):
     out = tmp_path / "g.zarr"
     args = ["generate", out, "--rows", 4_000_000, "--features", 8, "--components", 3]
     args += ["--chunk-rows", 20_000]
-    for delay in (0.8, 1.6):
+    for extra in (0.0, 0.5):
         proc = subprocess.Popen(
             [sys.executable, "-m", "distmix", *map(str, args)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(delay)
+        # kill it mid-write: once its chunks are going into a hidden temporary beside
+        # OUT (however long the start took on a busy machine), or a moment later
+        deadline = time.monotonic() + 120
+        temporaries: list[Path] = []
+        while not temporaries and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            temporaries = [p for p in tmp_path.iterdir() if p.name.startswith(".g.zarr.tmp-")]
+        time.sleep(extra)
+        assert proc.poll() is None, "the generator finished before it could be killed"
         proc.kill()
         proc.wait()
+        assert temporaries, "the chunks were not written into a hidden temporary"
         assert not out.exists()
-    # the kills came mid-write: the chunks were going into a hidden temporary
-    assert any(p.name.startswith(".g.zarr.tmp-") for p in tmp_path.iterdir())
     small = ["generate", out, "--rows", 1000, "--features", 2, "--components", 2]
     assert run_cli(*small).returncode == 0
     assert open_dataset(str(out)).shape == (1000, 2)

@@ -3,7 +3,7 @@
 * kernels import no engine, loop, estimator or CLI;
 * engines import no loop, estimator or CLI;
 * nothing imports the estimator or the CLI except the package's ``__init__``
-  and ``__main__``;
+  and ``__main__``, and only the estimator imports its base class's module;
 * the EM loop (and everything it imports) imports no Zarr module;
 * no import sits inside a function body, but for a short allow-list, each entry
   with its reason.
@@ -51,6 +51,8 @@ KERNELS = {
 }
 LOOP = {"distmix.em", "distmix.init", "distmix.online"}
 LEAVES = {"distmix.estimator", "distmix.cli"}
+#: the estimator layer's base class (scikit-learn's BaseMixture): only the estimator imports it
+ESTIMATOR_BASE = "distmix.mixture"
 
 
 def module_name(path: Path) -> str:
@@ -174,6 +176,12 @@ def test_only_the_package_imports_the_estimator_and_the_cli(graph):
             continue
         bad = sorted(targets & LEAVES)
         assert not bad or module in LEAVES and bad == [], f"{module} imports {bad}"
+
+
+def test_only_the_estimator_imports_its_base(graph):
+    importers = sorted(m for m, targets in graph.items() if ESTIMATOR_BASE in targets)
+    assert importers == ["distmix.estimator"], importers
+    assert not closure(graph, ESTIMATOR_BASE) & LEAVES
 
 
 @pytest.mark.parametrize("loop", sorted(LOOP))

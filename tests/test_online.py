@@ -1,4 +1,5 @@
-"""Streaming: stepwise online EM (partial_fit, fit_stream), growing arrays, checkpoints.
+"""Streaming (``distmix.online``, the arithmetic of ``distmix.stepwise``): stepwise
+online EM through partial_fit and fit_stream, growing arrays, checkpoints.
 
 What must hold: with γ = 1 an update is exactly one EM iteration (the same
 kernel and M-step as ``fit``); the running average is the stated recursion;
