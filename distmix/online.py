@@ -37,6 +37,7 @@ from distmix.persist import (
     save_stream_checkpoint,
 )
 from distmix.progress import current, fit_progress, logger
+from distmix.settings import check_count
 from distmix.sources.checks import is_zarr_source
 from distmix.stepwise import (
     StepSchedule,
@@ -222,13 +223,9 @@ def fit_stream(
         seed = int(stored["seed"])
     else:
         seed = settings.draw_seed()
-    for name, value in (("n_passes", n_passes), ("report_every", options.report_every)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    if window is not None and (
-        isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1
-    ):
-        raise ValueError(f"window must be None or an integer >= 1, got {window!r}.")
+    check_count("n_passes", n_passes, 1)
+    check_count("report_every", options.report_every, 1)
+    check_count("window", window, 1, none_ok=True)
     with fit_progress(None, "update"):
         if is_batch_iterable(source):
             if sample_weight is not None:

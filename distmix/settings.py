@@ -19,8 +19,14 @@ from distmix.reduce import check_split_every
 from distmix.stepwise import StepSchedule
 
 
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+def check_count(name: str, value: Any, minimum: int, *, none_ok: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= ``minimum``
+    (or ``None``, with ``none_ok``); a bool is not an integer here."""
+    if none_ok and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        allowed = "None or an integer" if none_ok else "an integer"
+        raise ValueError(f"{name} must be {allowed} >= {minimum}, got {value!r}.")
 
 
 def check_settings(settings: Mapping[str, Any]) -> None:
@@ -35,9 +41,7 @@ def check_settings(settings: Mapping[str, Any]) -> None:
         ("n_init", 1),
         ("verbose_interval", 1),
     ):
-        value = settings[name]
-        if not _is_int(value) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        check_count(name, settings[name], minimum)
     check_covariance_type(settings["covariance_type"])
     for name in ("tol", "reg_covar"):
         value = settings[name]
@@ -66,6 +70,4 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     StepSchedule(  # checks the step sizes of online EM
         settings["learning_decay"], settings["learning_offset"], settings["forgetting_factor"]
     )
-    after = settings["average_after"]
-    if after is not None and (not _is_int(after) or after < 0):
-        raise ValueError(f"average_after must be None or an integer >= 0, got {after!r}.")
+    check_count("average_after", settings["average_after"], 0, none_ok=True)

@@ -708,6 +708,28 @@ class EngineTests:
             want = list(zip(engine.row_offsets, engine.block_rows, strict=True))
             assert sorted(runs) == sorted(want), f"{chunking} blocks: ran {len(runs)} times"
 
+    def _check_window_reduces(
+        self,
+        window: Any,
+        problem: Problem,
+        ranges: tuple[tuple[int, int], ...],
+        tasks: tuple[str, ...],
+    ) -> None:
+        """``window`` (of ``problem``'s engine over ``ranges``) has one block per range,
+        starting at the range's global row, and reduces each of ``tasks`` (not refused)
+        to the sum of the ranges' one-block results."""
+        assert tuple(window.block_rows) == tuple(b - a for a, b in ranges)
+        assert tuple(window.row_offsets) == tuple(a for a, _ in ranges)
+        w = problem.sample_weight
+        assert w is not None
+        for task in tasks:
+            if task in self.refused:
+                continue
+            args = problem.arguments(task)
+            parts = [run_block(task, problem.X[a:b], w[a:b], a, args) for a, b in ranges]
+            want = functools.reduce(operator.add, parts)
+            assert_results_match(window.reduce(task, *args), want, FLOAT_RTOL, f"window {task}")
+
     def test_window(self) -> None:
         """A window reduces exactly its ranges' rows, named by their global index, one
         block per range; a window of a window too."""
@@ -719,17 +741,12 @@ class EngineTests:
         window = engine.window(WINDOW_RANGES)  # type: ignore[attr-defined]
         lengths = tuple(b - a for a, b in WINDOW_RANGES)
         assert (window.n_rows, window.n_features) == (sum(lengths), N_FEATURES)
-        assert tuple(window.block_rows) == lengths
-        assert tuple(window.row_offsets) == tuple(a for a, _ in WINDOW_RANGES)
-        w = problem.sample_weight
-        assert w is not None
-        for task in ("estep", "fingerprint", "nonfinite", "random_resp", "log_likelihood"):
-            if task in self.refused:
-                continue
-            args = problem.arguments(task)
-            parts = [run_block(task, problem.X[a:b], w[a:b], a, args) for a, b in WINDOW_RANGES]
-            want = functools.reduce(operator.add, parts)
-            assert_results_match(window.reduce(task, *args), want, FLOAT_RTOL, f"window {task}")
+        self._check_window_reduces(
+            window,
+            problem,
+            WINDOW_RANGES,
+            ("estep", "fingerprint", "nonfinite", "random_resp", "log_likelihood"),
+        )
         if "nonfinite" not in self.refused:
             assert window.reduce("nonfinite") == NonFinite(1.0, 160.0)
 
@@ -764,17 +781,9 @@ class EngineTests:
         if not callable(getattr(engine, "window", None)):
             pytest.skip("not a WindowedEngine")
         window = engine.window(CROSSING_RANGES)  # type: ignore[attr-defined]
-        assert tuple(window.block_rows) == tuple(b - a for a, b in CROSSING_RANGES)
-        assert tuple(window.row_offsets) == tuple(a for a, _ in CROSSING_RANGES)
-        w = problem.sample_weight
-        assert w is not None
-        for task in ("estep", "fingerprint", "nonfinite"):
-            if task in self.refused:
-                continue
-            args = problem.arguments(task)
-            parts = [run_block(task, problem.X[a:b], w[a:b], a, args) for a, b in CROSSING_RANGES]
-            want = functools.reduce(operator.add, parts)
-            assert_results_match(window.reduce(task, *args), want, FLOAT_RTOL, f"window {task}")
+        self._check_window_reduces(
+            window, problem, CROSSING_RANGES, ("estep", "fingerprint", "nonfinite")
+        )
         if "take_rows" not in self.refused:
             rows = np.concatenate([np.arange(a, b) for a, b in CROSSING_RANGES])
             positions = np.arange(rows.size)[::-1]
