@@ -7,7 +7,7 @@ from typing import Literal, get_args
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 COVARIANCE_TYPES: tuple[str, ...] = get_args(CovarianceType)
 
-InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
+InitParams = Literal["kmeans", "k-means++", "random", "random_from_data", "moments"]
 INIT_PARAMS: tuple[str, ...] = get_args(InitParams)
 
 

@@ -528,7 +528,7 @@ all of DATA and prints a line. With --stream by online EM: see "streaming" below
     fit.add_argument(
         "--init-params",
         default="kmeans",
-        choices=["kmeans", "k-means++", "random", "random_from_data"],
+        choices=["kmeans", "k-means++", "random", "random_from_data", "moments"],
         help="how to start (with --stream: from the first window of blocks)",
     )
     fit.add_argument("--random-state", type=int, default=0, help="seed (default 0)")

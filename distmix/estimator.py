@@ -42,10 +42,15 @@ class GaussianMixture(BaseMixture):
     max_iter : int, default=100
     n_init : int, default=1
         Number of initialisations; the one with the highest likelihood is kept.
-    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
+    init_params : {"kmeans", "k-means++", "random", "random_from_data", "moments"}, default="kmeans"
         ``"kmeans"`` runs scalable k-means‖ seeding (Bahmani et al. 2012) and
         Lloyd passes over the blocks; ``"k-means++"`` uses the seeds as means.
         Both depend only on the rows and ``random_state``, not on the blocks.
+        ``"moments"`` moves no row (the start of a federated fit): k-means seeds
+        drawn from the data's mean and covariance, weighted by the rows nearest
+        to them, then Lloyd passes. ``"kmeans"``, ``"k-means++"`` and
+        ``"random_from_data"`` take a few rows to the caller, which a
+        federation refuses.
     weights_init, means_init, precisions_init : array-like, optional
         User-given initial parameters (shapes as in scikit-learn).
     random_state : int, RandomState or None

@@ -5,9 +5,10 @@ in :mod:`distmix.init_kernels`), so it runs the same way on an in-memory array,
 on Dask blocks or out of core. Random numbers that belong to rows (k-means‖
 sampling, random responsibilities) are drawn from streams keyed by ``(seed,
 purpose, row // ROW_STREAM_ROWS)``, so the initialisation depends on the rows
-and the seed only, never on how the rows are cut into blocks. Every method
-takes a few rows to the caller (the ``take_rows`` and ``kmeans_sample``
-tasks), so an engine that refuses those tasks needs user-given parameters.
+and the seed only, never on how the rows are cut into blocks. Every method but
+``"moments"`` takes a few rows to the caller (the ``take_rows`` and
+``kmeans_sample`` tasks), so an engine that refuses those tasks (a federation)
+starts from ``"moments"`` or from user-given means.
 
 k-means‖ follows Bahmani, Moseley, Vattani, Kumar & Vassilvitskii, "Scalable
 K-Means++", PVLDB 5(7), 2012, Algorithm 2:
@@ -40,6 +41,12 @@ from distmix.params import Params, check_weights, covariance_shape
 
 KMEANS_PARALLEL_ROUNDS = 5
 LLOYD_PASSES = 2
+#: candidate seeds drawn per component by ``init_params="moments"`` (at least 64)
+MOMENT_CANDIDATES_PER_COMPONENT = 16
+#: Lloyd passes over the rows after the seeds of ``"moments"`` (coarser than k-means‖'s)
+MOMENT_LLOYD_PASSES = 5
+#: the methods that take rows to the caller (through ``take_rows`` or ``kmeans_sample``)
+NEEDS_ROWS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
 # -- host-side pieces ---------------------------------------------------------
@@ -132,14 +139,67 @@ def kmeans_init(
 ) -> Params:
     """k-means‖ seeds, ``LLOYD_PASSES`` Lloyd passes, then the M-step of the labels."""
     centers = kmeans_parallel_centers(engine, n_components, seed)
+    return lloyd_params(engine, centers, covariance_type, reg_covar, LLOYD_PASSES)
+
+
+def lloyd_params(
+    engine: Engine, centers: np.ndarray, covariance_type: str, reg_covar: float, passes: int
+) -> Params:
+    """``passes`` Lloyd passes from ``centers`` over all rows, then the M-step of the
+    hard assignment (an empty cluster keeps its centre)."""
+    centers = np.asarray(centers, dtype=np.float64)
     shift = centers.mean(axis=0)
-    for _ in range(LLOYD_PASSES):
+    for _ in range(passes):
         result = engine.reduce("kmeans", centers, shift, "spherical")
         s = result.stats
         moved = s.x_sum / np.maximum(s.resp_sum, np.finfo(float).tiny)[:, None]
         centers = np.where((s.resp_sum > 0)[:, None], centers + moved, centers)
     final = engine.reduce("kmeans", centers, shift, covariance_type)
+    raise_if_nonfinite(final.stats.n_nonfinite, final.stats.first_nonfinite)
     return m_step(final.stats, reg_covar)
+
+
+def data_moments(engine: Engine, reference: np.ndarray | None = None) -> Params:
+    """The rows' mean and covariance (a one-component full model, no ``reg_covar``
+    added), from two passes: the mean about ``reference`` (default the origin),
+    then the covariance about the mean, so data far from the origin lose nothing."""
+    d = engine.n_features
+    ref = np.zeros(d) if reference is None else np.asarray(reference, dtype=np.float64)
+    unit = Params.from_covariances(np.ones(1), ref[None, :], np.eye(d)[None], "full")
+    first = engine.reduce("estep", unit).to_host()
+    raise_if_nonfinite(first.n_nonfinite, first.first_nonfinite)
+    if not first.resp_sum[0] > 0:
+        raise ValueError("the rows' total weight is zero: no mean or covariance to start from.")
+    mean = ref + first.x_sum[0] / first.resp_sum[0]
+    centred = Params.from_covariances(np.ones(1), mean[None, :], np.eye(d)[None], "full")
+    second = engine.reduce("estep", centred).to_host()
+    covariance = second.second[0] / second.resp_sum[0]
+    # a tiny ridge keeps the Cholesky factor of a degenerate (e.g. one-row) covariance
+    ridge = 1e-10 * max(float(np.trace(covariance)) / d, np.finfo(float).tiny)
+    return Params.from_covariances(
+        np.ones(1), mean[None, :], (covariance + ridge * np.eye(d))[None], "full"
+    )
+
+
+def moments_centers(
+    engine: Engine, n_components: int, seed: int, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """k-means seeds that move no row: candidates drawn from the Gaussian of the rows'
+    mean and covariance, weighted by the row weight nearest to each (one secure sum),
+    reclustered in memory (weighted k-means++, then Lloyd)."""
+    rng = np.random.default_rng([seed, 13])
+    moments = data_moments(engine, reference)
+    m = max(64, MOMENT_CANDIDATES_PER_COMPONENT * n_components)
+    chol = np.linalg.cholesky(moments.covariances[0])
+    candidates = moments.means[0] + rng.standard_normal((m, engine.n_features)) @ chol.T
+    weights = engine.reduce("nearest_weight", candidates, moments.means[0]).values
+    seeds = weighted_kmeans_plusplus(candidates, weights, n_components, rng)
+    return weighted_lloyd(candidates, weights, seeds)
+
+
+def _refuses_rows(engine: Engine) -> bool:
+    refused: frozenset[str] = getattr(engine, "refused_tasks", frozenset())
+    return "take_rows" in refused or "kmeans_sample" in refused
 
 
 def _seeded_params(
@@ -175,12 +235,32 @@ def initial_params(
     k-means‖ seeds themselves as means), ``"random"`` (random responsibilities)
     or ``"random_from_data"`` (``K`` distinct random rows as means). The last two
     start, as in scikit-learn, from equal weights and covariance ``reg_covar·I``.
+    ``"moments"`` moves no row (:func:`moments_centers`, then Lloyd passes).
+    On an engine that refuses to move rows (a federation), the methods that
+    need rows are refused, unless ``means_init`` is given: the start is then
+    the hard assignment of the rows to those means.
     """
     k = n_components
     if weights_init is not None and means_init is not None and precisions_init is not None:
         return Params.from_precisions(weights_init, means_init, precisions_init, covariance_type)
     rng = np.random.default_rng([seed, 11])
-    if init_params == "kmeans":
+    if init_params in NEEDS_ROWS and _refuses_rows(engine):
+        if means_init is None:
+            raise ValueError(
+                f"init_params={init_params!r} takes rows of the data to the caller, which "
+                "this engine refuses (a federation's rows never leave its sites): use "
+                "init_params='moments', or give means_init (with or without weights_init "
+                "and precisions_init)."
+            )
+        # the user's means: weights and covariances of the rows nearest to each
+        init_params = "user_means"
+    if init_params == "user_means":
+        params = lloyd_params(engine, np.asarray(means_init), covariance_type, reg_covar, 0)
+    elif init_params == "moments":
+        reference = getattr(engine, "public_centre", None)
+        centers = moments_centers(engine, k, seed, reference)
+        params = lloyd_params(engine, centers, covariance_type, reg_covar, MOMENT_LLOYD_PASSES)
+    elif init_params == "kmeans":
         params = kmeans_init(engine, k, covariance_type, reg_covar, seed)
     elif init_params == "k-means++":
         params = _seeded_params(
@@ -198,7 +278,7 @@ def initial_params(
     else:
         raise ValueError(
             f"init_params={init_params!r} is not one of "
-            "'kmeans', 'k-means++', 'random', 'random_from_data'."
+            "'kmeans', 'k-means++', 'random', 'random_from_data', 'moments'."
         )
     weights = params.weights if weights_init is None else check_weights(weights_init, k)
     means = params.means if means_init is None else means_init

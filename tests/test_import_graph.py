@@ -5,6 +5,9 @@
 * nothing imports the estimator or the CLI except the package's ``__init__``
   and ``__main__``, and only the estimator imports its base class's module;
 * the EM loop (and everything it imports) imports no Zarr module;
+* the federated package imports no loop, estimator or CLI, and nothing but the
+  package's ``__init__`` imports it (a Federation reaches the estimator through
+  the engine factory's ``__distmix_engine__`` hook);
 * no import sits inside a function body, but for a short allow-list, each entry
   with its reason.
 
@@ -176,6 +179,23 @@ def test_only_the_package_imports_the_estimator_and_the_cli(graph):
             continue
         bad = sorted(targets & LEAVES)
         assert not bad or module in LEAVES and bad == [], f"{module} imports {bad}"
+
+
+def test_the_federation_imports_no_loop_estimator_or_cli(graph):
+    federated = [m for m in graph if m.startswith("distmix.federated")]
+    assert {"distmix.federated.site", "distmix.federated.engine"} <= set(federated)
+    for module in federated:
+        bad = sorted(
+            m for m in closure(graph, module) if m in LOOP or m in LEAVES or m == ESTIMATOR_BASE
+        )
+        assert not bad, f"{module} imports {bad}"
+    importers = sorted(
+        m
+        for m, targets in graph.items()
+        if not m.startswith("distmix.federated")
+        and any(t.startswith("distmix.federated") for t in targets)
+    )
+    assert importers in ([], ["distmix"]), importers
 
 
 def test_only_the_estimator_imports_its_base(graph):

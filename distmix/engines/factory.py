@@ -42,13 +42,14 @@ def make_engine(
     check_features: Callable[[int, Any], None] | None = None,
     check_memory: bool | Literal["cached"] | None = None,
     refused_tasks: frozenset[str] = frozenset(),
-) -> LocalEngine | DaskEngine:
+) -> Any:
     """The engine for ``source``, its shape, dtype and weights validated.
 
     Parameters
     ----------
-    source : array-like (n, D), dask array, ``zarr.Array``, or the path/URL of a
-        Zarr array or ``.npy`` file
+    source : array-like (n, D), dask array, ``zarr.Array``, the path/URL of a
+        Zarr array or ``.npy`` file, or an object with a ``__distmix_engine__``
+        method that builds its own engine (:class:`distmix.federated.Federation`)
     sample_weight : array-like or dask array (n,), optional
         Non-negative, finite row weights.
     block_size : int, tuple of int or None
@@ -83,6 +84,14 @@ def make_engine(
     many = passes == "many"
     if passes not in ("many", "one"):
         raise ValueError(f"passes must be 'many' or 'one', got {passes!r}.")
+    hook = getattr(source, "__distmix_engine__", None)
+    if hook is not None:  # a source that brings its own engine (a federation)
+        return hook(
+            sample_weight,
+            min_components=min_components,
+            check_features=check_features,
+            refused_tasks=refused_tasks,
+        )
     k = min_components
     reblock: Callable[[int], Any] | None = None
     X = source

@@ -1,0 +1,112 @@
+"""``Federation``: what a user fits on when the rows are at several sites.
+
+Layer: the federated engine, transports and sites; nothing imports it but the
+package's ``__init__`` (the estimator reaches it through the engine factory's
+``__distmix_engine__`` hook, never by import).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distmix.federated.engine import FederatedEngine
+from distmix.federated.manifest import Manifest
+from distmix.federated.site import Site
+from distmix.federated.transport import InProcessTransport, Transport
+
+
+class Federation:
+    """Sites whose rows never leave them, fitted as one dataset.
+
+    ``GaussianMixture(...).fit(Federation([...]))`` runs the usual EM loop; each
+    pass is one round of exact secure sums over the sites.
+
+    Parameters
+    ----------
+    sites : sequence of Site, or a Transport
+        In-process sites (one machine, tests, benchmarks), or a transport that
+        reaches remote sites by name (Flower).
+    manifest : Manifest, optional
+        The bounds every site accepted. For in-process sites it may be left out:
+        one is written from the keywords below and the sites accept it.
+    mode, threshold, radius, centre, max_rows_per_site, max_weight
+        See :class:`~distmix.federated.manifest.Manifest` (in-process sites only;
+        ``max_rows_per_site`` defaults to the next power of two of the largest site).
+    max_attempts : int
+        All-or-nothing mode: tries of a round with the same sites.
+    """
+
+    def __init__(
+        self,
+        sites: Sequence[Site] | Transport,
+        manifest: Manifest | None = None,
+        *,
+        mode: str = "threshold",
+        threshold: int | None = None,
+        radius: float = float(2**32),
+        centre: float | Sequence[float] = 0.0,
+        max_rows_per_site: int | None = None,
+        max_weight: float = 1.0,
+        max_attempts: int = 3,
+        drop: Callable[[str, Any], bool] | None = None,
+        arrival: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        if isinstance(sites, Sequence):
+            sites = list(sites)
+            if not all(isinstance(site, Site) for site in sites):
+                raise TypeError("a Federation takes Site objects or a transport.")
+            if manifest is None:
+                largest = max(site.engine.n_rows for site in sites)
+                manifest = Manifest(
+                    sites=tuple(site.name for site in sites),
+                    n_features=sites[0].engine.n_features,
+                    max_rows_per_site=max_rows_per_site or 1 << max(0, largest - 1).bit_length(),
+                    radius=radius,
+                    centre=tuple(centre) if isinstance(centre, Sequence) else centre,
+                    max_weight=max_weight,
+                    mode=mode,  # type: ignore[arg-type]
+                    threshold=threshold,
+                )
+            for site in sites:
+                if site.manifest is None or site.manifest.digest != manifest.digest:
+                    site.accept(manifest)
+            self.transport: Transport = InProcessTransport(sites, drop=drop, arrival=arrival)
+        else:
+            if manifest is None:
+                raise ValueError(
+                    "a Federation over a transport needs the manifest its sites accepted."
+                )
+            self.transport = sites
+        self.manifest = manifest
+        self.max_attempts = max_attempts
+
+    def __repr__(self) -> str:
+        return f"Federation({', '.join(self.manifest.sites)}; {self.manifest.mode})"
+
+    def engine(self) -> FederatedEngine:
+        """A new session over the sites (fresh keys): the engine a fit runs on."""
+        return FederatedEngine(self.transport, self.manifest, max_attempts=self.max_attempts)
+
+    def __distmix_engine__(
+        self,
+        sample_weight: Any = None,
+        *,
+        min_components: int | None = None,
+        check_features: Callable[[int, Any], None] | None = None,
+        **_: Any,
+    ) -> FederatedEngine:
+        """The engine the estimator fits on (called by ``make_engine``)."""
+        if sample_weight is not None:
+            raise ValueError(
+                "sample_weight cannot be given for a Federation: row weights stay at the "
+                "sites (Site(..., sample_weight=...))."
+            )
+        if check_features is not None:
+            check_features(self.manifest.n_features, None)
+        engine = self.engine()
+        if min_components is not None and engine.n_rows < min_components:
+            raise ValueError(
+                f"n_samples={engine.n_rows} should be >= n_components={min_components}."
+            )
+        return engine

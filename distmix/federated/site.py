@@ -1,0 +1,448 @@
+"""A site of a federation: its rows stay, only masked sums of its statistics leave.
+
+Layer: the engines (a site runs its tasks on its own engine: local, or its
+own Dask cluster), the task registry, and the federated codec, wire forms,
+messages and masks. It knows nothing of the coordinator, the EM loop or the
+estimator.
+
+A :class:`Site` answers a fixed set of requests (:mod:`~distmix.federated.messages`),
+each validated against its schema before anything runs, and refuses anything
+else, naming the field. It never unpickles and never runs code it is sent: a
+request names a task of :data:`~distmix.federated.wire.SITE_TASKS` and carries
+its arguments as plain arrays. What it sends per round is one vector of
+masked fixed-point words of the declared length (and, in threshold mode,
+sealed shares of its round seed): never rows, row indices, per-block counts or
+the position of a bad row. A site with NaN or infinite rows answers every
+request with "site S has invalid rows", without saying which or how many.
+
+Besides the schema, a site enforces the rules that keep the coordinator from
+learning more than a sum over at least three sites:
+
+* rounds only move forward within a session, and no nonce is accepted twice;
+* the same request (task and arguments) is never aggregated over two
+  different site sets (its *ledger*: the multi-round difference attack);
+* in an unmasking, no site is unmasked both ways (its round seed and its mask
+  key), and a site whose mask key was given up stays out of the session.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from distmix.engines.factory import make_engine
+from distmix.federated import codec, crypto, secagg, shamir, wire
+from distmix.federated.manifest import MIN_SITES, Manifest
+from distmix.federated.messages import (
+    NONCE_BYTES,
+    REQUEST_CONFIG,
+    SESSION_BYTES,
+    Message,
+    RequestError,
+    check_keys,
+    check_message,
+    decode_arguments,
+    request_digest,
+)
+from distmix.tasks import ROW_MOVING_TASKS
+
+logger = logging.getLogger("distmix.federated.site")
+
+
+class SiteRefusal(ValueError):
+    """A well-formed request the site's rules refuse (ledger, rounds, unmasking)."""
+
+
+class InvalidRowsError(ValueError):
+    """The site holds rows with NaN or infinity (said without which or how many)."""
+
+
+class Site:
+    """One organisation's rows, and the only requests it answers about them.
+
+    Parameters
+    ----------
+    data : array-like, dask array, Zarr array or its path/URL, optional
+        The site's rows ``(n, D)``, read where they are (a dask array or Zarr
+        source runs on the site's own Dask client, if one is set up).
+    name : str
+        The site's name in the federation manifest.
+    sample_weight : array-like (n,), optional
+        Row weights, kept at the site.
+    block_size : int, optional
+        Rows per block of the site's own engine.
+    engine : Engine, optional
+        An engine over the site's rows, instead of ``data``.
+    manifest : Manifest, optional
+        The federation manifest this site accepts (see :meth:`accept`).
+    """
+
+    def __init__(
+        self,
+        data: Any = None,
+        name: str = "site",
+        *,
+        sample_weight: Any = None,
+        block_size: int | None = None,
+        engine: Any = None,
+        manifest: Manifest | None = None,
+    ) -> None:
+        if (data is None) == (engine is None):
+            raise ValueError("give a site either its data or an engine over its rows.")
+        self.name = str(name)
+        self._data, self._sample_weight, self._block_size = data, sample_weight, block_size
+        self._engine = engine
+        self._rows_ok: bool | None = None
+        self.manifest: Manifest | None = None
+        self._ledger: dict[bytes, frozenset[str]] = {}
+        self._nonces: set[bytes] = set()
+        self._session: bytes | None = None
+        if manifest is not None:
+            self.accept(manifest)
+
+    def __repr__(self) -> str:
+        return f"Site({self.name!r})"
+
+    # -- set-up ---------------------------------------------------------------
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = make_engine(
+                self._data, self._sample_weight, block_size=self._block_size, min_rows=1
+            )
+        return self._engine
+
+    def accept(self, manifest: Manifest) -> None:
+        """Take part in federations under ``manifest`` (its bounds checked against this site).
+
+        The site must be named in it, have its number of features and no more
+        than its rows per site.
+        """
+        if self.name not in manifest.sites:
+            raise ValueError(
+                f"site {self.name!r} is not in the manifest's sites ({', '.join(manifest.sites)})."
+            )
+        engine = self.engine
+        if engine.n_features != manifest.n_features:
+            raise ValueError(
+                f"site {self.name!r} has {engine.n_features} features, the manifest "
+                f"{manifest.n_features}."
+            )
+        if engine.n_rows > manifest.max_rows_per_site:
+            raise ValueError(
+                f"site {self.name!r} holds more rows than the manifest's max_rows_per_site "
+                f"({manifest.max_rows_per_site:,}): the federation must agree on a larger bound."
+            )
+        self.manifest = manifest
+        self._session = None
+
+    # -- the one entry point ----------------------------------------------------
+    def handle(self, message: Any) -> Message:
+        """The reply to one request; errors are replies too (``config["error"]``)."""
+        kind = getattr(message, "kind", None)
+        kind = kind if isinstance(kind, str) and kind in REQUEST_CONFIG else "unknown"
+        try:
+            request = check_message(message, f"request to site {self.name!r}")
+            if request.kind not in REQUEST_CONFIG:
+                raise RequestError(
+                    f"field 'kind': a site answers {', '.join(REQUEST_CONFIG)} requests only."
+                )
+            if self.manifest is None:
+                raise SiteRefusal(f"site {self.name!r} has accepted no federation manifest.")
+            return getattr(self, "_" + request.kind)(request)
+        except InvalidRowsError as error:
+            return _error(kind, "invalid_rows", str(error))
+        except codec.BoundError as error:
+            return _error(kind, "bound", str(error))
+        except (RequestError, SiteRefusal) as error:
+            return _error(kind, "refused", f"site {self.name!r} refused the request: {error}")
+        except Exception:  # details stay in the site's log: they may name rows
+            logger.exception("site %r failed to answer a %s request", self.name, kind)
+            return _error(kind, "failed", f"site {self.name!r} failed (see the site's log).")
+
+    # -- session set-up ---------------------------------------------------------
+    def _hello(self, request: Message) -> Message:
+        check_keys("hello", request, set(), REQUEST_CONFIG["hello"])
+        assert self.manifest is not None
+        session = request.config["session"]
+        if len(session) != SESSION_BYTES:
+            raise RequestError(f"field 'session' must be {SESSION_BYTES} bytes.")
+        if request.config["manifest"] != self.manifest.digest:
+            raise SiteRefusal(
+                "field 'manifest': the request's manifest is not the one this site accepted."
+            )
+        self._session = session
+        self._mask_keys, self._share_keys = crypto.KeyPair(), crypto.KeyPair()
+        self._roster: list[str] = []
+        self._peers: dict[str, tuple[bytes, bytes]] = {}
+        self._key_shares: dict[str, bytes] = {}
+        self._own_key_share: bytes | None = None
+        self._last_round = (0, -1)
+        self._current: dict[str, Any] | None = None
+        self._unmasked_rounds: set[tuple[int, int]] = set()
+        self._gave_up: set[str] = set()  # sites whose mask key this site revealed
+        self._computed = False
+        return Message(
+            "hello",
+            config={"mask_key": self._mask_keys.public, "share_key": self._share_keys.public},
+        )
+
+    def _check_session(self, request: Message) -> None:
+        if self._session is None or request.config["session"] != self._session:
+            raise SiteRefusal("field 'session': not this site's current session.")
+
+    def _keys(self, request: Message) -> Message:
+        check_keys("keys", request, set(), REQUEST_CONFIG["keys"])
+        self._check_session(request)
+        assert self.manifest is not None
+        if self._computed:
+            raise SiteRefusal("field 'roster': the session's roster is fixed once rounds begin.")
+        roster = _names(request.config["roster"], "roster", self.manifest)
+        if self.name not in roster:
+            raise RequestError(f"field 'roster' does not name this site ({self.name!r}).")
+        self._check_size(roster, "roster")
+        mask_keys = _byte_list(request.config["mask_keys"], "mask_keys", len(roster), 32)
+        share_keys = _byte_list(request.config["share_keys"], "share_keys", len(roster), 32)
+        me = roster.index(self.name)
+        if (mask_keys[me], share_keys[me]) != (self._mask_keys.public, self._share_keys.public):
+            raise SiteRefusal("fields 'mask_keys'/'share_keys' do not hold this site's keys.")
+        self._roster = roster
+        self._peers = dict(zip(roster, zip(mask_keys, share_keys, strict=True), strict=True))
+        self._key_shares = {}
+        sealed: list[bytes] = []
+        if self.manifest.mode == "threshold":
+            shares = shamir.split(self._mask_keys.private_bytes, self._points(roster), self._t())
+            for name in roster:
+                share = shares[self._point(name)]
+                if name == self.name:
+                    self._own_key_share = share
+                    sealed.append(b"")
+                else:
+                    key = self._seal_key(name)
+                    aad = secagg.share_aad(self._session_id, "key", self.name, name)
+                    sealed.append(crypto.seal(key, share, aad))
+        return Message("keys", config={"sealed": sealed})
+
+    def _shares(self, request: Message) -> Message:
+        check_keys("shares", request, set(), REQUEST_CONFIG["shares"])
+        self._check_session(request)
+        sealed = _byte_list(request.config["sealed"], "sealed", len(self._roster), None)
+        for name, box in zip(self._roster, sealed, strict=True):
+            if name == self.name:
+                continue
+            aad = secagg.share_aad(self._session_id, "key", name, self.name)
+            self._key_shares[name] = crypto.unseal(self._seal_key(name), box, aad)
+        return Message("shares")
+
+    # -- a round ------------------------------------------------------------------
+    def _compute(self, request: Message) -> Message:
+        assert self.manifest is not None
+        task, args = decode_arguments(request, self.manifest)  # the schema, first
+        self._check_session(request)
+        c = request.config
+        round_id, attempt = c["round"], c["attempt"]
+        self._check_round(round_id, attempt)
+        self._check_nonce(c["nonce"])
+        sites = _names(c["sites"], "sites", self.manifest)
+        unknown = [s for s in sites if s not in self._roster]
+        if self.name not in sites or unknown:
+            raise RequestError(
+                "field 'sites' must name this site and only sites of the session's roster."
+            )
+        self._check_size(sites, "sites")
+        if self._gave_up & set(sites):
+            raise SiteRefusal(
+                f"field 'sites': {sorted(self._gave_up & set(sites))} dropped out and had "
+                "their masks revealed; they cannot rejoin this session."
+            )
+        digest = request_digest(request)
+        aon = self.manifest.mode == "all-or-nothing"
+        if aon:
+            self._check_ledger(digest, frozenset(sites))
+        self._last_round = (round_id, attempt)
+        self._computed = True
+        result = self._run(task, args)
+        like = wire.template(task, self.manifest.n_features, args)
+        values = wire.values(result)
+        codec.check_bounds(
+            values, wire.bounded_fields(task, like, self.manifest), f"site {self.name!r}"
+        )
+        words = codec.encode(values, self.manifest.words_per_value, self.manifest.digit_bits)
+        masked = words.reshape(-1)
+        masked = masked + secagg.pairwise_masks(
+            self.name,
+            self._mask_keys,
+            {s: self._peers[s][0] for s in sites},
+            self._roster,
+            salt=self.manifest.digest,
+            session=self._session_id,
+            round_id=round_id,
+            attempt=attempt,
+            n_words=masked.size,
+        )
+        config: dict[str, Any] = {}
+        seed_share = None
+        if not aon:
+            seed = crypto.random_key()
+            masked = masked + secagg.self_mask(seed, masked.size)
+            shares = shamir.split(seed, self._points(sites), self._t())
+            tag = secagg.round_tag(round_id, attempt)
+            sealed = []
+            for name in sites:
+                if name == self.name:
+                    seed_share = shares[self._point(name)]
+                    sealed.append(b"")
+                else:
+                    aad = secagg.share_aad(self._session_id, "seed", self.name, name, tag)
+                    sealed.append(crypto.seal(self._seal_key(name), shares[self._point(name)], aad))
+            config["sealed"] = sealed
+        self._current = {
+            "round": (round_id, attempt),
+            "sites": sites,
+            "digest": digest,
+            "seed_share": seed_share,
+        }
+        return Message("compute", arrays={"masked": masked}, config=config)
+
+    def _run(self, task: str, args: tuple) -> Any:
+        """The task over this site's rows; its rows checked once for NaN and infinity."""
+        if task in ROW_MOVING_TASKS:  # not in SITE_TASKS either: a second lock
+            raise RequestError(f"field 'task': {task!r} moves rows; a site never runs it.")
+        if self._rows_ok is None:
+            self._rows_ok = float(self.engine.reduce("nonfinite").count) == 0.0
+        if self._rows_ok:
+            result = self.engine.reduce(task, *args)
+            if not wire.nonfinite_count(result):
+                return result
+            self._rows_ok = False
+        raise InvalidRowsError(
+            f"site {self.name!r} has invalid rows (NaN or infinity); they are not sent: "
+            "the site must fix or drop them."
+        )
+
+    def _unmask(self, request: Message) -> Message:
+        check_keys("unmask", request, set(), REQUEST_CONFIG["unmask"])
+        self._check_session(request)
+        assert self.manifest is not None
+        if self.manifest.mode != "threshold":
+            raise SiteRefusal("an all-or-nothing federation has nothing to unmask.")
+        c = request.config
+        current = self._current
+        if current is None or (c["round"], c["attempt"]) != current["round"]:
+            raise SiteRefusal("fields 'round'/'attempt': not the round this site last computed.")
+        self._check_nonce(c["nonce"])
+        if current["round"] in self._unmasked_rounds:
+            raise SiteRefusal(f"field 'round': round {c['round']} was already unmasked.")
+        survivors = _names(c["survivors"], "survivors", self.manifest)
+        dropped = _names(c["dropped"], "dropped", self.manifest)
+        if set(survivors) & set(dropped):
+            raise SiteRefusal(
+                f"fields 'survivors'/'dropped': {sorted(set(survivors) & set(dropped))} "
+                "asked both ways (its round seed and its mask key): never both."
+            )
+        if sorted(survivors + dropped) != sorted(current["sites"]) or self.name not in survivors:
+            raise RequestError(
+                "fields 'survivors'/'dropped' must split the round's sites, this one a survivor."
+            )
+        if len(survivors) < max(MIN_SITES, self._t()):
+            raise SiteRefusal(
+                f"field 'survivors': {len(survivors)} sites; no sum over fewer than "
+                f"{max(MIN_SITES, self._t())} is unmasked."
+            )
+        self._check_ledger(current["digest"], frozenset(survivors))
+        sealed = _byte_list(c["sealed"], "sealed", len(survivors), None)
+        tag = secagg.round_tag(*current["round"])
+        seed_shares = []
+        for name, box in zip(survivors, sealed, strict=True):
+            if name == self.name:
+                seed_shares.append(current["seed_share"])
+            else:
+                aad = secagg.share_aad(self._session_id, "seed", name, self.name, tag)
+                seed_shares.append(crypto.unseal(self._seal_key(name), box, aad))
+        key_shares = []
+        for name in dropped:
+            share = self._key_shares.get(name)
+            if share is None:
+                raise SiteRefusal(f"field 'dropped': this site holds no key share of {name!r}.")
+            key_shares.append(share)
+        self._unmasked_rounds.add(current["round"])
+        self._gave_up |= set(dropped)
+        return Message("unmask", config={"seed_shares": seed_shares, "key_shares": key_shares})
+
+    # -- rules ----------------------------------------------------------------------
+    def _check_round(self, round_id: int, attempt: int) -> None:
+        if round_id < 1 or attempt < 0 or (round_id, attempt) <= self._last_round:
+            raise SiteRefusal(
+                f"fields 'round'/'attempt': ({round_id}, {attempt}) is stale; this site last "
+                f"computed round {self._last_round[0]}, attempt {self._last_round[1]}."
+            )
+
+    def _check_nonce(self, nonce: bytes) -> None:
+        if len(nonce) != NONCE_BYTES:
+            raise RequestError(f"field 'nonce' must be {NONCE_BYTES} bytes.")
+        if nonce in self._nonces:
+            raise SiteRefusal("field 'nonce': replayed (this site has seen it before).")
+        self._nonces.add(nonce)
+
+    def _check_ledger(self, digest: bytes, sites: frozenset[str]) -> None:
+        before = self._ledger.get(digest)
+        if before is not None and before != sites:
+            raise SiteRefusal(
+                f"field 'sites': this request was aggregated over {sorted(before)}; "
+                f"aggregating it over {sorted(sites)} would reveal the difference."
+            )
+        self._ledger[digest] = sites
+
+    def _check_size(self, sites: list[str], what: str) -> None:
+        need = max(MIN_SITES, self._t())
+        if len(sites) < need:
+            raise SiteRefusal(
+                f"field {what!r}: {len(sites)} sites; no sum over fewer than {need} is released."
+            )
+
+    # -- helpers --------------------------------------------------------------------
+    @property
+    def _session_id(self) -> bytes:
+        assert self._session is not None
+        return self._session
+
+    def _t(self) -> int:
+        assert self.manifest is not None
+        return int(self.manifest.threshold or MIN_SITES)
+
+    def _point(self, name: str) -> int:
+        return self._roster.index(name) + 1
+
+    def _points(self, names: list[str]) -> list[int]:
+        return [self._point(n) for n in names]
+
+    def _seal_key(self, peer: str) -> bytes:
+        assert self.manifest is not None
+        return secagg.share_key(
+            self._share_keys,
+            self._peers[peer][1],
+            salt=self.manifest.digest,
+            session=self._session_id,
+            sender=self.name,
+            recipient=peer,
+        )
+
+
+def _error(kind: str, code: str, text: str) -> Message:
+    return Message(kind, config={"error": text, "code": code})
+
+
+def _names(value: list, field: str, manifest: Manifest) -> list[str]:
+    if not all(isinstance(v, str) for v in value):
+        raise RequestError(f"field {field!r} must be a list of site names.")
+    if len(set(value)) != len(value) or any(v not in manifest.sites for v in value):
+        raise RequestError(f"field {field!r} must name distinct sites of the manifest.")
+    return list(value)
+
+
+def _byte_list(value: list, field: str, size: int, each: int | None) -> list[bytes]:
+    if len(value) != size or not all(isinstance(v, bytes) for v in value):
+        raise RequestError(f"field {field!r} must be a list of {size} byte strings.")
+    if each is not None and any(len(v) != each for v in value):
+        raise RequestError(f"field {field!r} must hold {each}-byte values.")
+    return list(value)
