@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from distmix.results import Rows
-from distmix.tasks import TaskName
+from distmix.tasks import TaskName, get_task
 
 
 class Engine(Protocol):
@@ -73,6 +73,8 @@ def rows_at(engine: Engine, positions: Any) -> np.ndarray:
     """The engine's rows at ``positions`` (0 ≤ p < ``n_rows``, counted over its blocks
     in order; any order, repeats allowed) as float64 ``(m, D)``, through the
     ``take_rows`` task, which reads only the blocks that hold them."""
+    # refused before anything is computed (a federation's row count is itself a pass)
+    get_task("take_rows", "reduce", engine.refused_tasks, by=type(engine).__name__)
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
     if pos.size == 0:
         return np.empty((0, engine.n_features))

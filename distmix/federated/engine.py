@@ -90,12 +90,17 @@ class FederatedEngine:
         self._round = 0
         self.dropped: list[str] = []
         self._session = new_session()
+        self._n_rows: int | None = None
         self._set_up()
-        fingerprint = self.reduce("fingerprint")
-        self.n_rows = int(fingerprint.n_rows)
-        self.fingerprint = fingerprint
 
     # -- the engine protocol ----------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        """The federation's rows: a secure sum (one round, on first use)."""
+        if self._n_rows is None:
+            self._n_rows = int(self.reduce("fingerprint").n_rows)
+        return self._n_rows
+
     @property
     def block_rows(self) -> tuple[int, ...]:
         """One block of all the federation's rows (per-site counts never leave the sites)."""

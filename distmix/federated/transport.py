@@ -59,6 +59,8 @@ class InProcessTransport:
         self.listeners: list[Callable[[str, Message, Message], None]] = []
         #: requests delivered, by kind
         self.delivered: collections.Counter[str] = collections.Counter()
+        #: exchanges (one request to each of some sites), by kind
+        self.exchanges: collections.Counter[str] = collections.Counter()
         self._pool = ThreadPoolExecutor(max(1, len(self.sites)), thread_name_prefix="distmix-site")
 
     @property
@@ -79,6 +81,7 @@ class InProcessTransport:
             for name, request in delivered.items()
         }
         self.delivered.update(request.kind for request in delivered.values())
+        self.exchanges.update({request.kind for request in requests.values()})
         replies = {}
         for name, future in futures.items():
             reply = check_message(future.result(), f"reply of site {name!r}")

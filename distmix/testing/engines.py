@@ -28,6 +28,8 @@ Use::
             return MyEngine(X, sample_weight, block_rows, split_every, refused_tasks=self.refused)
 
 Optional hooks: :attr:`EngineTests.accepts_empty_blocks`,
+:attr:`EngineTests.exposes_blocks` and :attr:`EngineTests.names_bad_rows` (an
+engine that hides its blocks and the position of bad rows: a federation),
 :meth:`EngineTests.compute_counter` with :attr:`EngineTests.computes_per_reduce`,
 :attr:`EngineTests.block_runs_observable`, :meth:`EngineTests.materialise` (for
 lazy map outputs) and :attr:`EngineTests.known_failures` (strict xfails with a
@@ -439,6 +441,12 @@ class EngineTests:
     empty_layouts: tuple[tuple[str, int], ...] = EMPTY_LAYOUTS
     #: ``test id -> reason``: tests expected to fail (strict xfail) until a bug is fixed
     known_failures: ClassVar[dict[str, str]] = {}
+    #: whether the engine reports the blocks it was built on (a federation shows one
+    #: block of all its rows: per-site and per-block row counts never leave the sites)
+    exposes_blocks: bool = True
+    #: whether NaN/inf rows are named by their global index (a federation's sites say
+    #: only that they hold such rows, never which: the error must not name a row)
+    names_bad_rows: bool = True
 
     # -- what a subclass gives ----------------------------------------------------
     def make_engine(
@@ -532,6 +540,10 @@ class EngineTests:
             engine = self._engine(problem, chunking, split_every)
             rows = CHUNKINGS[chunking]
             assert (engine.n_rows, engine.n_features) == (N_ROWS, N_FEATURES), chunking
+            if not self.exposes_blocks:
+                assert sum(engine.block_rows) == N_ROWS, chunking
+                assert len(engine.row_offsets) == len(engine.block_rows), chunking
+                continue
             assert tuple(engine.block_rows) == rows, chunking
             assert tuple(engine.row_offsets) == block_offsets(rows), chunking
             assert engine.split_every == split_every, chunking
@@ -551,12 +563,12 @@ class EngineTests:
     @pytest.mark.parametrize("task", REDUCE_TASKS)
     def test_reduce_with_empty_blocks(self, task: str) -> None:
         """Zero-row blocks add nothing, or are refused when the engine is built."""
-        problem = make_problem(weighted=True, bad_rows=BAD_ROWS)
+        problem = make_problem(weighted=True, bad_rows=BAD_ROWS if self.names_bad_rows else ())
         if not self.accepts_empty_blocks:
             with pytest.raises(ValueError):
                 self._engine(problem, "empty", 2)
             return
-        self._check_reduce(problem, task, self.empty_layouts, "weighted, with NaN and inf rows")
+        self._check_reduce(problem, task, self.empty_layouts, "weighted, with empty blocks")
 
     @pytest.mark.parametrize("task", MAP_TASKS)
     def test_map_equals_one_block(self, task: str) -> None:
@@ -588,15 +600,34 @@ class EngineTests:
             return NonFinite(stats.n_nonfinite, stats.first_nonfinite)
 
         tasks = ("estep", "estep_fingerprint", "log_likelihood", "nonfinite", "kmeans")
+        if not self.names_bad_rows:
+            self._check_bad_rows_unnamed(problem, REDUCE_TASKS)
+            return
         for task in tasks:
             # the one-block reference names them too (a check of the check)
             assert reported(one_block_reduce(problem, task)) == NonFinite(count, first), task
             # n_nonfinite and first_nonfinite are compared exactly
             self._check_reduce(problem, task, self.layouts, "with NaN and inf rows")
 
+    def _check_bad_rows_unnamed(self, problem: Problem, tasks: tuple[str, ...]) -> None:
+        """Every task (not refused) raises NonFiniteInputError naming no bad row."""
+        for task in tasks:
+            if task in self.refused:
+                continue
+            for chunking, split_every in self.layouts:
+                engine = self._engine(problem, chunking, split_every)
+                with pytest.raises(NonFiniteInputError) as caught:
+                    self._call(engine, task, problem.arguments(task))
+                text = str(caught.value)
+                named = [row for row in BAD_ROWS if re.search(rf"\b{row}\b", text)]
+                assert not named, f"{task} on {chunking} blocks: the error names rows {named}"
+
     @pytest.mark.parametrize("task", MAP_TASKS)
     def test_map_names_a_nonfinite_row_by_its_global_index(self, task: str) -> None:
         problem = make_problem(weighted=False, bad_rows=BAD_ROWS[:1])
+        if not self.names_bad_rows:
+            self._check_bad_rows_unnamed(problem, (task,))
+            return
         error = TaskRefusedError if task in self.refused else NonFiniteInputError
         message = repr(task) if task in self.refused else f"the first is row {BAD_ROWS[0]}\\b"
         for chunking, split_every in self.layouts:
@@ -705,6 +736,12 @@ class EngineTests:
             engine = self._engine(problem, chunking, split_every)
             with counting_block_runs("estep") as runs:
                 engine.reduce("estep", *problem.arguments("estep"))
+            if not self.exposes_blocks:  # blocks unknown here: each row read exactly once
+                covered = np.zeros(N_ROWS, dtype=int)
+                for start, n in runs:
+                    covered[start : start + n] += 1
+                assert np.all(covered == 1), f"{chunking} blocks: rows read {set(covered)} times"
+                continue
             want = list(zip(engine.row_offsets, engine.block_rows, strict=True))
             assert sorted(runs) == sorted(want), f"{chunking} blocks: ran {len(runs)} times"
 
