@@ -86,6 +86,11 @@ class FederatedEngine:
         self.transport = transport
         self.manifest = manifest
         self.n_features = manifest.n_features
+        #: the manifest's public centre: where a start that moves no row takes its
+        #: first moments about (``init_params="moments"``)
+        self.public_centre = np.broadcast_to(
+            np.asarray(manifest.centre, dtype=np.float64), (manifest.n_features,)
+        ).copy()
         self.max_attempts = int(max_attempts)
         self._round = 0
         self.dropped: list[str] = []
@@ -148,10 +153,11 @@ class FederatedEngine:
             }
             replies = self.transport.exchange(requests)
             self._raise_site_errors(replies, sites)
+            # summed in the order replies arrive: modulo 2**64, every order gives the same
             masked = {
-                name: self._masked_vector(replies[name], name, n_words, len(sites))
-                for name in sites
-                if name in replies
+                name: self._masked_vector(reply, name, n_words, len(sites))
+                for name, reply in replies.items()
+                if name in sites
             }
             if self.manifest.mode == "all-or-nothing":
                 missing = [name for name in sites if name not in masked]
