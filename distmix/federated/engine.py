@@ -77,12 +77,23 @@ class FederatedEngine:
     max_attempts : int
         All-or-nothing mode: how many times a round is tried with the same sites
         before the fit stops, naming the sites that did not answer.
+    site_weights : bool
+        Personalised weights: every site uses its own mixing weights (kept and
+        updated at the site, never sent) with the shared components; the sums
+        are those of the per-site-weights model, whose EM this is exactly.
     """
 
     split_every = 2
     refused_tasks = FEDERATION_REFUSED
 
-    def __init__(self, transport: Transport, manifest: Manifest, *, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        manifest: Manifest,
+        *,
+        max_attempts: int = 3,
+        site_weights: bool = False,
+    ) -> None:
         self.transport = transport
         self.manifest = manifest
         self.n_features = manifest.n_features
@@ -92,6 +103,7 @@ class FederatedEngine:
             np.asarray(manifest.centre, dtype=np.float64), (manifest.n_features,)
         ).copy()
         self.max_attempts = int(max_attempts)
+        self.site_weights = bool(site_weights)
         self._round = 0
         self.dropped: list[str] = []
         self._session = new_session()
@@ -131,7 +143,7 @@ class FederatedEngine:
         like = wire.template(task, self.n_features, args)
         n_values = sum(f.size for f in wire.slots(task, like))
         n_words = n_values * self.manifest.words_per_value
-        arrays, config = encode_arguments(task, args)
+        arrays, config = encode_arguments(task, args, site_weights=self.site_weights)
         config.update(session=self._session, task=task, task_version=spec.version)
         self._round += 1
         missing: list[str] = []

@@ -35,6 +35,13 @@ class Federation:
         ``max_rows_per_site`` defaults to the next power of two of the largest site).
     max_attempts : int
         All-or-nothing mode: tries of a round with the same sites.
+    personal_weights : bool
+        Each site keeps its own mixing weights π_s (updated at the site, never
+        sent) over shared components whose statistics are securely summed: EM
+        for the per-site-weights model (a FedGMM-style personalisation). The
+        fitted ``weights_`` are then the federation's average proportions.
+    drop, arrival : callable, optional
+        In-process tests only: see :class:`~distmix.federated.transport.InProcessTransport`.
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class Federation:
         max_rows_per_site: int | None = None,
         max_weight: float = 1.0,
         max_attempts: int = 3,
+        personal_weights: bool = False,
         drop: Callable[[str, Any], bool] | None = None,
         arrival: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
@@ -80,13 +88,19 @@ class Federation:
             self.transport = sites
         self.manifest = manifest
         self.max_attempts = max_attempts
+        self.personal_weights = bool(personal_weights)
 
     def __repr__(self) -> str:
         return f"Federation({', '.join(self.manifest.sites)}; {self.manifest.mode})"
 
     def engine(self) -> FederatedEngine:
         """A new session over the sites (fresh keys): the engine a fit runs on."""
-        return FederatedEngine(self.transport, self.manifest, max_attempts=self.max_attempts)
+        return FederatedEngine(
+            self.transport,
+            self.manifest,
+            max_attempts=self.max_attempts,
+            site_weights=self.personal_weights,
+        )
 
     def __distmix_engine__(
         self,

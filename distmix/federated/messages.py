@@ -123,7 +123,8 @@ ARGUMENT_ARRAYS: dict[str, tuple[str, ...]] = {
 }
 #: the config values each task argument travels as
 ARGUMENT_CONFIG: dict[str, dict[str, type]] = {
-    "params": {"covariance_type": str},
+    # site_weights: each site uses its own mixing weights instead of the request's
+    "params": {"covariance_type": str, "site_weights": bool},
     "covariance_type": {"covariance_type": str},
     "seed": {"seed": int},
 }
@@ -139,8 +140,11 @@ def task_schema(task: str) -> tuple[set[str], dict[str, type]]:
     return arrays, config
 
 
-def encode_arguments(task: str, args: tuple) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A task's arguments as request arrays and config values (coordinator side)."""
+def encode_arguments(
+    task: str, args: tuple, *, site_weights: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A task's arguments as request arrays and config values (coordinator side);
+    ``site_weights`` asks each site to use its own mixing weights with the Params."""
     arrays: dict[str, np.ndarray] = {}
     config: dict[str, Any] = {}
     for name, value in zip(TASKS[task].arguments, args, strict=True):
@@ -149,6 +153,7 @@ def encode_arguments(task: str, args: tuple) -> tuple[dict[str, np.ndarray], dic
             arrays["means"] = np.asarray(value.means, dtype=np.float64)
             arrays["precisions_cholesky"] = np.asarray(value.precisions_cholesky, dtype=np.float64)
             config["covariance_type"] = str(value.covariance_type)
+            config["site_weights"] = bool(site_weights)
         elif name in ("centers", "shift", "reference"):
             arrays[name] = np.asarray(value, dtype=np.float64)
         elif name == "covariance_type":

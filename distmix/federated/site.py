@@ -27,8 +27,11 @@ learning more than a sum over at least three sites:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
+
+import numpy as np
 
 from distmix.engines.factory import make_engine
 from distmix.federated import codec, crypto, secagg, shamir, wire
@@ -44,6 +47,7 @@ from distmix.federated.messages import (
     decode_arguments,
     request_digest,
 )
+from distmix.params import Params
 from distmix.tasks import ROW_MOVING_TASKS
 
 logger = logging.getLogger("distmix.federated.site")
@@ -95,6 +99,11 @@ class Site:
         self._rows_ok: bool | None = None
         self.manifest: Manifest | None = None
         self._ledger: dict[bytes, frozenset[str]] = {}
+        # a personalised federation: the weights this site uses with the shared
+        # components it was last sent, and the M-step of its last E-step (never sent)
+        self._weights: np.ndarray | None = None
+        self._weights_for: bytes | None = None
+        self._next_weights: np.ndarray | None = None
         self._nonces: set[bytes] = set()
         self._session: bytes | None = None
         if manifest is not None:
@@ -104,6 +113,15 @@ class Site:
         return f"Site({self.name!r})"
 
     # -- set-up ---------------------------------------------------------------
+    def set_batch(self, data: Any, sample_weight: Any = None) -> None:
+        """Hold a new batch of rows (a federation's ``partial_fit`` rounds): the next
+        requests run on it. Its shape is checked against the accepted manifest."""
+        engine = make_engine(data, sample_weight, block_size=self._block_size, min_rows=1)
+        if self.manifest is not None:
+            self._check_engine(engine, self.manifest)
+        self._data, self._sample_weight, self._engine = data, sample_weight, engine
+        self._rows_ok = None
+
     @property
     def engine(self) -> Any:
         if self._engine is None:
@@ -122,7 +140,11 @@ class Site:
             raise ValueError(
                 f"site {self.name!r} is not in the manifest's sites ({', '.join(manifest.sites)})."
             )
-        engine = self.engine
+        self._check_engine(self.engine, manifest)
+        self.manifest = manifest
+        self._session = None
+
+    def _check_engine(self, engine: Any, manifest: Manifest) -> None:
         if engine.n_features != manifest.n_features:
             raise ValueError(
                 f"site {self.name!r} has {engine.n_features} features, the manifest "
@@ -133,8 +155,43 @@ class Site:
                 f"site {self.name!r} holds more rows than the manifest's max_rows_per_site "
                 f"({manifest.max_rows_per_site:,}): the federation must agree on a larger bound."
             )
-        self.manifest = manifest
-        self._session = None
+
+    def adapt_weights(
+        self,
+        weights: Any,
+        means: Any,
+        covariances: Any,
+        covariance_type: str,
+        *,
+        max_iter: int = 200,
+        tol: float = 1e-10,
+    ) -> np.ndarray:
+        """Fit this site's own mixing weights to fixed shared components, locally.
+
+        EM over the weights alone (the components do not change, nothing is
+        sent): how a site that joins a fitted personalised federation adapts.
+        Starts from ``weights``; returns and keeps the site's weights.
+        """
+        pi = np.asarray(weights, dtype=np.float64)
+        previous = -np.inf
+        for _ in range(int(max_iter)):
+            params = Params.from_covariances(pi, means, covariances, covariance_type)
+            stats = self.engine.reduce("estep", params).to_host()
+            if stats.n_nonfinite:
+                raise InvalidRowsError(f"site {self.name!r} has invalid rows (NaN or infinity).")
+            pi = stats.resp_sum / stats.resp_sum.sum()
+            if stats.log_lik - previous <= tol * abs(stats.log_lik):
+                break
+            previous = stats.log_lik
+        self._weights, self._weights_for, self._next_weights = pi, None, None
+        return pi
+
+    @property
+    def personal_weights(self) -> np.ndarray | None:
+        """This site's mixing weights in a personalised federation (never sent): the
+        M-step of its last E-step, i.e. the weights that go with the shared
+        components fitted from that E-step's sums."""
+        return self._next_weights if self._next_weights is not None else self._weights
 
     # -- the one entry point ----------------------------------------------------
     def handle(self, message: Any) -> Message:
@@ -261,7 +318,14 @@ class Site:
             self._check_ledger(digest, frozenset(sites))
         self._last_round = (round_id, attempt)
         self._computed = True
+        if c.get("site_weights"):
+            args = (self._own_weights(args[0]), *args[1:])
         result = self._run(task, args)
+        if c.get("site_weights") and task in ("estep", "estep_fingerprint"):
+            stats = getattr(result, "stats", result).to_host()
+            total = float(stats.resp_sum.sum())
+            if total > 0:  # the M-step of this site's weights, used from the next Params on
+                self._next_weights = stats.resp_sum / total
         like = wire.template(task, self.manifest.n_features, args)
         values = wire.values(result)
         codec.check_bounds(
@@ -303,6 +367,29 @@ class Site:
             "seed_share": seed_share,
         }
         return Message("compute", arrays={"masked": masked}, config=config)
+
+    def _own_weights(self, params: Params) -> Params:
+        """``params`` with this site's mixing weights (a personalised federation).
+
+        The weights a site's E-step gives are its M-step: they are used from the
+        first request with new shared components on, so that a retried round
+        (same components) sees the same weights. A site starts from the
+        request's weights.
+        """
+        shared = _components_digest(params)
+        if shared != self._weights_for:
+            if self._next_weights is not None:
+                self._weights = self._next_weights
+            self._weights_for, self._next_weights = shared, None
+        if self._weights is None or self._weights.shape != params.weights.shape:
+            self._weights = np.array(params.weights, copy=True)
+        return Params(
+            params.covariance_type,
+            self._weights,
+            params.means,
+            params.covariances,
+            params.precisions_cholesky,
+        )
 
     def _run(self, task: str, args: tuple) -> Any:
         """The task over this site's rows; its rows checked once for NaN and infinity."""
@@ -426,6 +513,13 @@ class Site:
             sender=self.name,
             recipient=peer,
         )
+
+
+def _components_digest(params: Params) -> bytes:
+    h = hashlib.sha256(params.covariance_type.encode())
+    for array in (params.means, params.precisions_cholesky):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.digest()
 
 
 def _error(kind: str, code: str, text: str) -> Message:
