@@ -103,11 +103,9 @@ def test_personalised_weights_equal_the_pooled_reference():
     for site, pi in zip(sites, pis, strict=True):
         np.testing.assert_allclose(site.personal_weights, pi, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(fitted.lower_bounds_, history, rtol=1e-12)
-    # each site found its own proportions, not the federation's average
-    for site, proportions in zip(sites, PROPORTIONS, strict=True):
-        assert (
-            np.argmax(site.personal_weights) == int(np.argmax(proportions)) or proportions[2] == 0.4
-        )
+    # the two sites dominated by one component found it (the start's means are in order)
+    for site, proportions in zip(sites[:2], PROPORTIONS[:2], strict=True):
+        assert np.argmax(site.personal_weights) == int(np.argmax(proportions))
 
 
 def test_the_personalised_log_likelihood_never_decreases():
