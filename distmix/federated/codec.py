@@ -129,17 +129,52 @@ def encode(values: np.ndarray, n_words: int, bits: int) -> np.ndarray:
     return out.view(np.uint64)
 
 
+def _normalised(signed: np.ndarray, bits: int) -> np.ndarray:
+    """The same integers with every digit but the top one in ``[0, 2**bits)`` (int64).
+
+    Digit sums of at most ``2**(63 − bits)`` vectors are below ``2**63`` in
+    magnitude, and a carry below ``2**(63 − bits)``, so no step overflows.
+    """
+    digits = signed.copy()
+    for j in range(digits.shape[1] - 1):
+        carry = digits[:, j] >> bits  # floor division: the low digit becomes non-negative
+        digits[:, j] -= carry << bits
+        digits[:, j + 1] += carry
+    return digits
+
+
 def decode(words: np.ndarray, bits: int) -> np.ndarray:
-    """The float64 values of summed words ``(n, L)`` uint64 (the exact sums, rounded once)."""
+    """The float64 values of summed words ``(n, L)`` uint64 (the exact sums, rounded once).
+
+    Carries are propagated in NumPy; then each value is rounded from its top
+    three digits (at least ``2·bits + 1 ≥ 107`` significant bits) and a sticky
+    bit for anything below them, which decides every rounding as the whole
+    integer would (CPython's ``int / int`` rounds correctly, subnormals too).
+    """
     words = np.asarray(words, dtype=np.uint64)
     if words.ndim != 2:
         raise ValueError(f"encoded words must be (n, L), got shape {words.shape}.")
-    signed = words.view(np.int64)
-    scale = 1 << SCALE_BITS
-    weights = [1 << (bits * j) for j in range(words.shape[1])]
-    out = np.empty(words.shape[0], dtype=np.float64)
-    for i, row in enumerate(signed.tolist()):
-        out[i] = sum(digit * weight for digit, weight in zip(row, weights, strict=True)) / scale
+    n, n_words = words.shape
+    digits = _normalised(words.view(np.int64), bits)
+    negative = digits[:, -1] < 0
+    if np.any(negative):  # the magnitude of a negative value, normalised again
+        digits[negative] = _normalised(-digits[negative], bits)
+    nonzero = digits != 0
+    top = n_words - 1 - np.argmax(nonzero[:, ::-1], axis=1)  # highest nonzero digit
+    padded = np.concatenate([np.zeros((n, 2), dtype=np.int64), digits], axis=1)
+    rows = np.arange(n)
+    high, mid, low = (padded[rows, top + 2 - i] for i in range(3))
+    # anything below the three digits kept: a sticky bit
+    below = np.concatenate([np.zeros((n, 1), dtype=bool), np.cumsum(nonzero, axis=1) > 0], axis=1)
+    sticky = below[rows, np.maximum(top - 2, 0)] & (top >= 2)
+    exponents = bits * (top - 2) - 1 - SCALE_BITS
+    out = np.zeros(n, dtype=np.float64)
+    for i in np.flatnonzero(nonzero.any(axis=1)).tolist():
+        m = (int(high[i]) << (2 * bits)) | (int(mid[i]) << bits) | int(low[i])
+        m = (m << 1) | int(sticky[i])
+        e = int(exponents[i])
+        value = float(m << e) if e >= 0 else m / (1 << -e)
+        out[i] = -value if negative[i] else value
     return out
 
 

@@ -32,6 +32,7 @@ and every key is derived with the digest as salt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -167,7 +168,7 @@ class Manifest:
             record["centre"] = tuple(record["centre"])
         return cls(**record)
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
         """SHA-256 of :meth:`to_json`: the manifest's identity and every key's salt."""
         return hashlib.sha256(self.to_json().encode()).digest()
