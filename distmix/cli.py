@@ -7,6 +7,8 @@ predict    write the most probable component (or responsibilities) per row
 score      mean log-likelihood, BIC and AIC of a model on a dataset
 info       what a model file holds
 demo       generate, fit on a local cluster and check recovery, in one go
+site       serve one site of a federation (its rows stay; Flower SuperNode)
+federate   fit over the sites of a federation (Flower; exact secure sums)
 =========  ================================================================
 
 ``distmix <command> --help`` explains each one's options.
@@ -35,6 +37,7 @@ import distmix
 from distmix.cluster import connect, resolve
 from distmix.datasets import write_zarr
 from distmix.engines.dask import parallel_blocks
+from distmix.federated import deploy
 from distmix.outputs import check_output_path, staged_directory, write_output
 from distmix.persist import (
     CHECKPOINT_FORMAT,
@@ -703,6 +706,7 @@ The rows read before are re-read first, hash only, to check they did not change.
         help="replace an existing Zarr array at OUT (only once the new one is complete)",
     )
     generate.set_defaults(run=_generate)
+    _add_federation_commands(commands)
     for command in commands.choices.values():
         command.add_argument(
             "--debug",
@@ -711,6 +715,90 @@ The rows read before are re-read first, hash only, to check they did not change.
             help="on failure, print the full traceback (and keep the workers' logs)",
         )
     return parser
+
+
+def _site(args: argparse.Namespace) -> int:
+    data = args.data if args.data.endswith(".npy") or "://" in args.data else _open_data(args.data)
+    return deploy.run_site(
+        data,
+        args.name,
+        args.manifest,
+        args.socket,
+        superlink=args.superlink,
+        root_certificates=args.root_certificates,
+        auth_key=args.auth_key,
+        node_port=args.node_port,
+        block_size=args.block_rows,
+    )
+
+
+def _federate(args: argparse.Namespace) -> int:
+    deploy.run_federation(
+        args.manifest,
+        args.superlink,
+        args.root_certificates,
+        args.out,
+        components=args.components,
+        covariance_type=args.covariance_type,
+        init_params=args.init_params,
+        means_init=args.means_init,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        reg_covar=args.reg_covar,
+        random_state=args.random_state,
+        timeout=args.round_timeout,
+        overwrite=args.overwrite,
+    )
+    print(f"distmix federate: model written to {args.out}")
+    return 0
+
+
+def _add_federation_commands(commands: Any) -> None:
+    site = commands.add_parser(
+        "site",
+        help="serve one site of a federation: its rows stay here, only masked sums leave",
+        description="Serve a site: its data behind a local Unix socket that answers only "
+        "distmix's fixed requests, and (with --superlink) a Flower SuperNode with TLS and "
+        "the site's registered key. Runs until interrupted.",
+    )
+    site.add_argument("data", metavar="DATA", help="the site's rows: Zarr array or .npy file")
+    site.add_argument("--name", required=True, help="this site's name in the manifest")
+    site.add_argument("--manifest", required=True, help="the federation manifest (JSON) accepted")
+    site.add_argument("--socket", required=True, help="Unix socket path the site listens on")
+    site.add_argument("--superlink", help="HOST:PORT of the federation's SuperLink")
+    site.add_argument("--root-certificates", help="CA certificate of the SuperLink (PEM)")
+    site.add_argument("--auth-key", help="this site's SuperNode private key (registered)")
+    site.add_argument("--node-port", type=int, help="port of the SuperNode's local API")
+    site.add_argument("--block-rows", type=int, help="rows per block of the site's engine")
+    site.set_defaults(run=_site)
+
+    federate = commands.add_parser(
+        "federate",
+        help="fit a GaussianMixture over the sites of a federation (Flower)",
+        description="Submit distmix's Flower app to the SuperLink: the EM loop runs on the "
+        "coordinator; every pass is one round of exact secure sums over the sites.",
+    )
+    federate.add_argument("--manifest", required=True, help="the federation manifest (JSON)")
+    federate.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    federate.add_argument("--root-certificates", required=True, help="CA certificate (PEM)")
+    federate.add_argument("--components", "-k", type=int, required=True)
+    federate.add_argument(
+        "--covariance-type", default="full", choices=["full", "tied", "diag", "spherical"]
+    )
+    federate.add_argument(
+        "--init-params", default="moments", help="'moments' (default: moves no row)"
+    )
+    federate.add_argument("--means-init", help=".npy file of starting means (K, D)")
+    federate.add_argument("--max-iter", type=int, default=100)
+    federate.add_argument("--tol", type=float, default=1e-3)
+    federate.add_argument("--reg-covar", type=float, default=1e-6)
+    federate.add_argument("--random-state", type=int, default=0)
+    federate.add_argument(
+        "--round-timeout", type=float, default=120.0, help="seconds a round waits for sites"
+    )
+    federate.add_argument("--out", "-o", required=True, metavar="MODEL", help="model file (.npz)")
+    federate.add_argument("--overwrite", action="store_true", help="replace an existing MODEL")
+    federate.set_defaults(run=_federate)
 
 
 def _file_state(path: str | None) -> tuple[int, int] | None:

@@ -8,7 +8,8 @@ of them (one ``ConfigRecord``). Nothing in it is ever unpickled or executed:
 arrays must be plain numbers of the declared dtype, config values plain
 values. :func:`check_message` enforces that on both sides of a transport.
 
-A site answers five kinds of request (:data:`REQUEST_CONFIG`): ``hello``,
+A site answers six kinds of request (:data:`REQUEST_CONFIG`): ``identify``
+asks its name and manifest (so a transport can tell its nodes apart), ``hello``,
 ``keys`` and ``shares`` set a session up, ``compute`` asks for one named task
 of :data:`~distmix.federated.wire.SITE_TASKS` with its arguments, ``unmask``
 asks for the shares that remove a round's masks. Each kind has exactly the
@@ -89,6 +90,7 @@ def check_message(message: Any, who: str = "message") -> Message:
 # --------------------------------------------------------------------------- #
 #: config keys (and their types) of each request kind, beside a compute task's own
 REQUEST_CONFIG: dict[str, dict[str, type]] = {
+    "identify": {},
     "hello": {"session": bytes, "manifest": bytes},
     "keys": {"session": bytes, "roster": list, "mask_keys": list, "share_keys": list},
     "shares": {"session": bytes, "sealed": list},

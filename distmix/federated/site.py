@@ -218,6 +218,11 @@ class Site:
             return _error(kind, "failed", f"site {self.name!r} failed (see the site's log).")
 
     # -- session set-up ---------------------------------------------------------
+    def _identify(self, request: Message) -> Message:
+        check_keys("identify", request, set(), REQUEST_CONFIG["identify"])
+        assert self.manifest is not None
+        return Message("identify", config={"site": self.name, "manifest": self.manifest.digest})
+
     def _hello(self, request: Message) -> Message:
         check_keys("hello", request, set(), REQUEST_CONFIG["hello"])
         assert self.manifest is not None
