@@ -718,9 +718,8 @@ The rows read before are re-read first, hash only, to check they did not change.
 
 
 def _site(args: argparse.Namespace) -> int:
-    data = args.data if args.data.endswith(".npy") or "://" in args.data else _open_data(args.data)
     return deploy.run_site(
-        data,
+        args.data,
         args.name,
         args.manifest,
         args.socket,

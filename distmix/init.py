@@ -235,15 +235,19 @@ def initial_params(
     k-means‖ seeds themselves as means), ``"random"`` (random responsibilities)
     or ``"random_from_data"`` (``K`` distinct random rows as means). The last two
     start, as in scikit-learn, from equal weights and covariance ``reg_covar·I``.
-    ``"moments"`` moves no row (:func:`moments_centers`, then Lloyd passes).
-    On an engine that refuses to move rows (a federation), the methods that
-    need rows are refused, unless ``means_init`` is given: the start is then
-    the hard assignment of the rows to those means.
+    ``"moments"`` moves no row (:func:`moments_centers`, then Lloyd passes);
+    with ``means_init`` it starts from the hard assignment of the rows to those
+    means (one pass). On an engine that refuses to move rows (a federation), the
+    methods that need rows are refused, unless ``means_init`` is given: the start
+    is then that same hard assignment.
     """
     k = n_components
     if weights_init is not None and means_init is not None and precisions_init is not None:
         return Params.from_precisions(weights_init, means_init, precisions_init, covariance_type)
     rng = np.random.default_rng([seed, 11])
+    if init_params == "moments" and means_init is not None:
+        # the user's means: no seeding needed, only the rows' assignment to them
+        init_params = "user_means"
     if init_params in NEEDS_ROWS and _refuses_rows(engine):
         if means_init is None:
             raise ValueError(

@@ -149,6 +149,7 @@ class FederatedEngine:
         missing: list[str] = []
         for attempt in range(self.max_attempts):
             sites = list(self._roster)
+            aon = self.manifest.mode == "all-or-nothing"
             requests = {
                 name: Message(
                     "compute",
@@ -159,6 +160,11 @@ class FederatedEngine:
                         "attempt": attempt,
                         "nonce": new_nonce(),
                         "sites": sites,
+                        # this round's mask keys, and the shares of them sealed to ``name``
+                        "mask_keys": [self._mask_publics[u] for u in sites],
+                        "sealed_keys": []
+                        if aon
+                        else [b"" if u == name else self._sealed_keys[u][name] for u in sites],
                     },
                 )
                 for name in sites
@@ -171,7 +177,7 @@ class FederatedEngine:
                 for name, reply in replies.items()
                 if name in sites
             }
-            if self.manifest.mode == "all-or-nothing":
+            if aon:
                 missing = [name for name in sites if name not in masked]
                 if missing:
                     logger.warning(
@@ -184,6 +190,7 @@ class FederatedEngine:
                 total = _sum_words(masked.values(), n_words)
             else:
                 total = self._unmask(masked, replies, sites, n_words, attempt)
+            self._next_keys(replies, sites)
             summed = codec.decode(
                 total.reshape(n_values, self.manifest.words_per_value), self.manifest.digit_bits
             )
@@ -196,7 +203,9 @@ class FederatedEngine:
 
     # -- set-up -----------------------------------------------------------------------
     def _set_up(self) -> None:
-        """Keys of a new session: hello, public keys (and sealed key shares), shares routed."""
+        """Keys of a new session: hello (each site's share key and first mask key), then
+        the roster and public keys (each site answers with the shares of its first mask
+        key, sealed to each other site; the first compute request routes them)."""
         manifest = self.manifest
         reachable = [s for s in manifest.sites if s in self.transport.site_names]
         replies = self.transport.exchange(
@@ -228,20 +237,22 @@ class FederatedEngine:
                 break
             roster = self._enough(answered, "set-up")
         self._roster = roster
+        self._session_roster = tuple(roster)
         self._mask_publics = {s: keys[s][0] for s in roster}
-        if manifest.mode == "threshold":
-            sealed = {s: _byte_list(replies[s], "sealed", len(roster), s) for s in roster}
-            routed = {
-                v: Message(
-                    "shares",
-                    config={
-                        "session": self._session,
-                        "sealed": [sealed[u][roster.index(v)] for u in roster],
-                    },
-                )
-                for v in roster
-            }
-            self._raise_site_errors(self.transport.exchange(routed), roster)
+        size = len(roster) if manifest.mode == "threshold" else 0
+        self._sealed_keys = {
+            s: dict(zip(roster, _byte_list(replies[s], "sealed", size, s), strict=False))
+            for s in roster
+        }
+
+    def _next_keys(self, replies: Mapping[str, Message], sites: list[str]) -> None:
+        """The next round's mask keys (and their sealed shares) from this round's replies."""
+        size = len(sites) if self.manifest.mode == "threshold" else 0
+        for name in self._roster:
+            reply = replies[name]
+            self._mask_publics[name] = _key(reply, "next_mask_key", name)
+            sealed = _byte_list(reply, "sealed_keys", size, name)
+            self._sealed_keys[name] = dict(zip(sites, sealed, strict=False))
 
     def _enough(self, sites: list[str], stage: str) -> list[str]:
         need = max(MIN_SITES, int(self.manifest.threshold or MIN_SITES))
@@ -272,7 +283,7 @@ class FederatedEngine:
                 f"{len(survivors)} site(s) left ({', '.join(survivors) or 'none'}), fewer "
                 f"than the threshold {max(t, MIN_SITES)}: the round's sum cannot be released."
             )
-        sealed = {u: _byte_list(replies[u], "sealed", len(sites), u) for u in survivors}
+        sealed = {u: _byte_list(replies[u], "sealed_seeds", len(sites), u) for u in survivors}
         requests = {
             v: Message(
                 "unmask",
@@ -298,7 +309,9 @@ class FederatedEngine:
                 f"{len(helpers)} of the threshold {t} shares arrived: the round's sum cannot "
                 "be recovered."
             )
-        point = {s: self._roster.index(s) + 1 for s in self._roster}
+        # Shamir points and mask signs follow the session's roster, whoever dropped since
+        roster = self._session_roster
+        point = {s: roster.index(s) + 1 for s in roster}
         seed_shares = {v: _byte_list(answers[v], "seed_shares", len(survivors), v) for v in helpers}
         key_shares = {v: _byte_list(answers[v], "key_shares", len(dropped), v) for v in helpers}
         total = _sum_words(masked.values(), n_words)
@@ -320,7 +333,7 @@ class FederatedEngine:
                 )
                 stream = crypto.keystream_words(key, n_words)
                 # v added the stream if it comes first in the roster, else subtracted it
-                if self._roster.index(v) < self._roster.index(u):
+                if roster.index(v) < roster.index(u):
                     total -= stream
                 else:
                     total += stream

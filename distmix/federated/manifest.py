@@ -74,7 +74,8 @@ class Manifest:
         Threshold: ``threshold`` of the sites recover the survivors' sum after
         dropouts. All-or-nothing: one exchange per round, any missing site aborts it.
     threshold : int or None
-        Shares needed to unmask (threshold mode): default a strict majority, at least 3.
+        Shares needed to unmask (threshold mode): a strict majority of the sites, at
+        least 3 (the default is the smallest such).
     max_components, max_centres : int
         The largest K of a model and the most k-means centres a request may carry.
     """
@@ -136,10 +137,14 @@ class Manifest:
                 if self.threshold is not None
                 else max(MIN_SITES, len(sites) // 2 + 1)
             )
-            if not MIN_SITES <= int(t) <= len(sites):
+            # more than half: two disjoint groups of sites can never both reach it, so a
+            # coordinator that tells some a site survived and others that it dropped
+            # cannot collect both its seed and its mask key
+            if not max(MIN_SITES, len(sites) // 2 + 1) <= int(t) <= len(sites):
                 raise ValueError(
-                    f"manifest threshold must be between {MIN_SITES} and the {len(sites)} "
-                    f"sites, got {t}."
+                    f"manifest threshold must be a strict majority of the {len(sites)} sites "
+                    f"(at least {max(MIN_SITES, len(sites) // 2 + 1)}, at least {MIN_SITES}) "
+                    f"and at most {len(sites)}, got {t}."
                 )
             object.__setattr__(self, "threshold", int(t))
         if self.format != MANIFEST_FORMAT:

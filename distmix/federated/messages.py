@@ -8,11 +8,12 @@ of them (one ``ConfigRecord``). Nothing in it is ever unpickled or executed:
 arrays must be plain numbers of the declared dtype, config values plain
 values. :func:`check_message` enforces that on both sides of a transport.
 
-A site answers six kinds of request (:data:`REQUEST_CONFIG`): ``identify``
-asks its name and manifest (so a transport can tell its nodes apart), ``hello``,
-``keys`` and ``shares`` set a session up, ``compute`` asks for one named task
-of :data:`~distmix.federated.wire.SITE_TASKS` with its arguments, ``unmask``
-asks for the shares that remove a round's masks. Each kind has exactly the
+A site answers five kinds of request (:data:`REQUEST_CONFIG`): ``identify``
+asks its name and manifest (so a transport can tell its nodes apart),
+``hello`` and ``keys`` set a session up, ``compute`` asks for one named task
+of :data:`~distmix.federated.wire.SITE_TASKS` with its arguments (and carries
+the round's mask keys), ``unmask`` asks for the shares that remove a round's
+masks. Each kind has exactly the
 config keys listed, each of a fixed type; a compute request's arrays are
 exactly its task's arguments (:data:`ARGUMENT_ARRAYS`), of fixed dtype and
 shape. Anything else is refused, naming the field (:class:`RequestError`).
@@ -93,13 +94,14 @@ REQUEST_CONFIG: dict[str, dict[str, type]] = {
     "identify": {},
     "hello": {"session": bytes, "manifest": bytes},
     "keys": {"session": bytes, "roster": list, "mask_keys": list, "share_keys": list},
-    "shares": {"session": bytes, "sealed": list},
     "compute": {
         "session": bytes,
         "round": int,
         "attempt": int,
         "nonce": bytes,
         "sites": list,
+        "mask_keys": list,
+        "sealed_keys": list,
         "task": str,
         "task_version": int,
     },
@@ -276,11 +278,13 @@ def request_digest(message: Message) -> bytes:
     h = hashlib.sha256()
     c = message.config
     h.update(f"{c['task']}/{c['task_version']}".encode())
-    for name in sorted(message.arrays):
+    # a site with its own weights ignores the request's: they must not make it new
+    ignored = {"weights"} if c.get("site_weights") else set()
+    for name in sorted(set(message.arrays) - ignored):
         value = message.arrays[name]
         h.update(f"|{name}:{value.dtype.str}:{value.shape}|".encode())
         h.update(np.ascontiguousarray(value).tobytes())
-    for name in sorted(set(c) - set(REQUEST_CONFIG["compute"])):
+    for name in sorted(set(c) - set(REQUEST_CONFIG["compute"]) - ignored):
         h.update(f"|{name}={c[name]!r}".encode())
     return h.digest()
 

@@ -234,11 +234,15 @@ class Site:
                 "field 'manifest': the request's manifest is not the one this site accepted."
             )
         self._session = session
-        self._mask_keys, self._share_keys = crypto.KeyPair(), crypto.KeyPair()
+        self._share_keys = crypto.KeyPair()
+        # mask keys are used for one round each: the next round's pair is made (and, in
+        # threshold mode, shared) one round ahead, so that giving up a dropped site's
+        # key opens that round's pairwise masks only, never a round it uploaded in
+        self._next_mask_keys = crypto.KeyPair()
+        self._mask_keys: crypto.KeyPair | None = None
         self._roster: list[str] = []
-        self._peers: dict[str, tuple[bytes, bytes]] = {}
-        self._key_shares: dict[str, bytes] = {}
-        self._own_key_share: bytes | None = None
+        self._share_publics: dict[str, bytes] = {}
+        self._key_shares: dict[str, bytes] = {}  # shares of this round's peers' mask keys
         self._last_round = (0, -1)
         self._current: dict[str, Any] | None = None
         self._unmasked_rounds: set[tuple[int, int]] = set()
@@ -246,7 +250,10 @@ class Site:
         self._computed = False
         return Message(
             "hello",
-            config={"mask_key": self._mask_keys.public, "share_key": self._share_keys.public},
+            config={
+                "mask_key": self._next_mask_keys.public,
+                "share_key": self._share_keys.public,
+            },
         )
 
     def _check_session(self, request: Message) -> None:
@@ -266,35 +273,30 @@ class Site:
         mask_keys = _byte_list(request.config["mask_keys"], "mask_keys", len(roster), 32)
         share_keys = _byte_list(request.config["share_keys"], "share_keys", len(roster), 32)
         me = roster.index(self.name)
-        if (mask_keys[me], share_keys[me]) != (self._mask_keys.public, self._share_keys.public):
+        mine = (self._next_mask_keys.public, self._share_keys.public)
+        if (mask_keys[me], share_keys[me]) != mine:
             raise SiteRefusal("fields 'mask_keys'/'share_keys' do not hold this site's keys.")
         self._roster = roster
-        self._peers = dict(zip(roster, zip(mask_keys, share_keys, strict=True), strict=True))
-        self._key_shares = {}
-        sealed: list[bytes] = []
-        if self.manifest.mode == "threshold":
-            shares = shamir.split(self._mask_keys.private_bytes, self._points(roster), self._t())
-            for name in roster:
-                share = shares[self._point(name)]
-                if name == self.name:
-                    self._own_key_share = share
-                    sealed.append(b"")
-                else:
-                    key = self._seal_key(name)
-                    aad = secagg.share_aad(self._session_id, "key", self.name, name)
-                    sealed.append(crypto.seal(key, share, aad))
-        return Message("keys", config={"sealed": sealed})
+        self._share_publics = dict(zip(roster, share_keys, strict=True))
+        return Message("keys", config={"sealed": self._sealed_key_shares(roster)})
 
-    def _shares(self, request: Message) -> Message:
-        check_keys("shares", request, set(), REQUEST_CONFIG["shares"])
-        self._check_session(request)
-        sealed = _byte_list(request.config["sealed"], "sealed", len(self._roster), None)
-        for name, box in zip(self._roster, sealed, strict=True):
+    def _sealed_key_shares(self, sites: list[str]) -> list[bytes]:
+        """Shares of the next round's mask key, sealed to each of ``sites`` (threshold
+        mode; an empty list in all-or-nothing mode, which never unmasks)."""
+        assert self.manifest is not None
+        if self.manifest.mode != "threshold":
+            return []
+        private = self._next_mask_keys.private_bytes
+        shares = shamir.split(private, self._points(sites), self._t())
+        public = self._next_mask_keys.public
+        sealed = []
+        for name in sites:
             if name == self.name:
-                continue
-            aad = secagg.share_aad(self._session_id, "key", name, self.name)
-            self._key_shares[name] = crypto.unseal(self._seal_key(name), box, aad)
-        return Message("shares")
+                sealed.append(b"")
+            else:
+                aad = secagg.share_aad(self._session_id, "key", self.name, name, public)
+                sealed.append(crypto.seal(self._seal_key(name), shares[self._point(name)], aad))
+        return sealed
 
     # -- a round ------------------------------------------------------------------
     def _compute(self, request: Message) -> Message:
@@ -304,7 +306,6 @@ class Site:
         c = request.config
         round_id, attempt = c["round"], c["attempt"]
         self._check_round(round_id, attempt)
-        self._check_nonce(c["nonce"])
         sites = _names(c["sites"], "sites", self.manifest)
         unknown = [s for s in sites if s not in self._roster]
         if self.name not in sites or unknown:
@@ -317,11 +318,26 @@ class Site:
                 f"field 'sites': {sorted(self._gave_up & set(sites))} dropped out and had "
                 "their masks revealed; they cannot rejoin this session."
             )
-        digest = request_digest(request)
         aon = self.manifest.mode == "all-or-nothing"
+        mask_keys = _byte_list(c["mask_keys"], "mask_keys", len(sites), 32)
+        sealed_keys = _byte_list(c["sealed_keys"], "sealed_keys", 0 if aon else len(sites), None)
+        # this round's mask key: the pair made one round ahead (a retry keeps it)
+        keys = self._next_mask_keys if round_id > self._last_round[0] else self._mask_keys
+        if keys is None or mask_keys[sites.index(self.name)] != keys.public:
+            raise SiteRefusal("field 'mask_keys' does not hold this site's key for the round.")
+        key_shares = {}
+        for name, public, box in zip(sites, mask_keys, sealed_keys, strict=False):
+            if name != self.name:
+                aad = secagg.share_aad(self._session_id, "key", name, self.name, public)
+                key_shares[name] = self._unseal(name, box, aad, "sealed_keys")
+        self._check_nonce(c["nonce"])
+        digest = request_digest(request)
         if aon:
             self._check_ledger(digest, frozenset(sites))
+        # every check passed: from here on the round is this site's
         self._last_round = (round_id, attempt)
+        self._mask_keys, self._key_shares = keys, key_shares
+        self._next_mask_keys = crypto.KeyPair()
         self._computed = True
         if c.get("site_weights"):
             args = (self._own_weights(args[0]), *args[1:])
@@ -340,8 +356,8 @@ class Site:
         masked = words.reshape(-1)
         masked = masked + secagg.pairwise_masks(
             self.name,
-            self._mask_keys,
-            {s: self._peers[s][0] for s in sites},
+            keys,
+            dict(zip(sites, mask_keys, strict=True)),
             self._roster,
             salt=self.manifest.digest,
             session=self._session_id,
@@ -349,7 +365,10 @@ class Site:
             attempt=attempt,
             n_words=masked.size,
         )
-        config: dict[str, Any] = {}
+        config: dict[str, Any] = {
+            "next_mask_key": self._next_mask_keys.public,
+            "sealed_keys": self._sealed_key_shares(sites),
+        }
         seed_share = None
         if not aon:
             seed = crypto.random_key()
@@ -364,7 +383,7 @@ class Site:
                 else:
                     aad = secagg.share_aad(self._session_id, "seed", self.name, name, tag)
                     sealed.append(crypto.seal(self._seal_key(name), shares[self._point(name)], aad))
-            config["sealed"] = sealed
+            config["sealed_seeds"] = sealed
         self._current = {
             "round": (round_id, attempt),
             "sites": sites,
@@ -422,7 +441,6 @@ class Site:
         current = self._current
         if current is None or (c["round"], c["attempt"]) != current["round"]:
             raise SiteRefusal("fields 'round'/'attempt': not the round this site last computed.")
-        self._check_nonce(c["nonce"])
         if current["round"] in self._unmasked_rounds:
             raise SiteRefusal(f"field 'round': round {c['round']} was already unmasked.")
         survivors = _names(c["survivors"], "survivors", self.manifest)
@@ -441,7 +459,6 @@ class Site:
                 f"field 'survivors': {len(survivors)} sites; no sum over fewer than "
                 f"{max(MIN_SITES, self._t())} is unmasked."
             )
-        self._check_ledger(current["digest"], frozenset(survivors))
         sealed = _byte_list(c["sealed"], "sealed", len(survivors), None)
         tag = secagg.round_tag(*current["round"])
         seed_shares = []
@@ -450,19 +467,33 @@ class Site:
                 seed_shares.append(current["seed_share"])
             else:
                 aad = secagg.share_aad(self._session_id, "seed", name, self.name, tag)
-                seed_shares.append(crypto.unseal(self._seal_key(name), box, aad))
+                seed_shares.append(self._unseal(name, box, aad, "sealed"))
         key_shares = []
         for name in dropped:
             share = self._key_shares.get(name)
             if share is None:
                 raise SiteRefusal(f"field 'dropped': this site holds no key share of {name!r}.")
             key_shares.append(share)
+        self._check_nonce(c["nonce"])
+        self._check_ledger(current["digest"], frozenset(survivors))
         self._unmasked_rounds.add(current["round"])
         self._gave_up |= set(dropped)
         return Message("unmask", config={"seed_shares": seed_shares, "key_shares": key_shares})
 
     # -- rules ----------------------------------------------------------------------
+    def _unseal(self, sender: str, box: bytes, aad: bytes, field: str) -> bytes:
+        try:
+            return crypto.unseal(self._seal_key(sender), box, aad)
+        except ValueError:
+            raise RequestError(
+                f"field {field!r}: the share from {sender!r} failed authentication."
+            ) from None
+
     def _check_round(self, round_id: int, attempt: int) -> None:
+        if not 1 <= round_id < 2**63:
+            raise RequestError("field 'round' must be in [1, 2**63).")
+        if not 0 <= attempt < 2**31:
+            raise RequestError("field 'attempt' must be in [0, 2**31).")
         if round_id < 1 or attempt < 0 or (round_id, attempt) <= self._last_round:
             raise SiteRefusal(
                 f"fields 'round'/'attempt': ({round_id}, {attempt}) is stale; this site last "
@@ -512,7 +543,7 @@ class Site:
         assert self.manifest is not None
         return secagg.share_key(
             self._share_keys,
-            self._peers[peer][1],
+            self._share_publics[peer],
             salt=self.manifest.digest,
             session=self._session_id,
             sender=self.name,
