@@ -718,17 +718,20 @@ The rows read before are re-read first, hash only, to check they did not change.
 
 
 def _site(args: argparse.Namespace) -> int:
-    return deploy.run_site(
-        args.data,
-        args.name,
-        args.manifest,
-        args.socket,
-        superlink=args.superlink,
-        root_certificates=args.root_certificates,
-        auth_key=args.auth_key,
-        node_port=args.node_port,
-        block_size=args.block_rows,
-    )
+    # the site's own Dask cluster (Zarr and .npy data), inside its trust domain; in-memory
+    # NumPy data is not what a site serves, so 'threads' (no cluster) is the default
+    with _client(args.cluster or "threads"):
+        return deploy.run_site(
+            args.data,
+            args.name,
+            args.manifest,
+            args.socket,
+            superlink=args.superlink,
+            root_certificates=args.root_certificates,
+            auth_key=args.auth_key,
+            node_port=args.node_port,
+            block_size=args.block_rows,
+        )
 
 
 def _federate(args: argparse.Namespace) -> int:
@@ -769,6 +772,12 @@ def _add_federation_commands(commands: Any) -> None:
     site.add_argument("--auth-key", help="this site's SuperNode private key (registered)")
     site.add_argument("--node-port", type=int, help="port of the SuperNode's local API")
     site.add_argument("--block-rows", type=int, help="rows per block of the site's engine")
+    site.add_argument(
+        "--cluster",
+        metavar="CONFIG_OR_ADDRESS",
+        help="the site's own Dask cluster (a cluster_configs YAML or bundled name, or a "
+        "scheduler address inside the site); default: threads in this process",
+    )
     site.set_defaults(run=_site)
 
     federate = commands.add_parser(
