@@ -14,18 +14,29 @@ ServerApp) with ``flwr run`` and checks that the model was written.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import logging
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from distmix.federated.manifest import Manifest
 from distmix.federated.server import SiteServer
@@ -231,3 +242,247 @@ def run_federation(
             f"the federated fit wrote no model to {out} (flwr run exited "
             f"{completed.returncode}); its log is above."
         )
+
+
+# --------------------------------------------------------------------------- #
+# a whole federation on this machine (trials, tests, benchmarks)              #
+# --------------------------------------------------------------------------- #
+def self_signed_keys(out: Path, nodes: tuple[str, ...]) -> None:
+    """A CA (``ca.crt``), the SuperLink's certificate for 127.0.0.1 (``server.pem``,
+    ``server.key``) and an EC P-384 key pair per node (``NAME.key`` in OpenSSH format,
+    ``NAME.pub``), as Flower's TLS and node authentication read them. For trials on
+    one machine only: a real federation's CA is the coordinator's."""
+
+    def pem(key: Any) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "distmix local CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (out / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (out / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (out / "server.key").write_bytes(pem(server_key))
+    for name in nodes:
+        key = ec.generate_private_key(ec.SECP384R1())
+        (out / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        (out / f"{name}.pub").write_bytes(public + b"\n")
+    for path in out.glob("*.key"):
+        path.chmod(0o600)
+
+
+class LocalFlowerFederation:
+    """A SuperLink (TLS, node authentication) and one ``distmix site`` per dataset, as
+    processes on 127.0.0.1, for trying a deployment on one machine.
+
+    Every process started (and every process they start) carries an environment
+    marker; :meth:`close` stops them by process group, then kills any marked
+    process left, and :meth:`leftovers` lists those still alive.
+
+    Parameters
+    ----------
+    work : Path
+        A directory for keys, logs, the manifest and the sites' sockets (keep its
+        path short: a Unix socket path holds at most ~100 bytes).
+    manifest : Manifest
+    data : dict of site name → path of the site's rows (``.npy`` or Zarr)
+    """
+
+    def __init__(self, work: Path, manifest: Manifest, data: dict[str, str]) -> None:
+        self.work, self.manifest = Path(work), manifest
+        self.keys = self.work / "keys"
+        self.marker = ("DISTMIX_LOCAL_FEDERATION", uuid.uuid4().hex)
+        self.processes: list[subprocess.Popen] = []
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.manifest_path = self.work / "manifest.json"
+        self.manifest_path.write_text(manifest.to_json())
+        self_signed_keys(self.keys, (*manifest.sites, "unregistered"))
+        self.ca = self.keys / "ca.crt"
+        self._data = data
+
+    def environment(self, home: Path) -> dict[str, str]:
+        env = flower_environment(home)
+        env[self.marker[0]] = self.marker[1]
+        return env
+
+    def start(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 (the process owns it)
+        process = subprocess.Popen(
+            args,
+            env=self.environment(self.work / f"home-{name}"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def __enter__(self) -> LocalFlowerFederation:
+        try:
+            self.start_superlink()
+            self.register(self.manifest.sites)
+            for name in self.manifest.sites:
+                self.start_site(name)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start_superlink(self, timeout: float = 60.0) -> None:
+        self.start(
+            [
+                flower_command("flower-superlink"),
+                "--ssl-ca-certfile", str(self.ca),
+                "--ssl-certfile", str(self.keys / "server.pem"),
+                "--ssl-keyfile", str(self.keys / "server.key"),
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+            ],
+            "superlink",
+        )  # fmt: skip
+        context = ssl.create_default_context(cafile=str(self.ca))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                url = f"https://{self.address}/health"
+                with urllib.request.urlopen(url, context=context) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"the SuperLink at {self.address} did not become healthy")
+
+    def register(self, names: tuple[str, ...]) -> None:
+        """Register the nodes' public keys with the SuperLink (in parallel)."""
+        home = self.work / "home-cli"
+        write_connection(home, self.address, str(self.ca))
+        jobs = [
+            subprocess.Popen(
+                [flower_command("flwr"), "supernode", "register", str(self.keys / f"{n}.pub"),
+                 "distmix", "--format", "json"],
+                env=self.environment(home),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for n in names
+        ]  # fmt: skip
+        for name, job in zip(names, jobs, strict=True):
+            out, _ = job.communicate(timeout=120)
+            if job.returncode != 0 or b'"success": true' not in out:
+                raise RuntimeError(f"registering {name}'s key failed: {out.decode()[-500:]}")
+
+    def start_site(self, name: str) -> subprocess.Popen:
+        return self.start(
+            [
+                sys.executable, "-m", "distmix", "site", str(self._data[name]),
+                "--name", name,
+                "--manifest", str(self.manifest_path),
+                "--socket", str(self.work / f"{name}.sock"),
+                "--superlink", self.address,
+                "--root-certificates", str(self.ca),
+                "--auth-key", str(self.keys / f"{name}.key"),
+            ],
+            f"site-{name}",
+        )  # fmt: skip
+
+    def federate(self, out: str, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess:
+        """``distmix federate`` against this federation (``args``: its other flags)."""
+        return subprocess.run(
+            [
+                sys.executable, "-m", "distmix", "federate",
+                "--manifest", str(self.manifest_path),
+                "--superlink", self.address,
+                "--root-certificates", str(self.ca),
+                "--out", out,
+                *args,
+            ],
+            env=self.environment(self.work / "home-federate"),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )  # fmt: skip
+
+    def leftovers(self) -> list[int]:
+        """Live processes carrying this federation's marker."""
+        marker = f"{self.marker[0]}={self.marker[1]}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes():
+                    if "\nState:\tZ" not in (entry / "status").read_text():
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+    def close(self, timeout: float = 20.0) -> None:
+        """Stop the sites, then the SuperLink; then whatever they started and left."""
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(timeout=timeout)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    process.wait()
+        deadline = time.monotonic() + timeout
+        while self.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

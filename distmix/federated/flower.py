@@ -72,6 +72,8 @@ class FlowerTransport:
         wait_seconds: float = 120.0,
     ) -> None:
         self.grid, self.timeout = grid, float(timeout)
+        #: ``(request kind, seconds)`` of every exchange: where a federated fit's time goes
+        self.timings: list[tuple[str, float]] = []
         deadline = time.monotonic() + wait_seconds
         nodes = sorted(grid.get_node_ids())
         while len(nodes) < len(sites) and time.monotonic() < deadline:
@@ -102,6 +104,8 @@ class FlowerTransport:
 
     def _round_trip(self, requests: Mapping[int, DistmixMessage]) -> dict[int, DistmixMessage]:
         """Push one message per node; the replies that arrive in time, in arrival order."""
+        started = time.monotonic()
+        kinds = {request.kind for request in requests.values()}
         messages = [to_flower(request, node, self.timeout) for node, request in requests.items()]
         pending = set(self.grid.push_messages(messages))
         replies: dict[int, DistmixMessage] = {}
@@ -116,4 +120,5 @@ class FlowerTransport:
                     logger.warning("node %s: %s", node, error)
             if pending:
                 time.sleep(POLL_SECONDS)
+        self.timings.append(("/".join(sorted(kinds)), time.monotonic() - started))
         return replies

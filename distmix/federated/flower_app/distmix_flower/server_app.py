@@ -10,6 +10,8 @@ written), the model's ``components``, ``covariance-type``, ``init-params``,
 """
 
 import logging
+import statistics
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,16 @@ def main(grid: Grid, context: Context) -> None:
         random_state=int(config["random-state"]),
     ).fit(Federation(transport, manifest))
     model.save(str(config["out"]), overwrite=bool(config["overwrite"]))
+    by_kind = defaultdict(list)
+    for kind, seconds in transport.timings:
+        by_kind[kind].append(seconds)
+    print(
+        "distmix federate: exchanges "
+        + ", ".join(
+            f"{kind} {len(times)} x {statistics.median(times):.2f} s"
+            for kind, times in by_kind.items()
+        )
+    )
     print(
         f"distmix federate: {model.n_iter_} iterations, converged={model.converged_}, "
         f"lower bound {model.lower_bound_:.6f}, sites {', '.join(transport.site_names)}; "
