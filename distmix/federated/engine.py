@@ -188,9 +188,13 @@ class FederatedEngine:
                     )
                     continue
                 total = _sum_words(masked.values(), n_words)
+                self._next_keys(replies, sites)
             else:
-                total = self._unmask(masked, replies, sites, n_words, attempt)
-            self._next_keys(replies, sites)
+                # the sites that answered hold their next round's keys from now on, even
+                # if this round cannot be unmasked
+                publics = dict(self._mask_publics)  # this round's
+                self._next_keys(replies, sites)
+                total = self._unmask(masked, replies, sites, n_words, attempt, publics)
             summed = codec.decode(
                 total.reshape(n_values, self.manifest.words_per_value), self.manifest.digit_bits
             )
@@ -248,8 +252,10 @@ class FederatedEngine:
     def _next_keys(self, replies: Mapping[str, Message], sites: list[str]) -> None:
         """The next round's mask keys (and their sealed shares) from this round's replies."""
         size = len(sites) if self.manifest.mode == "threshold" else 0
-        for name in self._roster:
-            reply = replies[name]
+        for name in sites:
+            reply = replies.get(name)
+            if reply is None:  # dropped out: it leaves the fit
+                continue
             self._mask_publics[name] = _key(reply, "next_mask_key", name)
             sealed = _byte_list(reply, "sealed_keys", size, name)
             self._sealed_keys[name] = dict(zip(sites, sealed, strict=False))
@@ -272,8 +278,10 @@ class FederatedEngine:
         sites: list[str],
         n_words: int,
         attempt: int,
+        publics: Mapping[str, bytes],
     ) -> np.ndarray:
-        """The survivors' sum: their self masks and the dropped sites' pairwise masks removed."""
+        """The survivors' sum: their self masks and the dropped sites' pairwise masks
+        removed (``publics``: the round's mask public keys)."""
         t = int(self.manifest.threshold or MIN_SITES)
         survivors = [s for s in sites if s in masked]
         dropped = [s for s in sites if s not in masked]
@@ -324,7 +332,7 @@ class FederatedEngine:
             for v in survivors:
                 key = secagg.pair_key(
                     keys,
-                    self._mask_publics[v],
+                    publics[v],
                     salt=self.manifest.digest,
                     session=self._session,
                     round_id=self._round,
