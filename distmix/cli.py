@@ -731,6 +731,7 @@ def _site(args: argparse.Namespace) -> int:
             auth_key=args.auth_key,
             node_port=args.node_port,
             block_size=args.block_rows,
+            weights_out=args.weights_out,
         )
 
 
@@ -750,6 +751,7 @@ def _federate(args: argparse.Namespace) -> int:
         random_state=args.random_state,
         timeout=args.round_timeout,
         overwrite=args.overwrite,
+        personal_weights=args.personal_weights,
     )
     print(f"distmix federate: model written to {args.out}")
     return 0
@@ -777,6 +779,11 @@ def _add_federation_commands(commands: Any) -> None:
         metavar="CONFIG_OR_ADDRESS",
         help="the site's own Dask cluster (a cluster_configs YAML or bundled name, or a "
         "scheduler address inside the site); default: threads in this process",
+    )
+    site.add_argument(
+        "--weights-out",
+        metavar="NPY",
+        help="when stopping, write this site's own mixing weights here (personalised fits)",
     )
     site.set_defaults(run=_site)
 
@@ -806,6 +813,11 @@ def _add_federation_commands(commands: Any) -> None:
     )
     federate.add_argument("--out", "-o", required=True, metavar="MODEL", help="model file (.npz)")
     federate.add_argument("--overwrite", action="store_true", help="replace an existing MODEL")
+    federate.add_argument(
+        "--personal-weights",
+        action="store_true",
+        help="each site keeps its own mixing weights (never sent; see distmix site --weights-out)",
+    )
     federate.set_defaults(run=_federate)
 
 

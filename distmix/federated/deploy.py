@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -102,10 +103,13 @@ def run_site(
     auth_key: str | None = None,
     node_port: int | None = None,
     block_size: int | None = None,
+    weights_out: str | None = None,
     stop: threading.Event | None = None,
 ) -> int:
     """Serve a site until interrupted (SIGINT/SIGTERM) or until its SuperNode exits.
 
+    ``weights_out``: where the site writes its own mixing weights (``.npy``) when it
+    stops, if a personalised fit gave it some (they never leave the site otherwise).
     Returns the SuperNode's exit status (0 when stopped by a signal).
     """
     manifest = Manifest.from_json(Path(manifest_path).read_text())
@@ -165,6 +169,9 @@ def run_site(
                 node.wait()
         server.shutdown()
         server.server_close()
+        if weights_out is not None and site.personal_weights is not None:
+            np.save(weights_out, site.personal_weights, allow_pickle=False)
+            print(f"distmix site {name!r}: its mixing weights written to {weights_out}")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -200,6 +207,7 @@ def run_federation(
     timeout: float = 120.0,
     run_timeout: float | None = None,
     overwrite: bool = False,
+    personal_weights: bool = False,
 ) -> None:
     """Fit over the sites of a manifest: submit the bundled Flower app, wait, check the model."""
     Manifest.from_json(Path(manifest_path).read_text())  # readable and valid, before anything
@@ -227,6 +235,7 @@ def run_federation(
             "random-state": int(random_state),
             "timeout": float(timeout),
             "overwrite": bool(overwrite),
+            "personal-weights": bool(personal_weights),
         }
         run_config = " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
         command = [flower_command("flwr"), "run", str(app), "distmix", "--stream"]

@@ -22,6 +22,8 @@ import socket
 import socketserver
 import struct
 import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from distmix.federated import frames
@@ -106,3 +108,33 @@ def ask(path: str | os.PathLike[str], frame: bytes, timeout: float = 600.0) -> b
         connection.connect(str(path))
         write_frame(connection, frame)
         return read_frame(connection)
+
+
+class SocketTransport:
+    """Reach site servers on this machine by their Unix sockets (no Flower).
+
+    For sites that share a host with the coordinator (trials, tests): each
+    exchange asks every site's server at once; a site that does not answer in
+    ``timeout`` seconds, or whose socket is gone, is absent from the replies.
+    """
+
+    def __init__(self, sockets: dict[str, str | os.PathLike[str]], timeout: float = 600.0) -> None:
+        self.sockets = {str(name): Path(path) for name, path in sockets.items()}
+        self.timeout = float(timeout)
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return tuple(self.sockets)
+
+    def exchange(self, requests: Mapping[str, Message]) -> dict[str, Message]:
+        def one(name: str) -> Message | None:
+            try:
+                reply = ask(self.sockets[name], frames.encode(requests[name]), self.timeout)
+                return frames.decode(reply)
+            except (OSError, ConnectionError, RequestError) as error:
+                logger.warning("site %r did not answer: %s", name, error)
+                return None
+
+        with ThreadPoolExecutor(max(1, len(requests))) as pool:
+            answers = dict(zip(requests, pool.map(one, list(requests)), strict=True))
+        return {name: reply for name, reply in answers.items() if reply is not None}

@@ -5,8 +5,8 @@ installed distmix. Run config (``distmix federate`` sets it): ``manifest`` (path
 of the manifest JSON every site accepted), ``out`` (where the model is
 written), the model's ``components``, ``covariance-type``, ``init-params``,
 ``means-init`` (a ``.npy`` path, optional), ``max-iter``, ``tol``,
-``reg-covar``, ``random-state``, ``timeout`` (seconds a round waits) and
-``overwrite``.
+``reg-covar``, ``random-state``, ``timeout`` (seconds a round waits),
+``overwrite`` and ``personal-weights``.
 """
 
 import logging
@@ -41,7 +41,7 @@ def main(grid: Grid, context: Context) -> None:
         tol=float(config["tol"]),
         reg_covar=float(config["reg-covar"]),
         random_state=int(config["random-state"]),
-    ).fit(Federation(transport, manifest))
+    ).fit(Federation(transport, manifest, personal_weights=bool(config["personal-weights"])))
     model.save(str(config["out"]), overwrite=bool(config["overwrite"]))
     by_kind = defaultdict(list)
     for kind, seconds in transport.timings:
