@@ -732,6 +732,7 @@ def _site(args: argparse.Namespace) -> int:
             node_port=args.node_port,
             block_size=args.block_rows,
             weights_out=args.weights_out,
+            ledger=args.ledger,
         )
 
 
@@ -779,6 +780,12 @@ def _add_federation_commands(commands: Any) -> None:
         metavar="CONFIG_OR_ADDRESS",
         help="the site's own Dask cluster (a cluster_configs YAML or bundled name, or a "
         "scheduler address inside the site); default: threads in this process",
+    )
+    site.add_argument(
+        "--ledger",
+        metavar="JSON",
+        help="keep the site's ledger (which requests it released over which sites) in this "
+        "file across restarts (recommended)",
     )
     site.add_argument(
         "--weights-out",

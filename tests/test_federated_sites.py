@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from distmix import GaussianMixture
-from distmix.federated import Federation, Manifest, Site
+from distmix.federated import Federation, Manifest, Site, SiteError
 from distmix.federated.server import SocketTransport
+from distmix.params import Params
 
 SITES = ("north", "south", "east", "west")
 MEANS = np.array([[0.0, 0.0], [5.0, 5.0], [0.0, 6.0]])
@@ -103,3 +104,24 @@ def test_a_personalised_fit_over_site_processes(site_processes):
     for site in in_process_sites:  # written at exit: they never crossed a socket
         written = np.load(work / f"{site.name}-weights.npy", allow_pickle=False)
         np.testing.assert_allclose(written, site.personal_weights, rtol=1e-12)
+
+
+def test_a_sites_ledger_survives_its_restart(tmp_path):
+    """A site restarted with its ledger file still refuses to release a request it
+    released before over a different set of sites; an unreadable ledger stops it."""
+    rows = {
+        n: site_rows(i, 150, p) for i, (n, p) in enumerate(zip(SITES, PROPORTIONS, strict=True))
+    }
+    manifest = Manifest(sites=SITES, n_features=2, max_rows_per_site=1024, radius=64.0)
+    params = Params.from_covariances(np.full(3, 1 / 3), MEANS, np.stack([np.eye(2)] * 3), "full")
+
+    def sites() -> list[Site]:
+        return [Site(rows[n], n, ledger=tmp_path / f"{n}.json") for n in SITES]
+
+    Federation(sites(), manifest).engine().reduce("estep", params)
+    restarted = [site for site in sites() if site.name != "west"]
+    with pytest.raises(SiteError, match="'sites'"):
+        Federation(restarted, manifest).engine().reduce("estep", params)
+    (tmp_path / "north.json").write_text("{not json")
+    with pytest.raises(ValueError, match="ledger"):
+        Site(rows["north"], "north", ledger=tmp_path / "north.json")

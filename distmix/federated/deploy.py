@@ -104,16 +104,18 @@ def run_site(
     node_port: int | None = None,
     block_size: int | None = None,
     weights_out: str | None = None,
+    ledger: str | None = None,
     stop: threading.Event | None = None,
 ) -> int:
     """Serve a site until interrupted (SIGINT/SIGTERM) or until its SuperNode exits.
 
+    ``ledger``: the JSON file that keeps the site's ledger across restarts.
     ``weights_out``: where the site writes its own mixing weights (``.npy``) when it
     stops, if a personalised fit gave it some (they never leave the site otherwise).
     Returns the SuperNode's exit status (0 when stopped by a signal).
     """
     manifest = Manifest.from_json(Path(manifest_path).read_text())
-    site = Site(data, name, block_size=block_size, manifest=manifest)
+    site = Site(data, name, block_size=block_size, manifest=manifest, ledger=ledger)
     server = SiteServer(site, socket_path)
     server.serve_in_thread()
     stop = stop or threading.Event()

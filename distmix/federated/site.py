@@ -28,7 +28,10 @@ learning more than a sum over at least three sites:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,6 +82,9 @@ class Site:
         An engine over the site's rows, instead of ``data``.
     manifest : Manifest, optional
         The federation manifest this site accepts (see :meth:`accept`).
+    ledger : path, optional
+        A JSON file that keeps the site's ledger across restarts (read at start,
+        rewritten atomically before any reply that adds to it); in memory if not given.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class Site:
         block_size: int | None = None,
         engine: Any = None,
         manifest: Manifest | None = None,
+        ledger: str | os.PathLike[str] | None = None,
     ) -> None:
         if (data is None) == (engine is None):
             raise ValueError("give a site either its data or an engine over its rows.")
@@ -98,7 +105,8 @@ class Site:
         self._engine = engine
         self._rows_ok: bool | None = None
         self.manifest: Manifest | None = None
-        self._ledger: dict[bytes, frozenset[str]] = {}
+        self._ledger_path = None if ledger is None else Path(ledger)
+        self._ledger: dict[bytes, frozenset[str]] = _read_ledger(self._ledger_path)
         # a personalised federation: the weights this site uses with the shared
         # components it was last sent, and the M-step of its last E-step (never sent)
         self._weights: np.ndarray | None = None
@@ -514,7 +522,10 @@ class Site:
                 f"field 'sites': this request was aggregated over {sorted(before)}; "
                 f"aggregating it over {sorted(sites)} would reveal the difference."
             )
-        self._ledger[digest] = sites
+        if before is None:
+            self._ledger[digest] = sites
+            if self._ledger_path is not None:
+                _write_ledger(self._ledger_path, self._ledger)
 
     def _check_size(self, sites: list[str], what: str) -> None:
         need = max(MIN_SITES, self._t())
@@ -549,6 +560,27 @@ class Site:
             sender=self.name,
             recipient=peer,
         )
+
+
+def _read_ledger(path: Path | None) -> dict[bytes, frozenset[str]]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        return {bytes.fromhex(k): frozenset(v) for k, v in record["released"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"site ledger {path} is unreadable ({error}); a site must not forget what it "
+            "released: restore the file, or move it away knowingly."
+        ) from None
+
+
+def _write_ledger(path: Path, ledger: dict[bytes, frozenset[str]]) -> None:
+    record = {"format": "distmix-site-ledger/1"}
+    text = json.dumps({**record, "released": {k.hex(): sorted(v) for k, v in ledger.items()}})
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(text)
+    os.replace(staged, path)
 
 
 def _components_digest(params: Params) -> bytes:
