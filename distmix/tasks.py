@@ -45,6 +45,7 @@ from distmix.init_kernels import (
     sample_block,
     take_rows_block,
 )
+from distmix.kernels import estep_kernel
 from distmix.nonfinite import NonFinite, raise_if_nonfinite
 from distmix.params import Params
 from distmix.results import FingerprintedStats, LogLikelihoodTotal
@@ -162,7 +163,12 @@ def rowwise_in_pieces(block_fn: Callable[[Any, Params], Any], block: Any, params
 # the block functions of the reduce tasks: fn(block, w, row_offset, *args)    #
 # --------------------------------------------------------------------------- #
 def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
-    """The E-step's SuffStats of a block (in pieces where :func:`_pieces` says so)."""
+    """The E-step's SuffStats of a block: the compiled kernel where the kernel registry
+    picks it (it tiles the block itself), else the array-API kernel, in pieces where
+    :func:`_pieces` says so."""
+    compiled = estep_kernel(block)
+    if compiled is not None:
+        return compiled(block, params, sample_weight, row_offset)  # type: ignore[no-any-return]
     return _summed_over_pieces(
         lambda x, w, offset, p: estep.chunk_stats(x, p, w, offset),
         block,

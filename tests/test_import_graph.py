@@ -52,6 +52,8 @@ KERNELS = {
     "distmix.fingerprint",
     "distmix.reduce",
     "distmix.stepwise",
+    "distmix.kernels",
+    "distmix.fused",
 }
 LOOP = {"distmix.em", "distmix.init", "distmix.online"}
 LEAVES = {"distmix.estimator", "distmix.cli"}

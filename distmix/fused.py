@@ -1,0 +1,278 @@
+"""Fused compiled E-step kernels for NumPy blocks (numba): one pass per tile of rows.
+
+Layer: a kernel, beside :mod:`distmix.estep` (which stays the reference these
+are tested against, and the kernel of every other array namespace). Pure: arrays
+in, arrays out; no engine, no Dask, no file.
+
+Where the array-API kernel makes several passes over ``(K, n, D)`` temporaries,
+these kernels read each tile of ``TILE`` rows once into a transposed ``(D, TILE)``
+buffer that stays in cache, and for each component compute the Mahalanobis
+terms, then the log-sum-exp and responsibilities of the tile, then the
+responsibility-weighted sums ``S0``, ``S1`` and the second moment, all about the
+component's mean (never ``Σ x xᵀ − N μ μᵀ``: data far from the origin lose
+nothing). Statistics accumulate in float64 whatever the input dtype.
+
+Threads: one layer of parallelism at a time, and it is the engine's. A kernel
+runs serially on its block and releases the GIL, so the local engine's thread
+pool and a Dask worker's threads run blocks side by side, each kernel on one
+core (as BLAS is held to one thread there), and the engine adds the blocks'
+results in block order: results do not depend on the number of threads. Numba's
+own parallel loops are not used: its default threading layer (workqueue, the
+one pip wheels have) aborts when parallel kernels are launched from several
+threads at once, which is exactly what engines do.
+
+``fastmath`` allows contraction and reassociation only (the sums over a tile's
+rows vectorise): results are deterministic for a given build, not necessarily
+bit-identical across CPUs or LLVM versions.
+
+Semantics match :func:`distmix.estep.chunk_stats`: rows holding NaN or ±inf add
+nothing and are counted (and the first one's global index kept); a row whose
+every density underflows adds nothing to the moments and ``−inf`` to the
+log-likelihood if its weight is positive; rows of weight 0 add exactly 0.
+
+Measured design choices (tile transposed, components outer, sums over rows as
+reductions) are those of ``shared/notes/fused-kernel.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from distmix.params import Params
+from distmix.suffstats import SuffStats
+
+TILE = 64
+_FASTMATH = {"contract", "reassoc"}
+_LOG_2PI = math.log(2.0 * math.pi)
+_FULL, _TIED, _DIAG, _SPHERICAL = 0, 1, 2, 3
+COVARIANCE_CODES = {"full": _FULL, "tied": _TIED, "diag": _DIAG, "spherical": _SPHERICAL}
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _load_tile(x, w, start, stop, xt, wt):  # pragma: no cover (compiled)
+    """Rows ``start:stop`` transposed into ``xt (D, TILE)``, weights into ``wt``;
+    non-finite rows zeroed with weight 0. Returns (bad rows, first bad row)."""
+    d = x.shape[1]
+    n_bad = 0
+    first = -1
+    for t in range(TILE):
+        row = start + t
+        if row >= stop:
+            for j in range(d):
+                xt[j, t] = 0.0
+            wt[t] = 0.0
+            continue
+        finite = True
+        for j in range(d):
+            v = np.float64(x[row, j])
+            if not math.isfinite(v):
+                finite = False
+            xt[j, t] = v
+        if finite:
+            wt[t] = w[row]
+        else:
+            for j in range(d):
+                xt[j, t] = 0.0
+            wt[t] = 0.0
+            n_bad += 1
+            if first < 0:
+                first = row
+    return n_bad, first
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _maha(kind, k, xt, mu, prec, diff, acc, out):  # pragma: no cover (compiled)
+    """``out[t] = ‖(x_t − μ_k) U_k‖²`` for the tile; ``diff`` gets ``x − μ_k``."""
+    d, tile = xt.shape
+    for j in range(d):
+        m = mu[k, j]
+        for t in range(tile):
+            diff[j, t] = xt[j, t] - m
+    for t in range(tile):
+        out[t] = 0.0
+    if kind == _FULL or kind == _TIED:
+        for j in range(d):
+            for t in range(tile):
+                acc[t] = 0.0
+            for i in range(j + 1):
+                u = prec[k, i, j] if kind == _FULL else prec[0, i, j]
+                for t in range(tile):
+                    acc[t] += diff[i, t] * u
+            for t in range(tile):
+                out[t] += acc[t] * acc[t]
+    elif kind == _DIAG:
+        for j in range(d):
+            u = prec[k, 0, j]
+            u2 = u * u
+            for t in range(tile):
+                out[t] += diff[j, t] * diff[j, t] * u2
+    else:
+        u = prec[k, 0, 0]
+        u2 = u * u
+        for j in range(d):
+            for t in range(tile):
+                out[t] += diff[j, t] * diff[j, t] * u2
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
+    """The statistics of a block, tile by tile (serial; the GIL is released).
+
+    ``prec``: (K, D, D) full, (1, D, D) tied, (K, 1, D) diag, (K, 1, 1) spherical.
+    Returns ``(S0 (K,), S1 (K, D), S2, log-likelihood, n_bad, first bad row)`` with
+    ``S2`` of shape (K, D, D) for full and tied (tied: summed into [0]; upper
+    triangles only), (K, D, 1) for diag, (K, 1, 1) for spherical.
+    """
+    n, d = x.shape
+    k_count = mu.shape[0]
+    s2_rows = d if kind != _SPHERICAL else 1
+    s2_cols = d if kind == _FULL or kind == _TIED else 1
+    s0 = np.zeros(k_count)
+    s1 = np.zeros((k_count, d))
+    s2 = np.zeros((k_count, s2_rows, s2_cols))
+    loglik = 0.0
+    n_bad = 0
+    first_bad = -1
+    xt = np.empty((d, TILE))
+    wt = np.empty(TILE)
+    diff = np.empty((d, TILE))
+    acc = np.empty(TILE)
+    lp = np.empty((k_count, TILE))
+    rd = np.empty(TILE)
+    for start in range(0, n, TILE):
+        nb, fb = _load_tile(x, w, start, n, xt, wt)
+        if nb:
+            n_bad += nb
+            if first_bad < 0:
+                first_bad = fb
+        for k in range(k_count):
+            _maha(kind, k, xt, mu, prec, diff, acc, lp[k])
+            for t in range(TILE):
+                lp[k, t] = log_const[k] - 0.5 * lp[k, t]
+        # log-sum-exp over components; lp becomes the responsibilities (times w)
+        for t in range(TILE):
+            peak = -np.inf
+            for k in range(k_count):
+                if lp[k, t] > peak:
+                    peak = lp[k, t]
+            if not math.isfinite(peak):
+                peak = 0.0
+            total = 0.0
+            for k in range(k_count):
+                e = math.exp(lp[k, t] - peak)
+                lp[k, t] = e
+                total += e
+            if total > 0.0:
+                scale = wt[t] / total
+                if wt[t] > 0.0:
+                    loglik += wt[t] * (peak + math.log(total))
+            else:  # every density underflows: the row adds nothing (its values neither,
+                scale = 0.0  # so that no 0 · inf reaches a sum), and −inf if weighted
+                if wt[t] > 0.0:
+                    loglik += -np.inf
+                for j in range(d):
+                    xt[j, t] = 0.0
+            for k in range(k_count):
+                lp[k, t] *= scale
+        for k in range(k_count):
+            tk = 0 if kind == _TIED else k
+            for j in range(d):
+                m = mu[k, j]
+                for t in range(TILE):
+                    diff[j, t] = xt[j, t] - m
+            total = 0.0
+            for t in range(TILE):
+                total += lp[k, t]
+            s0[k] += total
+            for j in range(d):
+                total = 0.0
+                for t in range(TILE):
+                    total += lp[k, t] * diff[j, t]
+                s1[k, j] += total
+            if kind == _FULL or kind == _TIED:
+                for a in range(d):
+                    for t in range(TILE):
+                        rd[t] = lp[k, t] * diff[a, t]
+                    for b in range(a, d):
+                        total = 0.0
+                        for t in range(TILE):
+                            total += rd[t] * diff[b, t]
+                        s2[tk, a, b] += total
+            else:
+                # r · x first, in a loop of its own: r = 0 must meet a finite value, never
+                # the square of a far row's difference (reassociation would allow that)
+                spherical = 0.0
+                for j in range(d):
+                    for t in range(TILE):
+                        rd[t] = lp[k, t] * diff[j, t]
+                    total = 0.0
+                    for t in range(TILE):
+                        total += rd[t] * diff[j, t]
+                    if kind == _DIAG:
+                        s2[k, j, 0] += total
+                    else:
+                        spherical += total
+                if kind == _SPHERICAL:
+                    s2[k, 0, 0] += spherical
+    return s0, s1, s2, loglik, n_bad, first_bad
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    """A read-only view: numba compiles one specialisation per dtype, whether the
+    caller's array is writable or not (a memory-mapped file, Params' arrays)."""
+    view = array.view()
+    view.setflags(write=False)
+    return view
+
+
+def chunk_stats(
+    block: np.ndarray, params: Params, sample_weight: np.ndarray | None = None, row_offset: int = 0
+) -> SuffStats:
+    """:func:`distmix.estep.chunk_stats` for a NumPy block, by the fused kernel."""
+    x = np.ascontiguousarray(block)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    n, d = x.shape
+    w = (
+        np.ones(n)
+        if sample_weight is None
+        else np.ascontiguousarray(sample_weight, dtype=np.float64)
+    )
+    cov = params.covariance_type
+    chol = np.asarray(params.precisions_cholesky, dtype=np.float64)
+    prec = {
+        "full": lambda: chol,
+        "tied": lambda: chol[None],
+        "diag": lambda: chol[:, None, :],
+        "spherical": lambda: chol[:, None, None],
+    }[cov]()
+    log_const = params.log_det_cholesky + np.log(np.asarray(params.weights)) - 0.5 * d * _LOG_2PI
+    s0, s1, s2, loglik, n_bad, first = _estep(
+        COVARIANCE_CODES[cov],
+        _readonly(x),
+        _readonly(w),
+        _readonly(np.ascontiguousarray(params.means, dtype=np.float64)),
+        _readonly(np.ascontiguousarray(prec)),
+        _readonly(np.ascontiguousarray(log_const)),
+    )
+    if cov in ("full", "tied"):
+        upper = s2[0] if cov == "tied" else s2
+        second = np.triu(upper) + np.swapaxes(np.triu(upper, 1), -1, -2)
+    elif cov == "diag":
+        second = s2[:, :, 0]
+    else:
+        second = s2[:, 0, 0]
+    return SuffStats(
+        cov,
+        params.means,
+        s0,
+        s1,
+        second,
+        float(n),
+        float(loglik),
+        float(n_bad),
+        float(first + row_offset) if first >= 0 else math.inf,
+    )

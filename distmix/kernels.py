@@ -1,0 +1,97 @@
+"""The kernel registry: which implementation of a block kernel runs on a block.
+
+Layer: beside the kernels. The engines choose nothing: a block task asks here
+for the kernel of its block, and the answer depends on the block's array type
+and on the process's choice:
+
+``"array-api"``
+    :mod:`distmix.estep` for every block (the reference; NumPy, CuPy, torch, ...).
+``"compiled"``
+    the fused compiled kernels of :mod:`distmix.fused` (numba) for NumPy blocks;
+    a block of another namespace raises, naming it.
+``"auto"``
+    compiled for NumPy blocks when numba is installed, the array-API kernel
+    otherwise.
+
+The choice is read from the environment variable ``DISTMIX_KERNEL`` (so that
+Dask worker processes started from this one make the same choice), and can be
+changed for this process with :func:`set_kernel` or for a block of code with
+:func:`use_kernel`. :mod:`distmix.fused`, and numba with it, is imported on
+first use only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+KernelChoice = Literal["auto", "compiled", "array-api"]
+KERNEL_CHOICES: tuple[str, ...] = get_args(KernelChoice)
+ENVIRONMENT = "DISTMIX_KERNEL"
+DEFAULT: KernelChoice = "array-api"
+
+
+def check_kernel(choice: Any) -> KernelChoice:
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(
+            f"kernel={choice!r} is not one of {', '.join(repr(c) for c in KERNEL_CHOICES)}."
+        )
+    return choice  # type: ignore[no-any-return]
+
+
+def kernel_choice() -> KernelChoice:
+    """This process's choice (``DISTMIX_KERNEL``, default ``"array-api"``)."""
+    value = os.environ.get(ENVIRONMENT, DEFAULT)
+    try:
+        return check_kernel(value)
+    except ValueError:
+        raise ValueError(
+            f"{ENVIRONMENT}={value!r} is not one of {', '.join(KERNEL_CHOICES)}."
+        ) from None
+
+
+def set_kernel(choice: str) -> None:
+    """Choose the kernels of this process (and of Dask workers it starts later)."""
+    os.environ[ENVIRONMENT] = check_kernel(choice)
+
+
+@contextlib.contextmanager
+def use_kernel(choice: str) -> Iterator[None]:
+    """Run a block of code with ``choice`` (the previous choice restored after)."""
+    before = os.environ.get(ENVIRONMENT)
+    set_kernel(choice)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENVIRONMENT, None)
+        else:
+            os.environ[ENVIRONMENT] = before
+
+
+def compiled_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def estep_kernel(block: Any) -> Callable[..., Any] | None:
+    """The compiled E-step kernel for ``block``, or ``None`` for the array-API one."""
+    choice = kernel_choice()
+    if choice == "array-api":
+        return None
+    numpy_block = isinstance(block, np.ndarray)
+    if choice == "compiled" and not numpy_block:
+        raise ValueError(
+            f"kernel='compiled' runs on NumPy blocks only, not {type(block).__module__}."
+            f"{type(block).__name__}: use kernel='auto' (the array-API kernel for others)."
+        )
+    if not numpy_block or not (choice == "compiled" or compiled_available()):
+        return None
+    fused = importlib.import_module("distmix.fused")
+    return fused.chunk_stats  # type: ignore[no-any-return]
+

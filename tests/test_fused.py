@@ -1,0 +1,183 @@
+"""The fused compiled E-step kernel against the array-API kernel, and the kernel registry.
+
+The array-API kernel (:func:`distmix.estep.chunk_stats`) is the reference: on
+random, offset (1e6), float32, weighted, NaN-row and underflowing blocks of any
+shape (one row, K = 1, D = 1 included) the compiled kernel's statistics agree to
+1e-12 of each statistic's largest value, and counts and the first bad row
+exactly. The registry picks the compiled kernel for NumPy blocks only, as
+chosen, and a fit does not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from distmix import GaussianMixture, estep, fused, kernels  # noqa: E402
+from distmix.engines.local import LocalEngine  # noqa: E402
+from distmix.params import Params  # noqa: E402
+from distmix.tasks import run_block  # noqa: E402
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def random_params(rng, means, covariance_type, scale=1.0):
+    k, d = means.shape
+    a = rng.normal(size=(k, d, d)) / np.sqrt(d)
+    full = (a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)) * scale
+    covariances = {
+        "full": full,
+        "tied": full[0],
+        "diag": np.diagonal(full, axis1=1, axis2=2).copy(),
+        "spherical": np.trace(full, axis1=1, axis2=2) / d,
+    }[covariance_type]
+    weights = rng.dirichlet(np.full(k, 2.0))
+    return Params.from_covariances(weights, means, covariances, covariance_type)
+
+
+def assert_same_stats(got, want, rtol=1e-12):
+    got, want = got.to_host(), want.to_host()
+    assert got.covariance_type == want.covariance_type
+    np.testing.assert_array_equal(got.reference, want.reference)
+    for name in ("n_rows", "n_nonfinite", "first_nonfinite"):
+        assert getattr(got, name) == getattr(want, name), name
+    for name in ("resp_sum", "x_sum", "second", "log_lik"):
+        g, w = np.asarray(getattr(got, name)), np.asarray(getattr(want, name))
+        scale = float(np.max(np.abs(w), initial=0.0))
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def case(seed, n, d, k, covariance_type, *, offset=0.0, dtype=np.float64, weighted=False, bad=()):
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(n, d)) * 2.0 + offset).astype(dtype)
+    for i, row in enumerate(bad):
+        X[row, i % d] = (np.nan, np.inf, -np.inf)[i % 3]
+    finite = np.flatnonzero(np.all(np.isfinite(X), axis=1))
+    means = X[rng.choice(finite, k)].astype(np.float64)
+    w = rng.uniform(0.0, 2.0, size=n) if weighted else None
+    if weighted:
+        w[rng.random(n) < 0.1] = 0.0
+    return X, w, random_params(rng, means, covariance_type)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize(
+    "kind",
+    ["plain", "offset", "float32", "weighted", "nan_rows", "one_row", "k1_d1", "long"],
+)
+def test_the_compiled_kernel_equals_the_array_api_kernel(covariance_type, kind):
+    options = {
+        "plain": dict(n=500, d=4, k=3),
+        "offset": dict(n=500, d=5, k=4, offset=1e6),
+        "float32": dict(n=300, d=3, k=2, dtype=np.float32),
+        "weighted": dict(n=400, d=3, k=3, weighted=True),
+        "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
+        "one_row": dict(n=1, d=3, k=2),
+        "k1_d1": dict(n=90, d=1, k=1),
+        "long": dict(n=5000, d=16, k=8),
+    }[kind]
+    X, w, params = case(11, covariance_type=covariance_type, **options)
+    got = fused.chunk_stats(X, params, w, 1000)
+    want = estep.chunk_stats(X, params, w, 1000)
+    assert_same_stats(got, want)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_underflowing_rows_add_nothing_and_minus_inf(covariance_type):
+    """A finite row so far out that every density underflows adds nothing to the moments
+    and −inf to the log-likelihood (weight > 0), as in the array-API kernel."""
+    X, w, params = case(3, 50, 3, 2, covariance_type)
+    params = random_params(np.random.default_rng(1), params.means, covariance_type, scale=1e-6)
+    X = X.copy()
+    X[10] = 1e200
+    got = fused.chunk_stats(X, params)
+    with np.errstate(over="ignore"):  # the array-API kernel's squares overflow on the way
+        want = estep.chunk_stats(X, params)
+    assert got.log_lik == want.log_lik == -np.inf
+    for name in ("resp_sum", "x_sum", "second"):
+        np.testing.assert_allclose(
+            getattr(got, name), getattr(want, name), rtol=1e-12, atol=1e-300, err_msg=name
+        )
+    assert np.all(np.isfinite(got.second))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    d=st.integers(1, 6),
+    k=st.integers(1, 5),
+    covariance_type=st.sampled_from(COVARIANCE_TYPES),
+    offset=st.sampled_from([0.0, -3.0, 1e6]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_any_shape(n, d, k, covariance_type, offset, weighted, seed):
+    X, w, params = case(seed, n, d, k, covariance_type, offset=offset, weighted=weighted)
+    assert_same_stats(fused.chunk_stats(X, params, w, 0), estep.chunk_stats(X, params, w, 0))
+
+
+def test_a_read_only_block_reads_as_a_writable_one():
+    X, w, params = case(5, 200, 3, 2, "full")
+    frozen = X.copy()
+    frozen.setflags(write=False)
+    a, b = fused.chunk_stats(X, params), fused.chunk_stats(frozen, params)
+    np.testing.assert_array_equal(a.second, b.second)
+
+
+# --------------------------------------------------------------------------- #
+# the registry                                                                #
+# --------------------------------------------------------------------------- #
+def test_the_registry_picks_by_choice_and_block_type():
+    X, w, params = case(2, 100, 3, 2, "diag")
+    with kernels.use_kernel("array-api"):
+        assert kernels.estep_kernel(X) is None
+    with kernels.use_kernel("compiled"):
+        assert kernels.estep_kernel(X) is fused.chunk_stats
+        with pytest.raises(ValueError, match="NumPy blocks only"):
+            kernels.estep_kernel(np.ma.masked_array(X).tolist())
+    with kernels.use_kernel("auto"):
+        assert kernels.estep_kernel(X) is fused.chunk_stats
+        assert kernels.estep_kernel([[1.0, 2.0, 3.0]]) is None  # not NumPy: array-API
+    with pytest.raises(ValueError, match="kernel='fast'"):
+        kernels.set_kernel("fast")
+
+
+def test_the_estep_task_runs_the_chosen_kernel():
+    X, w, params = case(4, 3000, 4, 3, "full")
+    with kernels.use_kernel("compiled"):
+        compiled = run_block("estep", X, w, 0, (params,))
+    with kernels.use_kernel("array-api"):
+        reference = run_block("estep", X, w, 0, (params,))
+    np.testing.assert_array_equal(compiled.second, fused.chunk_stats(X, params, w, 0).second)
+    assert_same_stats(compiled, reference)
+
+
+def test_a_compiled_fit_does_not_depend_on_the_number_of_threads():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(3000, 3)) + c for c in (0.0, 6.0, 12.0)])
+    with kernels.use_kernel("compiled"):
+        fits = []
+        for threads in (1, 2):
+            engine = LocalEngine(X, block_size=700, n_threads=threads)
+            fits.append(engine.reduce("estep", random_params(rng, X[:3], "full")))
+            rng = np.random.default_rng(0)
+            X = np.concatenate([rng.normal(size=(3000, 3)) + c for c in (0.0, 6.0, 12.0)])
+    np.testing.assert_array_equal(fits[0].second, fits[1].second)
+    np.testing.assert_array_equal(fits[0].x_sum, fits[1].x_sum)
+
+
+def test_a_compiled_fit_equals_the_array_api_fit():
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(size=(2000, 3)) * s + c for s, c in ((1, 0), (0.5, 5), (2, 9))])
+    fits = {}
+    for choice in ("compiled", "array-api"):
+        with kernels.use_kernel(choice):
+            fits[choice] = GaussianMixture(3, random_state=0, tol=1e-8).fit(X)
+    a, b = fits["compiled"], fits["array-api"]
+    assert a.n_iter_ == b.n_iter_
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
+    np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=1e-10)
