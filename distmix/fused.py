@@ -117,6 +117,46 @@ def _maha(kind, k, xt, mu, prec, diff, acc, out):  # pragma: no cover (compiled)
                 out[t] += diff[j, t] * diff[j, t] * u2
 
 
+# exp(a) for a <= 0 in a loop LLVM can vectorise (numba's exp is a scalar call):
+# Cody and Waite's reduction a = n ln 2 + r, |r| <= ln 2 / 2, the Taylor polynomial
+# of degree 13 (truncation below 1e-17 relative), times 2**n built from its bits.
+# Below -708 (2**n subnormal) the result is 0. No reassociation here: it would undo
+# the two-part reduction.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+_EXP_FLOOR = -708.0
+_TAYLOR = tuple(1.0 / math.factorial(i) for i in range(14))
+
+
+@numba.njit(cache=True, fastmath={"contract"}, inline="always")
+def _exp_shifted(a, shift, bits, out):  # pragma: no cover (compiled)
+    """``out[t] = exp(a[t] − shift[t])`` (arguments <= 0; 0 below −708)."""
+    c = _TAYLOR
+    for t in range(a.shape[0]):
+        x = a[t] - shift[t]
+        keep = x >= _EXP_FLOOR
+        x = max(x, _EXP_FLOOR)
+        n = math.floor(x * _INV_LN2 + 0.5)
+        r = (x - n * _LN2_HI) - n * _LN2_LO
+        p = c[13]
+        p = p * r + c[12]
+        p = p * r + c[11]
+        p = p * r + c[10]
+        p = p * r + c[9]
+        p = p * r + c[8]
+        p = p * r + c[7]
+        p = p * r + c[6]
+        p = p * r + c[5]
+        p = p * r + c[4]
+        p = p * r + c[3]
+        p = p * r + c[2]
+        p = p * r + c[1]
+        p = p * r + c[0]
+        bits[t] = (np.int64(n) + 1023) << 52
+        out[t] = p * bits[t : t + 1].view(np.float64)[0] if keep else 0.0
+
+
 @numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
 def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     """The statistics of a block, tile by tile (serial; the GIL is released).
@@ -142,6 +182,9 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     acc = np.empty(TILE)
     lp = np.empty((k_count, TILE))
     rd = np.empty(TILE)
+    peak = np.empty(TILE)
+    total_t = np.empty(TILE)
+    ebits = np.empty(TILE, dtype=np.int64)
     for start in range(0, n, TILE):
         nb, fb = _load_tile(x, w, start, n, xt, wt)
         if nb:
@@ -154,29 +197,34 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
                 lp[k, t] = log_const[k] - 0.5 * lp[k, t]
         # log-sum-exp over components; lp becomes the responsibilities (times w)
         for t in range(TILE):
-            peak = -np.inf
-            for k in range(k_count):
-                if lp[k, t] > peak:
-                    peak = lp[k, t]
-            if not math.isfinite(peak):
-                peak = 0.0
-            total = 0.0
-            for k in range(k_count):
-                e = math.exp(lp[k, t] - peak)
-                lp[k, t] = e
-                total += e
+            peak[t] = -np.inf
+        for k in range(k_count):
+            for t in range(TILE):
+                peak[t] = max(peak[t], lp[k, t])
+        for t in range(TILE):
+            if not math.isfinite(peak[t]):
+                peak[t] = 0.0
+            total_t[t] = 0.0
+        for k in range(k_count):
+            _exp_shifted(lp[k], peak, ebits, lp[k])
+            for t in range(TILE):
+                total_t[t] += lp[k, t]
+        for t in range(TILE):
+            total = total_t[t]
             if total > 0.0:
                 scale = wt[t] / total
                 if wt[t] > 0.0:
-                    loglik += wt[t] * (peak + math.log(total))
+                    loglik += wt[t] * (peak[t] + math.log(total))
             else:  # every density underflows: the row adds nothing (its values neither,
                 scale = 0.0  # so that no 0 · inf reaches a sum), and −inf if weighted
                 if wt[t] > 0.0:
                     loglik += -np.inf
                 for j in range(d):
                     xt[j, t] = 0.0
-            for k in range(k_count):
-                lp[k, t] *= scale
+            total_t[t] = scale
+        for k in range(k_count):
+            for t in range(TILE):
+                lp[k, t] *= total_t[t]
         for k in range(k_count):
             tk = 0 if kind == _TIED else k
             for j in range(d):
