@@ -94,4 +94,3 @@ def estep_kernel(block: Any) -> Callable[..., Any] | None:
         return None
     fused = importlib.import_module("distmix.fused")
     return fused.chunk_stats  # type: ignore[no-any-return]
-
