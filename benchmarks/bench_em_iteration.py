@@ -89,6 +89,7 @@ from sklearn.mixture import GaussianMixture
 import distmix
 import distmix.em
 import distmix.engines
+import distmix.kernels
 import distmix.mstep
 import distmix.sources.blocks
 from distmix.params import Params
@@ -225,6 +226,7 @@ def bench_shape(
     seed: int,
     covariance_type: str = "full",
     fingerprint: bool = False,
+    compiled: bool = False,
 ) -> ShapeResult:
     X = mixture_rows(n, d, k, seed)
     params = starting_params(X, k, seed, covariance_type)
@@ -241,6 +243,13 @@ def bench_shape(
     if fingerprint:
         run["local+fp"] = lambda: distmix_iteration(local, params, fingerprint=True)
         run["dask+fp"] = lambda: distmix_iteration(dask_engine, params, fingerprint=True)
+    if compiled:
+
+        def compiled_iteration() -> Outcome:
+            with distmix.kernels.use_kernel("compiled"):
+                return distmix_iteration(local, params)
+
+        run["compiled"] = compiled_iteration
     # warm-up, which also gives the outcomes to compare
     outcomes = {name: time_once(fn)[1] for name, fn in run.items()}
     diffs = {
@@ -252,6 +261,11 @@ def bench_shape(
         "local vs sklearn": outcome_diff(outcomes["local"], outcomes["sklearn"]),
         "dask vs sklearn": outcome_diff(outcomes["dask"], outcomes["sklearn"]),
         "dask vs local": outcome_diff(outcomes["dask"], outcomes["local"]),
+        **(
+            {"compiled vs local": outcome_diff(outcomes["compiled"], outcomes["local"])}
+            if compiled
+            else {}
+        ),
     }
     names = tuple(run)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -350,6 +364,17 @@ def print_table(results: list[ShapeResult], tolerance: float) -> bool:
                 "(dask) per iteration"
             )
         print()
+    if "compiled" in results[0].times:
+        print("the fused compiled kernel (distmix.fused) on the local engine's blocks:")
+        for res in results:
+            c = res.median("compiled")
+            print(
+                f"  {res.n:,} x {res.d}, K={res.k}:  compiled {c:.3f} s/it  "
+                f"compiled/sklearn {c / res.median('sklearn'):.3f}  "
+                f"compiled/local {c / res.median('local'):.3f}  "
+                f"({c / res.n * 1e9:.0f} ns/row)"
+            )
+        print()
     print("every repetition (s), in the order run; spread = max / min:")
     for res in results:
         print(f"  {res.n:,} x {res.d}, K={res.k}")
@@ -393,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the pass that fingerprints the data (local+fp, dask+fp)",
     )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time the local engine with the fused compiled kernel (distmix.fused)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}.")
@@ -403,7 +433,16 @@ def main(argv: list[str] | None = None) -> int:
         n = n // QUICK_DIVISOR if args.quick else n
         print(f"running N={n:,} D={d} K={k} {args.covariance_type} ...", flush=True)
         results.append(
-            bench_shape(n, d, k, args.repeats, args.seed, args.covariance_type, args.fingerprint)
+            bench_shape(
+                n,
+                d,
+                k,
+                args.repeats,
+                args.seed,
+                args.covariance_type,
+                args.fingerprint,
+                args.compiled,
+            )
         )
         gc.collect()  # free this shape's data before the next is generated
     print()
