@@ -87,13 +87,13 @@ def _load_tile(x, w, start, stop, xt, wt):  # pragma: no cover (compiled)
 def _maha(kind, k, xt, mu, prec, diff, acc, out):  # pragma: no cover (compiled)
     """``out[t] = ‖(x_t − μ_k) U_k‖²`` for the tile; ``diff`` gets ``x − μ_k``."""
     d, tile = xt.shape
-    for j in range(d):
-        m = mu[k, j]
-        for t in range(tile):
-            diff[j, t] = xt[j, t] - m
     for t in range(tile):
         out[t] = 0.0
     if kind == _FULL or kind == _TIED:
+        for j in range(d):
+            m = mu[k, j]
+            for t in range(tile):
+                diff[j, t] = xt[j, t] - m
         for j in range(d):
             for t in range(tile):
                 acc[t] = 0.0
@@ -103,18 +103,15 @@ def _maha(kind, k, xt, mu, prec, diff, acc, out):  # pragma: no cover (compiled)
                     acc[t] += diff[i, t] * u
             for t in range(tile):
                 out[t] += acc[t] * acc[t]
-    elif kind == _DIAG:
+    else:  # diag and spherical: centring and distance in one sweep per feature
         for j in range(d):
-            u = prec[k, 0, j]
+            m = mu[k, j]
+            u = prec[k, 0, j] if kind == _DIAG else prec[k, 0, 0]
             u2 = u * u
             for t in range(tile):
-                out[t] += diff[j, t] * diff[j, t] * u2
-    else:
-        u = prec[k, 0, 0]
-        u2 = u * u
-        for j in range(d):
-            for t in range(tile):
-                out[t] += diff[j, t] * diff[j, t] * u2
+                v = xt[j, t] - m
+                diff[j, t] = v
+                out[t] += v * v * u2
 
 
 # exp(a) for a <= 0 in a loop LLVM can vectorise (numba's exp is a scalar call):
@@ -163,13 +160,15 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
 
     ``prec``: (K, D, D) full, (1, D, D) tied, (K, 1, D) diag, (K, 1, 1) spherical.
     Returns ``(S0 (K,), S1 (K, D), S2, log-likelihood, n_bad, first bad row)`` with
-    ``S2`` of shape (K, D, D) for full and tied (tied: summed into [0]; upper
-    triangles only), (K, D, 1) for diag, (K, 1, 1) for spherical.
+    ``S2`` of shape (K, D4, D4) for full and tied (D4: D rounded up to a multiple
+    of 4; tied: summed into [0]; read the upper triangle of [:D, :D]), (K, D4, 1)
+    for diag, (K, 1, 1) for spherical.
     """
     n, d = x.shape
     k_count = mu.shape[0]
-    s2_rows = d if kind != _SPHERICAL else 1
-    s2_cols = d if kind == _FULL or kind == _TIED else 1
+    d4 = (d + 3) // 4 * 4  # rows of the centred tiles, zero-padded for blocked sums
+    s2_rows = d4 if kind != _SPHERICAL else 1
+    s2_cols = d4 if kind == _FULL or kind == _TIED else 1
     s0 = np.zeros(k_count)
     s1 = np.zeros((k_count, d))
     s2 = np.zeros((k_count, s2_rows, s2_cols))
@@ -178,13 +177,16 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     first_bad = -1
     xt = np.empty((d, TILE))
     wt = np.empty(TILE)
-    diff = np.empty((d, TILE))
+    # every component's centred tile, kept from the distances to the moments
+    diffs = np.zeros((k_count, d4, TILE))
     acc = np.empty(TILE)
+    rd1 = np.empty(TILE)
     lp = np.empty((k_count, TILE))
     rd = np.empty(TILE)
     peak = np.empty(TILE)
     total_t = np.empty(TILE)
     ebits = np.empty(TILE, dtype=np.int64)
+    ework = np.empty(TILE)
     for start in range(0, n, TILE):
         nb, fb = _load_tile(x, w, start, n, xt, wt)
         if nb:
@@ -192,7 +194,7 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             if first_bad < 0:
                 first_bad = fb
         for k in range(k_count):
-            _maha(kind, k, xt, mu, prec, diff, acc, lp[k])
+            _maha(kind, k, xt, mu, prec, diffs[k], acc, lp[k])
             for t in range(TILE):
                 lp[k, t] = log_const[k] - 0.5 * lp[k, t]
         # log-sum-exp over components; lp becomes the responsibilities (times w)
@@ -206,9 +208,12 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
                 peak[t] = 0.0
             total_t[t] = 0.0
         for k in range(k_count):
-            _exp_shifted(lp[k], peak, ebits, lp[k])
+            # into a buffer of its own: in place, the loop would not vectorise (the
+            # compiler's overlap check sends aliased arrays down the scalar path)
+            _exp_shifted(lp[k], peak, ebits, ework)
             for t in range(TILE):
-                total_t[t] += lp[k, t]
+                lp[k, t] = ework[t]
+                total_t[t] += ework[t]
         for t in range(TILE):
             total = total_t[t]
             if total > 0.0:
@@ -219,52 +224,83 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
                 scale = 0.0  # so that no 0 · inf reaches a sum), and −inf if weighted
                 if wt[t] > 0.0:
                     loglik += -np.inf
-                for j in range(d):
-                    xt[j, t] = 0.0
+                for k in range(k_count):
+                    for j in range(d):
+                        diffs[k, j, t] = 0.0
             total_t[t] = scale
         for k in range(k_count):
             for t in range(TILE):
                 lp[k, t] *= total_t[t]
         for k in range(k_count):
             tk = 0 if kind == _TIED else k
-            for j in range(d):
-                m = mu[k, j]
-                for t in range(TILE):
-                    diff[j, t] = xt[j, t] - m
+            diff = diffs[k]
             total = 0.0
             for t in range(TILE):
                 total += lp[k, t]
             s0[k] += total
+            if kind == _DIAG or kind == _SPHERICAL:
+                # first and second moments in one sweep per feature; r · x first (r = 0
+                # must meet a finite value, never the square of a far row's difference)
+                spherical = 0.0
+                for j in range(d):
+                    first = 0.0
+                    second = 0.0
+                    for t in range(TILE):
+                        rv = lp[k, t] * diff[j, t]
+                        rd[t] = rv
+                        first += rv
+                    for t in range(TILE):
+                        second += rd[t] * diff[j, t]
+                    s1[k, j] += first
+                    if kind == _DIAG:
+                        s2[k, j, 0] += second
+                    else:
+                        spherical += second
+                if kind == _SPHERICAL:
+                    s2[k, 0, 0] += spherical
+                continue
             for j in range(d):
                 total = 0.0
                 for t in range(TILE):
                     total += lp[k, t] * diff[j, t]
                 s1[k, j] += total
             if kind == _FULL or kind == _TIED:
-                for a in range(d):
+                # two rows by four columns of the (upper) second moment per sweep over the
+                # tile; r · x first, in loops of their own (r = 0 meets finite values only)
+                for a in range(0, d, 2):
                     for t in range(TILE):
                         rd[t] = lp[k, t] * diff[a, t]
-                    for b in range(a, d):
-                        total = 0.0
+                        rd1[t] = lp[k, t] * diff[a + 1, t]
+                    for b in range(a - a % 4, d4, 4):
+                        c00 = 0.0
+                        c01 = 0.0
+                        c02 = 0.0
+                        c03 = 0.0
+                        c10 = 0.0
+                        c11 = 0.0
+                        c12 = 0.0
+                        c13 = 0.0
                         for t in range(TILE):
-                            total += rd[t] * diff[b, t]
-                        s2[tk, a, b] += total
-            else:
-                # r · x first, in a loop of its own: r = 0 must meet a finite value, never
-                # the square of a far row's difference (reassociation would allow that)
-                spherical = 0.0
-                for j in range(d):
-                    for t in range(TILE):
-                        rd[t] = lp[k, t] * diff[j, t]
-                    total = 0.0
-                    for t in range(TILE):
-                        total += rd[t] * diff[j, t]
-                    if kind == _DIAG:
-                        s2[k, j, 0] += total
-                    else:
-                        spherical += total
-                if kind == _SPHERICAL:
-                    s2[k, 0, 0] += spherical
+                            e0 = diff[b, t]
+                            e1 = diff[b + 1, t]
+                            e2 = diff[b + 2, t]
+                            e3 = diff[b + 3, t]
+                            c00 += rd[t] * e0
+                            c01 += rd[t] * e1
+                            c02 += rd[t] * e2
+                            c03 += rd[t] * e3
+                            c10 += rd1[t] * e0
+                            c11 += rd1[t] * e1
+                            c12 += rd1[t] * e2
+                            c13 += rd1[t] * e3
+                        s2[tk, a, b] += c00
+                        s2[tk, a, b + 1] += c01
+                        s2[tk, a, b + 2] += c02
+                        s2[tk, a, b + 3] += c03
+                        s2[tk, a + 1, b] += c10
+                        s2[tk, a + 1, b + 1] += c11
+                        s2[tk, a + 1, b + 2] += c12
+                        s2[tk, a + 1, b + 3] += c13
     return s0, s1, s2, loglik, n_bad, first_bad
 
 
@@ -306,11 +342,12 @@ def chunk_stats(
         _readonly(np.ascontiguousarray(prec)),
         _readonly(np.ascontiguousarray(log_const)),
     )
+    d = x.shape[1]
     if cov in ("full", "tied"):
-        upper = s2[0] if cov == "tied" else s2
+        upper = (s2[0] if cov == "tied" else s2)[..., :d, :d]
         second = np.triu(upper) + np.swapaxes(np.triu(upper, 1), -1, -2)
     elif cov == "diag":
-        second = s2[:, :, 0]
+        second = s2[:, :d, 0]
     else:
         second = s2[:, 0, 0]
     return SuffStats(
