@@ -1,5 +1,3 @@
-import sys
+from distmix.cli import run
 
-from distmix.cli import main
-
-sys.exit(main())
+run()

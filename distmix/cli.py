@@ -889,9 +889,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The ``distmix`` command's entry point: :func:`main`, then exit with its status.
+
+    After Ctrl-C the process leaves at once: an orderly interpreter shutdown would
+    wait for worker threads still inside a block (a Dask threaded block or a
+    kernel can run for a long time, and one was seen holding the exit for over a
+    minute). Outputs and checkpoints are complete by then (they are written
+    atomically) and the cluster was closed on the way out of the command.
+    """
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
