@@ -84,7 +84,7 @@ def _load_tile(x, w, start, stop, xt, wt):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
-def _maha(kind, k, xt, mu, prec, diff, acc, out):  # pragma: no cover (compiled)
+def _maha(kind, k, xt, mu, prec, diff, acc, acc1, out):  # pragma: no cover (compiled)
     """``out[t] = ‖(x_t − μ_k) U_k‖²`` for the tile; ``diff`` gets ``x − μ_k``."""
     d, tile = xt.shape
     for t in range(tile):
@@ -94,15 +94,31 @@ def _maha(kind, k, xt, mu, prec, diff, acc, out):  # pragma: no cover (compiled)
             m = mu[k, j]
             for t in range(tile):
                 diff[j, t] = xt[j, t] - m
-        for j in range(d):
+        # two columns of U by four of its rows per sweep over the tile (U and the
+        # centred tile are zero-padded to a multiple of 4, so no bound is checked)
+        c = k if kind == _FULL else 0
+        for j in range(0, d, 2):
             for t in range(tile):
                 acc[t] = 0.0
-            for i in range(j + 1):
-                u = prec[k, i, j] if kind == _FULL else prec[0, i, j]
+                acc1[t] = 0.0
+            for i in range(0, j + 2, 4):
+                a0 = prec[c, i, j]
+                a1 = prec[c, i + 1, j]
+                a2 = prec[c, i + 2, j]
+                a3 = prec[c, i + 3, j]
+                b0 = prec[c, i, j + 1]
+                b1 = prec[c, i + 1, j + 1]
+                b2 = prec[c, i + 2, j + 1]
+                b3 = prec[c, i + 3, j + 1]
                 for t in range(tile):
-                    acc[t] += diff[i, t] * u
+                    v0 = diff[i, t]
+                    v1 = diff[i + 1, t]
+                    v2 = diff[i + 2, t]
+                    v3 = diff[i + 3, t]
+                    acc[t] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3
+                    acc1[t] += v0 * b0 + v1 * b1 + v2 * b2 + v3 * b3
             for t in range(tile):
-                out[t] += acc[t] * acc[t]
+                out[t] += acc[t] * acc[t] + acc1[t] * acc1[t]
     else:  # diag and spherical: centring and distance in one sweep per feature
         for j in range(d):
             m = mu[k, j]
@@ -158,7 +174,8 @@ def _exp_shifted(a, shift, bits, out):  # pragma: no cover (compiled)
 def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     """The statistics of a block, tile by tile (serial; the GIL is released).
 
-    ``prec``: (K, D, D) full, (1, D, D) tied, (K, 1, D) diag, (K, 1, 1) spherical.
+    ``prec``: (K, D4, D4) full and (1, D4, D4) tied (zero-padded to D4, a multiple
+    of 4), (K, 1, D) diag, (K, 1, 1) spherical.
     Returns ``(S0 (K,), S1 (K, D), S2, log-likelihood, n_bad, first bad row)`` with
     ``S2`` of shape (K, D4, D4) for full and tied (D4: D rounded up to a multiple
     of 4; tied: summed into [0]; read the upper triangle of [:D, :D]), (K, D4, 1)
@@ -194,7 +211,7 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             if first_bad < 0:
                 first_bad = fb
         for k in range(k_count):
-            _maha(kind, k, xt, mu, prec, diffs[k], acc, lp[k])
+            _maha(kind, k, xt, mu, prec, diffs[k], acc, rd1, lp[k])
             for t in range(TILE):
                 lp[k, t] = log_const[k] - 0.5 * lp[k, t]
         # log-sum-exp over components; lp becomes the responsibilities (times w)
@@ -327,12 +344,13 @@ def chunk_stats(
     )
     cov = params.covariance_type
     chol = np.asarray(params.precisions_cholesky, dtype=np.float64)
-    prec = {
-        "full": lambda: chol,
-        "tied": lambda: chol[None],
-        "diag": lambda: chol[:, None, :],
-        "spherical": lambda: chol[:, None, None],
-    }[cov]()
+    if cov in ("full", "tied"):  # zero-padded to a multiple of 4 (the blocked sweeps)
+        d4 = (d + 3) // 4 * 4
+        square = chol if cov == "full" else chol[None]
+        prec = np.zeros((square.shape[0], d4, d4))
+        prec[:, :d, :d] = square
+    else:
+        prec = chol[:, None, :] if cov == "diag" else chol[:, None, None]
     log_const = params.log_det_cholesky + np.log(np.asarray(params.weights)) - 0.5 * d * _LOG_2PI
     s0, s1, s2, loglik, n_bad, first = _estep(
         COVARIANCE_CODES[cov],
