@@ -23,6 +23,7 @@ first use only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -75,7 +76,9 @@ def use_kernel(choice: str) -> Iterator[None]:
             os.environ[ENVIRONMENT] = before
 
 
+@functools.cache
 def compiled_available() -> bool:
+    """Whether numba is installed (asked once: every block's task asks the registry)."""
     return importlib.util.find_spec("numba") is not None
 
 

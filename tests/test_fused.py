@@ -21,22 +21,19 @@ from distmix import GaussianMixture, estep, fused, kernels  # noqa: E402
 from distmix.engines.local import LocalEngine  # noqa: E402
 from distmix.params import Params  # noqa: E402
 from distmix.tasks import run_block  # noqa: E402
+from distmix.testing.engines import random_params as kit_random_params  # noqa: E402
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
 def random_params(rng, means, covariance_type, scale=1.0):
-    k, d = means.shape
-    a = rng.normal(size=(k, d, d)) / np.sqrt(d)
-    full = (a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)) * scale
-    covariances = {
-        "full": full,
-        "tied": full[0],
-        "diag": np.diagonal(full, axis1=1, axis2=2).copy(),
-        "spherical": np.trace(full, axis1=1, axis2=2) / d,
-    }[covariance_type]
-    weights = rng.dirichlet(np.full(k, 2.0))
-    return Params.from_covariances(weights, means, covariances, covariance_type)
+    """The conformance kit's random Params, their covariances times ``scale``."""
+    params = kit_random_params(rng, means, covariance_type)
+    if scale == 1.0:
+        return params
+    return Params.from_covariances(
+        params.weights, params.means, params.covariances * scale, covariance_type
+    )
 
 
 def assert_same_stats(got, want, rtol=1e-12):

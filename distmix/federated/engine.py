@@ -173,7 +173,7 @@ class FederatedEngine:
             self._raise_site_errors(replies, sites)
             # summed in the order replies arrive: modulo 2**64, every order gives the same
             masked = {
-                name: self._masked_vector(reply, name, n_words, len(sites))
+                name: self._masked_vector(reply, name, n_words)
                 for name, reply in replies.items()
                 if name in sites
             }
@@ -368,7 +368,7 @@ class FederatedEngine:
                 raise SiteInvalidRowsError(text, name)
             raise SiteError(text, name, code)
 
-    def _masked_vector(self, reply: Message, site: str, n_words: int, n_sites: int) -> np.ndarray:
+    def _masked_vector(self, reply: Message, site: str, n_words: int) -> np.ndarray:
         value = reply.arrays.get("masked")
         if (
             reply.kind != "compute"

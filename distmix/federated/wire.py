@@ -30,19 +30,11 @@ from distmix.fingerprint import DataFingerprint
 from distmix.nonfinite import NonFinite
 from distmix.results import FingerprintedStats, KMeansStats, LogLikelihoodTotal, Totals
 from distmix.suffstats import SuffStats
-from distmix.tasks import run_block
+from distmix.tasks import TASKS, run_block
 
-#: the tasks a site runs, with the result their wire form follows
-SITE_TASKS: tuple[str, ...] = (
-    "estep",
-    "estep_fingerprint",
-    "log_likelihood",
-    "fingerprint",
-    "nonfinite",
-    "kmeans",
-    "kmeans_cost",
-    "nearest_weight",
-    "random_resp",
+#: the tasks a site runs: every reduce task of the registry that moves no rows
+SITE_TASKS: tuple[str, ...] = tuple(
+    name for name, task in TASKS.items() if task.kind == "reduce" and not task.moves_rows
 )
 #: the field kind of a Totals result, by task
 _TOTALS_KIND = {"kmeans_cost": "second", "nearest_weight": "weight"}
@@ -200,15 +192,13 @@ def values(result: Any) -> np.ndarray:
 def rebuild(like: Any, summed: np.ndarray) -> Any:
     """The result of ``like``'s type whose field values are ``summed`` (no non-finite rows)."""
     summed = np.asarray(summed, dtype=np.float64)
+    if isinstance(like, (KMeansStats, FingerprintedStats)):
+        stats, rest = _stats_from(summed, like.stats)
+        if isinstance(like, KMeansStats):
+            return KMeansStats(stats, float(rest[0]))
+        return FingerprintedStats(stats, _fingerprint_from(rest))
     builders: dict[type, Callable[[], Any]] = {
         SuffStats: lambda: _stats_from(summed, like)[0],
-        KMeansStats: lambda: KMeansStats(
-            _stats_from(summed, like.stats)[0], float(_stats_from(summed, like.stats)[1][0])
-        ),
-        FingerprintedStats: lambda: FingerprintedStats(
-            _stats_from(summed, like.stats)[0],
-            _fingerprint_from(_stats_from(summed, like.stats)[1]),
-        ),
         LogLikelihoodTotal: lambda: LogLikelihoodTotal(
             float(summed[0]), float(summed[1]), NonFinite(0.0, np.inf)
         ),
