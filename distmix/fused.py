@@ -51,7 +51,7 @@ _FULL, _TIED, _DIAG, _SPHERICAL = 0, 1, 2, 3
 COVARIANCE_CODES = {"full": _FULL, "tied": _TIED, "diag": _DIAG, "spherical": _SPHERICAL}
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _load_tile(x, w, start, stop, xt, wt):  # pragma: no cover (compiled)
     """Rows ``start:stop`` transposed into ``xt (D, TILE)``, weights into ``wt``;
     non-finite rows zeroed with weight 0. Returns (bad rows, first bad row)."""
@@ -65,13 +65,12 @@ def _load_tile(x, w, start, stop, xt, wt):  # pragma: no cover (compiled)
                 xt[j, t] = 0.0
             wt[t] = 0.0
             continue
-        finite = True
+        check = 0.0  # v · 0 is 0 for finite v, NaN for NaN and ±inf: no branch per value
         for j in range(d):
             v = np.float64(x[row, j])
-            if not math.isfinite(v):
-                finite = False
             xt[j, t] = v
-        if finite:
+            check += v * 0.0
+        if check == 0.0:
             wt[t] = w[row]
         else:
             for j in range(d):
@@ -83,7 +82,7 @@ def _load_tile(x, w, start, stop, xt, wt):  # pragma: no cover (compiled)
     return n_bad, first
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, inline="always")
+@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _maha(kind, k, xt, mu, prec, diff, acc, acc1, out):  # pragma: no cover (compiled)
     """``out[t] = ‖(x_t − μ_k) U_k‖²`` for the tile; ``diff`` gets ``x − μ_k``."""
     d, tile = xt.shape
@@ -119,15 +118,27 @@ def _maha(kind, k, xt, mu, prec, diff, acc, acc1, out):  # pragma: no cover (com
                     acc1[t] += v0 * b0 + v1 * b1 + v2 * b2 + v3 * b3
             for t in range(tile):
                 out[t] += acc[t] * acc[t] + acc1[t] * acc1[t]
-    else:  # diag and spherical: centring and distance in one sweep per feature
-        for j in range(d):
-            m = mu[k, j]
-            u = prec[k, 0, j] if kind == _DIAG else prec[k, 0, 0]
-            u2 = u * u
+    else:  # diag and spherical: centring and distance in one sweep per feature (the
+        # centred values are not kept: the moments centre them again, from cache)
+        # four features per sweep (the tile, means and precisions are zero-padded)
+        for j in range(0, d, 4):
+            m0 = mu[k, j]
+            m1 = mu[k, j + 1]
+            m2 = mu[k, j + 2]
+            m3 = mu[k, j + 3]
+            if kind == _DIAG:
+                u0 = prec[k, 0, j] * prec[k, 0, j]
+                u1 = prec[k, 0, j + 1] * prec[k, 0, j + 1]
+                u2 = prec[k, 0, j + 2] * prec[k, 0, j + 2]
+                u3 = prec[k, 0, j + 3] * prec[k, 0, j + 3]
+            else:
+                u0 = u1 = u2 = u3 = prec[k, 0, 0] * prec[k, 0, 0]
             for t in range(tile):
-                v = xt[j, t] - m
-                diff[j, t] = v
-                out[t] += v * v * u2
+                v0 = xt[j, t] - m0
+                v1 = xt[j + 1, t] - m1
+                v2 = xt[j + 2, t] - m2
+                v3 = xt[j + 3, t] - m3
+                out[t] += v0 * v0 * u0 + v1 * v1 * u1 + v2 * v2 * u2 + v3 * v3 * u3
 
 
 # exp(a) for a <= 0 in a loop LLVM can vectorise (numba's exp is a scalar call):
@@ -144,8 +155,8 @@ _TAYLOR = tuple(1.0 / math.factorial(i) for i in range(14))
 _EXPONENT_MAGIC = 1023.0 + 1.5 * 2.0**52
 
 
-@numba.njit(cache=True, fastmath={"contract"}, inline="always")
-def _exp_shifted(a, shift, powers, out):  # pragma: no cover (compiled)
+@numba.njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _exp_shifted(a, shift, out):  # pragma: no cover (compiled)
     """``out[t] = exp(a[t] − shift[t])`` (arguments <= 0; 0 below −708).
 
     2**n without a float-to-integer conversion (which AVX2 cannot vectorise): the
@@ -173,16 +184,54 @@ def _exp_shifted(a, shift, powers, out):  # pragma: no cover (compiled)
         p = p * r + c[2]
         p = p * r + c[1]
         p = p * r + c[0]
-        out[t] = p if keep else 0.0
-        powers[t] = n + _EXPONENT_MAGIC
-    bits = powers.view(np.int64)
-    for t in range(a.shape[0]):
-        bits[t] = bits[t] << 52
-    for t in range(a.shape[0]):
-        out[t] *= powers[t]
+        power = np.int64(np.float64(n + _EXPONENT_MAGIC).view(np.int64) << 52).view(np.float64)
+        out[t] = p * power if keep else 0.0
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
+# log(a) for a >= 0 in a loop LLVM can vectorise (numba's log is a scalar call, ~9 ns
+# per row of a tile at K = 8): a = 2**e · m with m in [√½, √2), read from the bits,
+# then log m = 2 atanh(s), s = (m − 1)/(m + 1), |s| <= 0.1716, by its odd series to
+# s**23 (truncation below 1e-18 relative). 0 gives −inf. The totals it is used on
+# are normal numbers (1 <= total <= K, or 0).
+_SQRT2 = math.sqrt(2.0)
+_ATANH = tuple(2.0 / (2 * i + 1) for i in range(12))
+_MANTISSA = (1 << 52) - 1
+_ONE_BITS = 1023 << 52
+_TWO52 = 2.0**52
+_TWO52_BITS = 0x4330000000000000  # the bits of 2**52: OR-ing in an integer < 2**52 adds it
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _log_positive(a, out):  # pragma: no cover (compiled)
+    """``out[t] = log(a[t])`` for ``a[t]`` normal and positive, or 0 (gives −inf)."""
+    c = _ATANH
+    for t in range(a.shape[0]):
+        bits = np.float64(a[t]).view(np.int64)
+        # the exponent as a float without an integer-to-float conversion (not in AVX2)
+        e = np.int64((bits >> 52) | _TWO52_BITS).view(np.float64) - (_TWO52 + 1023.0)
+        m = np.int64((bits & _MANTISSA) | _ONE_BITS).view(np.float64)
+        big = m > _SQRT2
+        m = m * 0.5 if big else m
+        e = e + 1.0 if big else e
+        s = (m - 1.0) / (m + 1.0)
+        z = s * s
+        p = c[11]
+        p = p * z + c[10]
+        p = p * z + c[9]
+        p = p * z + c[8]
+        p = p * z + c[7]
+        p = p * z + c[6]
+        p = p * z + c[5]
+        p = p * z + c[4]
+        p = p * z + c[3]
+        p = p * z + c[2]
+        p = p * z + c[1]
+        p = p * z + c[0]
+        value = e * _LN2_HI + (s * p + e * _LN2_LO)
+        out[t] = value if a[t] > 0.0 else -np.inf
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
 def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     """The statistics of a block, tile by tile (serial; the GIL is released).
 
@@ -199,23 +248,23 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     s2_rows = d4 if kind != _SPHERICAL else 1
     s2_cols = d4 if kind == _FULL or kind == _TIED else 1
     s0 = np.zeros(k_count)
-    s1 = np.zeros((k_count, d))
+    s1 = np.zeros((k_count, d4))
     s2 = np.zeros((k_count, s2_rows, s2_cols))
     loglik = 0.0
     n_bad = 0
     first_bad = -1
-    xt = np.empty((d, TILE))
+    xt = np.zeros((d4, TILE))  # rows d: stay zero
     wt = np.empty(TILE)
     # every component's centred tile, kept from the distances to the moments
-    diffs = np.zeros((k_count, d4, TILE))
+    diffs = np.zeros((k_count if kind == _FULL or kind == _TIED else 1, d4, TILE))
     acc = np.empty(TILE)
     rd1 = np.empty(TILE)
     lp = np.empty((k_count, TILE))
     rd = np.empty(TILE)
     peak = np.empty(TILE)
     total_t = np.empty(TILE)
-    powers = np.empty(TILE)
     ework = np.empty(TILE)
+    logt = np.empty(TILE)
     for start in range(0, n, TILE):
         nb, fb = _load_tile(x, w, start, n, xt, wt)
         if nb:
@@ -223,7 +272,7 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             if first_bad < 0:
                 first_bad = fb
         for k in range(k_count):
-            _maha(kind, k, xt, mu, prec, diffs[k], acc, rd1, lp[k])
+            _maha(kind, k, xt, mu, prec, diffs[min(k, diffs.shape[0] - 1)], acc, rd1, lp[k])
             for t in range(TILE):
                 lp[k, t] = log_const[k] - 0.5 * lp[k, t]
         # log-sum-exp over components; lp becomes the responsibilities (times w)
@@ -239,30 +288,33 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
         for k in range(k_count):
             # into a buffer of its own: in place, the loop would not vectorise (the
             # compiler's overlap check sends aliased arrays down the scalar path)
-            _exp_shifted(lp[k], peak, powers, ework)
+            _exp_shifted(lp[k], peak, ework)
             for t in range(TILE):
                 lp[k, t] = ework[t]
                 total_t[t] += ework[t]
-        for t in range(TILE):
+        _log_positive(total_t, logt)
+        smallest = np.inf
+        for t in range(TILE):  # vectorised (no call, no branch)
             total = total_t[t]
-            if total > 0.0:
-                scale = wt[t] / total
-                if wt[t] > 0.0:
-                    loglik += wt[t] * (peak[t] + math.log(total))
-            else:  # every density underflows: the row adds nothing (its values neither,
-                scale = 0.0  # so that no 0 · inf reaches a sum), and −inf if weighted
-                if wt[t] > 0.0:
-                    loglik += -np.inf
-                for k in range(k_count):
+            weight = wt[t]
+            smallest = min(smallest, total)
+            # a row whose every density underflows (total 0) adds −inf if it is weighted;
+            # a row of weight 0 adds nothing (not 0 · −inf)
+            term = weight * (peak[t] + logt[t])
+            loglik += term if weight > 0.0 else 0.0
+            total_t[t] = weight / total if total > 0.0 else 0.0
+        if smallest == 0.0:  # rare: a row whose every density underflows adds nothing
+            for t in range(TILE):  # to the moments: its values neither, so that no
+                if total_t[t] == 0.0:  # overflowed difference meets a zero (0 · inf)
                     for j in range(d):
-                        diffs[k, j, t] = 0.0
-            total_t[t] = scale
+                        xt[j, t] = 0.0
+                    for k in range(diffs.shape[0]):
+                        for j in range(d):
+                            diffs[k, j, t] = 0.0
         for k in range(k_count):
             for t in range(TILE):
                 lp[k, t] *= total_t[t]
         for k in range(k_count):
-            tk = 0 if kind == _TIED else k
-            diff = diffs[k]
             total = 0.0
             for t in range(TILE):
                 total += lp[k, t]
@@ -270,24 +322,49 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             if kind == _DIAG or kind == _SPHERICAL:
                 # first and second moments in one sweep per feature; r · x first (r = 0
                 # must meet a finite value, never the square of a far row's difference)
+                # four features per sweep (padded features add exact zeros)
                 spherical = 0.0
-                for j in range(d):
-                    first = 0.0
-                    second = 0.0
+                for j in range(0, d4, 4):
+                    m0 = mu[k, j]
+                    m1 = mu[k, j + 1]
+                    m2 = mu[k, j + 2]
+                    m3 = mu[k, j + 3]
+                    f0 = f1 = f2 = f3 = 0.0
+                    q0 = q1 = q2 = q3 = 0.0
                     for t in range(TILE):
-                        rv = lp[k, t] * diff[j, t]
-                        rd[t] = rv
-                        first += rv
-                    for t in range(TILE):
-                        second += rd[t] * diff[j, t]
-                    s1[k, j] += first
+                        r = lp[k, t]
+                        v0 = xt[j, t] - m0
+                        v1 = xt[j + 1, t] - m1
+                        v2 = xt[j + 2, t] - m2
+                        v3 = xt[j + 3, t] - m3
+                        r0 = r * v0
+                        r1 = r * v1
+                        r2 = r * v2
+                        r3 = r * v3
+                        f0 += r0
+                        f1 += r1
+                        f2 += r2
+                        f3 += r3
+                        q0 += r0 * v0
+                        q1 += r1 * v1
+                        q2 += r2 * v2
+                        q3 += r3 * v3
+                    s1[k, j] += f0
+                    s1[k, j + 1] += f1
+                    s1[k, j + 2] += f2
+                    s1[k, j + 3] += f3
                     if kind == _DIAG:
-                        s2[k, j, 0] += second
+                        s2[k, j, 0] += q0
+                        s2[k, j + 1, 0] += q1
+                        s2[k, j + 2, 0] += q2
+                        s2[k, j + 3, 0] += q3
                     else:
-                        spherical += second
+                        spherical += (q0 + q1) + (q2 + q3)
                 if kind == _SPHERICAL:
                     s2[k, 0, 0] += spherical
                 continue
+            tk = 0 if kind == _TIED else k
+            diff = diffs[k]
             for j in range(d):
                 total = 0.0
                 for t in range(TILE):
@@ -356,20 +433,27 @@ def chunk_stats(
     )
     cov = params.covariance_type
     chol = np.asarray(params.precisions_cholesky, dtype=np.float64)
-    if cov in ("full", "tied"):  # zero-padded to a multiple of 4 (the blocked sweeps)
-        d4 = (d + 3) // 4 * 4
+    # means and precision factors zero-padded to a multiple of 4 features (the
+    # blocked sweeps): padded features are exact zeros everywhere
+    d4 = (d + 3) // 4 * 4
+    means = np.zeros((params.n_components, d4))
+    means[:, :d] = params.means
+    if cov in ("full", "tied"):
         square = chol if cov == "full" else chol[None]
         prec = np.zeros((square.shape[0], d4, d4))
         prec[:, :d, :d] = square
+    elif cov == "diag":
+        prec = np.zeros((params.n_components, 1, d4))
+        prec[:, 0, :d] = chol
     else:
-        prec = chol[:, None, :] if cov == "diag" else chol[:, None, None]
+        prec = chol[:, None, None]
     log_const = params.log_det_cholesky + np.log(np.asarray(params.weights)) - 0.5 * d * _LOG_2PI
     s0, s1, s2, loglik, n_bad, first = _estep(
         COVARIANCE_CODES[cov],
         _readonly(x),
         _readonly(w),
-        _readonly(np.ascontiguousarray(params.means, dtype=np.float64)),
-        _readonly(np.ascontiguousarray(prec)),
+        _readonly(means),
+        _readonly(prec),
         _readonly(np.ascontiguousarray(log_const)),
     )
     d = x.shape[1]
@@ -384,7 +468,7 @@ def chunk_stats(
         cov,
         params.means,
         s0,
-        s1,
+        s1[:, :d],
         second,
         float(n),
         float(loglik),
