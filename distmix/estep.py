@@ -169,7 +169,9 @@ def prepare_block(
     are replaced by zeros and given weight 0, so they add exact zeros to every
     statistic (and no floating-point warning is raised); their count and the
     first one's global index ride along in the statistics, where the caller
-    turns them into an error after the single pass.
+    turns them into an error after the single pass. ``sample_weight`` may be of
+    another namespace than ``block`` (NumPy weights of CuPy rows): it is copied
+    to the block's namespace and device, the rows never leave theirs.
     """
     x = xp.astype(block, xp.float64)
     n = x.shape[0]
@@ -178,8 +180,8 @@ def prepare_block(
     x = xp.where(finite[:, None], x, xp.zeros((), dtype=xp.float64, **dev))
     if sample_weight is None:
         w = xp.ones((n,), dtype=xp.float64, **dev)
-    else:
-        w = xp.astype(sample_weight, xp.float64)
+    else:  # weights kept on the host (a dask array's chunks of them) move next to the block
+        w = xp.asarray(sample_weight, dtype=xp.float64, **dev)
     w = xp.where(finite, w, xp.zeros((), dtype=xp.float64, **dev))
     rows = xp.arange(n, dtype=xp.float64, **dev) + float(row_offset)
     inf = xp.asarray(math.inf, dtype=xp.float64, **dev)
@@ -256,6 +258,26 @@ def moments(
     )
 
 
+def _rows_with_density(xp: Any, features: Any, has_density: Any) -> Any:
+    """``features`` (K, n, ...) with the rows of no density (``has_density`` (n,) false)
+    set to exact zeros.
+
+    Such a row is so far from every component that its squared distances
+    overflowed: its features may hold ``inf`` (the squares of ``diag``, the
+    squared norms of ``spherical``), and its responsibilities of 0 times ``inf``
+    would put NaN in the second moments. Every block takes this ``where``, the
+    rows of density unchanged, instead of first asking whether any row needs it:
+    ``bool(xp.any(...))`` waits for the device to finish the block (CuPy, torch)
+    and computes the graph (dask), once per block. The statistics are those of
+    the rows of density alone, as when the question was asked: a row whose
+    responsibilities are 0 adds exact zeros either way. The price is one more
+    pass over the block's ``(K, n, D)`` stack (``(K, n)`` for ``spherical``);
+    NumPy's ``full`` and ``tied`` go component by component and need none.
+    """
+    keep = xp.reshape(has_density, (1, -1) + (1,) * (features.ndim - 2))
+    return xp.where(keep, features, xp.zeros((), dtype=features.dtype, **device_kwargs(features)))
+
+
 def _kernel_params(xp: Any, x: Any, params: Params | KernelParams) -> KernelParams:
     if isinstance(params, KernelParams):
         return params
@@ -294,16 +316,16 @@ def chunk_stats(
     features = None if xc is None else FEATURES[cov](xp, xc)
     log_prob = weighted_log_prob(xp, x, kp, cov, features)
     e, total, log_norm = _normalise(xp, log_prob, axis=0)  # (K, n), (n,), (n,)
-    # a row whose every density underflows (sum 0) adds 0 rather than NaN
-    no_density = total == 0
-    resp = e * (w / xp.where(no_density, xp.ones_like(total), total))[None, :]
+    # a row whose every density underflows (sum 0) has responsibilities 0, not NaN
+    has_density = total != 0
+    resp = e * (w / xp.where(has_density, total, xp.ones_like(total)))[None, :]
     if xc is None:
         resp_sum = xp.sum(resp, axis=1)
         x_sum, second = _per_component_moments(x, kp.means, resp, tied=cov == "tied")
     else:
-        if bool(xp.any(no_density)):  # rare: keep their overflowed squares (inf · 0) out
-            xc = xp.where(no_density[None, :, None], xp.zeros_like(xc), xc)
-            features = FEATURES[cov](xp, xc)
+        features = _rows_with_density(xp, features, has_density)
+        if cov in ("full", "tied"):  # their features are the centred stack itself
+            xc = features
         resp_sum, x_sum, second = moments(xp, xc, resp, cov, features)
     return SuffStats(
         params.covariance_type,

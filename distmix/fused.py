@@ -37,6 +37,8 @@ reductions) are those of ``shared/notes/fused-kernel.md``.
 from __future__ import annotations
 
 import math
+import weakref
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -407,6 +409,11 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
                         s2[tk, a + 1, b + 1] += c11
                         s2[tk, a + 1, b + 2] += c12
                         s2[tk, a + 1, b + 3] += c13
+    if kind == _FULL or kind == _TIED:  # the lower triangle from the upper
+        for k in range(s2.shape[0] if kind == _FULL else 1):
+            for a in range(d):
+                for b in range(a):
+                    s2[k, a, b] = s2[k, b, a]
     return s0, s1, s2, loglik, n_bad, first_bad
 
 
@@ -416,6 +423,49 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.setflags(write=False)
     return view
+
+
+class _Prepared(NamedTuple):
+    """What the kernel reads of a Params: means and precision factors zero-padded
+    to a multiple of 4 features (the blocked sweeps; padded features are exact
+    zeros everywhere) and each component's log-density constant."""
+
+    code: int
+    means: np.ndarray
+    prec: np.ndarray
+    log_const: np.ndarray
+
+
+# Params are immutable (read-only arrays): prepared once per Params object, not per
+# block (the preparation cost ~40 µs a block, 5 % of a 1 MiB block at D = 16).
+_PREPARED: weakref.WeakKeyDictionary[Params, _Prepared] = weakref.WeakKeyDictionary()
+
+
+def _prepare(params: Params) -> _Prepared:
+    prepared = _PREPARED.get(params)
+    if prepared is not None:
+        return prepared
+    cov = params.covariance_type
+    k, d = params.n_components, params.n_features
+    d4 = (d + 3) // 4 * 4
+    chol = params.precisions_cholesky
+    means = np.zeros((k, d4))
+    means[:, :d] = params.means
+    if cov in ("full", "tied"):
+        square = chol if cov == "full" else chol[None]
+        prec = np.zeros((square.shape[0], d4, d4))
+        prec[:, :d, :d] = square
+    elif cov == "diag":
+        prec = np.zeros((k, 1, d4))
+        prec[:, 0, :d] = chol
+    else:
+        prec = np.ascontiguousarray(chol[:, None, None])
+    log_const = params.log_det_cholesky + np.log(params.weights) - 0.5 * d * _LOG_2PI
+    prepared = _Prepared(
+        COVARIANCE_CODES[cov], _readonly(means), _readonly(prec), _readonly(log_const)
+    )
+    _PREPARED[params] = prepared
+    return prepared
 
 
 def chunk_stats(
@@ -431,35 +481,15 @@ def chunk_stats(
         if sample_weight is None
         else np.ascontiguousarray(sample_weight, dtype=np.float64)
     )
-    cov = params.covariance_type
-    chol = np.asarray(params.precisions_cholesky, dtype=np.float64)
-    # means and precision factors zero-padded to a multiple of 4 features (the
-    # blocked sweeps): padded features are exact zeros everywhere
-    d4 = (d + 3) // 4 * 4
-    means = np.zeros((params.n_components, d4))
-    means[:, :d] = params.means
-    if cov in ("full", "tied"):
-        square = chol if cov == "full" else chol[None]
-        prec = np.zeros((square.shape[0], d4, d4))
-        prec[:, :d, :d] = square
-    elif cov == "diag":
-        prec = np.zeros((params.n_components, 1, d4))
-        prec[:, 0, :d] = chol
-    else:
-        prec = chol[:, None, None]
-    log_const = params.log_det_cholesky + np.log(np.asarray(params.weights)) - 0.5 * d * _LOG_2PI
+    prep = _prepare(params)
     s0, s1, s2, loglik, n_bad, first = _estep(
-        COVARIANCE_CODES[cov],
-        _readonly(x),
-        _readonly(w),
-        _readonly(means),
-        _readonly(prec),
-        _readonly(np.ascontiguousarray(log_const)),
+        prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const
     )
-    d = x.shape[1]
-    if cov in ("full", "tied"):
-        upper = (s2[0] if cov == "tied" else s2)[..., :d, :d]
-        second = np.triu(upper) + np.swapaxes(np.triu(upper, 1), -1, -2)
+    cov = params.covariance_type
+    if cov == "full":
+        second = s2[:, :d, :d]
+    elif cov == "tied":
+        second = s2[0, :d, :d]
     elif cov == "diag":
         second = s2[:, :d, 0]
     else:

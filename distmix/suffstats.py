@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from distmix._typing import COVARIANCE_TYPES, CovarianceType, check_covariance_type
@@ -114,7 +115,7 @@ class SuffStats:
             n_rows=self.n_rows + other.n_rows,
             log_lik=self.log_lik + other.log_lik,
             n_nonfinite=self.n_nonfinite + other.n_nonfinite,
-            first_nonfinite=min(float(self.first_nonfinite), float(other.first_nonfinite)),
+            first_nonfinite=_smaller(self.first_nonfinite, other.first_nonfinite),
         )
 
     def _check_compatible(self, other: SuffStats) -> None:
@@ -253,6 +254,16 @@ class SuffStats:
             for f in fields(self)
             if f.name != "covariance_type"
         )
+
+
+def _smaller(a: Any, b: Any) -> Any:
+    """``min(a, b)`` of two scalars: Python floats on the host, else a 0-d array of
+    their namespace, so that adding statistics still on a device (the pieces of a
+    block, say) does not wait for the device to hand over a Python float."""
+    if isinstance(a, (float, int, np.generic)) and isinstance(b, (float, int, np.generic)):
+        return min(float(a), float(b))
+    xp = array_api_compat.array_namespace(a, b)
+    return xp.minimum(a, b)
 
 
 def _to_numpy(array: Any) -> np.ndarray:

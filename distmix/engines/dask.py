@@ -36,6 +36,7 @@ import psutil
 
 from distmix import progress
 from distmix._blas import one_blas_thread
+from distmix.devices import is_host_array, to_host
 from distmix.engines.base import check_row_offsets, window_offsets
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, dask_tree_sum
 from distmix.tasks import TaskName, check_arguments, get_task, run_block, run_map_block
@@ -713,7 +714,13 @@ class DaskEngine:
         return result
 
     def map_blocks(self, task: TaskName, *args: Any) -> Any:
-        """The map task on every block: a lazy dask array chunked like the rows."""
+        """The map task on every block: a lazy dask array chunked like the rows.
+
+        Its blocks are in the namespace of the input's meta: a dask array of CuPy
+        chunks gives CuPy outputs; a NumPy one gives NumPy outputs, also where the
+        blocks were put on a device as they were read (``distmix.block-namespace``):
+        each output is then copied to the host by its task.
+        """
         spec = get_task(task, "map", self.refused_tasks, by="the Dask engine")
         check_arguments(spec, args)
         columns = spec.columns(*args) if spec.columns is not None else None
@@ -725,13 +732,21 @@ class DaskEngine:
             task,
             dask.delayed(args, pure=True),
             dask.delayed(self._row_offsets, pure=True),
+            is_host_array(self.X._meta),
             dtype=spec.dtype,
             **layout,
         )
 
 
 def _map_block(
-    block: Any, task: str, args: tuple, row_offsets: tuple[int, ...], block_info: Any = None
+    block: Any,
+    task: str,
+    args: tuple,
+    row_offsets: tuple[int, ...],
+    on_host: bool,
+    block_info: Any = None,
 ) -> Any:
-    """One block of :meth:`DaskEngine.map_blocks`: its global first row from its place."""
-    return run_map_block(task, block, row_offsets[block_info[0]["chunk-location"][0]], args)
+    """One block of :meth:`DaskEngine.map_blocks`: its global first row from its place;
+    its output copied to the host when ``on_host`` and the block was not there."""
+    out = run_map_block(task, block, row_offsets[block_info[0]["chunk-location"][0]], args)
+    return to_host(out) if on_host and not is_host_array(out) else out

@@ -112,14 +112,15 @@ class LocalEngine:
         order given), its rows keeping their global index: a stream's update."""
         offsets = window_offsets(ranges, self._block_rows, self._row_offsets)
         lengths = tuple(b - a for a, b in ranges)
-        rows: Any
         if len(ranges) == 1:
             rows = slice(*ranges[0])
+            X = self.X[rows]
+            w = None if self.sample_weight is None else self.sample_weight[rows]
         else:
-            rows = np.concatenate([np.arange(a, b) for a, b in ranges])
-        w = None if self.sample_weight is None else self.sample_weight[rows]
+            index = np.concatenate([np.arange(a, b) for a, b in ranges])
+            X, w = _take_rows(self.X, index), _take_rows(self.sample_weight, index)
         return LocalEngine(
-            self.X[rows],
+            X,
             w,
             lengths,
             self.split_every,
@@ -148,8 +149,9 @@ class LocalEngine:
             run, lambda parts: tree_sum(counted(parts), self.split_every), which
         )
 
-    def map_blocks(self, task: TaskName, *args: Any) -> np.ndarray:
-        """The map task on every block, the outputs concatenated in row order."""
+    def map_blocks(self, task: TaskName, *args: Any) -> Any:
+        """The map task on every block, the outputs concatenated in row order, in the
+        namespace of the blocks (NumPy for NumPy rows, CuPy on the device for CuPy)."""
         spec = get_task(task, "map", self.refused_tasks, by="the local engine")
         check_arguments(spec, args)
 
@@ -157,7 +159,7 @@ class LocalEngine:
             block, _, start = item
             return run_map_block(task, block, start, args)
 
-        return self._each_block(run, lambda parts: np.concatenate(list(parts), axis=0))
+        return self._each_block(run, _concat_rows)
 
     def _each_block(
         self,
@@ -222,3 +224,22 @@ def _ordered_map(
 
 def _on_host(x: Any) -> bool:
     return isinstance(x, np.ndarray)
+
+
+def _take_rows(array: Any, index: np.ndarray) -> Any:
+    """``array[index]`` (rows), in the array's namespace and on its device
+    (``None`` stays ``None``)."""
+    if array is None or _on_host(array):
+        return None if array is None else array[index]
+    xp = array_api_compat.array_namespace(array)
+    where = xp.asarray(index, device=array_api_compat.device(array))
+    return xp.take(array, where, axis=0)
+
+
+def _concat_rows(parts: Iterator[Any]) -> Any:
+    """The outputs of the blocks, in order, as one array of their namespace: NumPy
+    blocks give NumPy, CuPy blocks CuPy (still on their device)."""
+    arrays = list(parts)
+    if all(_on_host(a) for a in arrays):
+        return np.concatenate(arrays, axis=0)
+    return array_api_compat.array_namespace(*arrays).concat(arrays, axis=0)

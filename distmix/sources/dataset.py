@@ -72,7 +72,10 @@ def open_dataset(
         while reading a block raises
         :class:`~distmix.sources.zarr_arrays.ChunkReadError` naming its rows,
         the path and the chunk. Non-finite values are found by the fit's first
-        pass, which names the first bad row by its global index.
+        pass, which names the first bad row by its global index. The blocks are
+        NumPy arrays (the array's meta), or CuPy arrays on the GPU of the worker
+        that reads them where the Dask config key ``distmix.block-namespace`` is
+        ``"cupy"`` there (:mod:`distmix.devices`).
 
     Raises
     ------
@@ -112,7 +115,7 @@ def open_dataset(
         chunks=(rows, (shape[1],)),
         name="distmix-zarr-" + tokenize(reader, rows),
         lock=False,
-        asarray=True,
+        asarray=False,  # the reader makes the block (NumPy, or the block namespace's)
         fancy=False,
         meta=np.empty((0, 0), dtype=reader.dtype),
     )

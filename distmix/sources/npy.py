@@ -23,6 +23,7 @@ import numpy as np
 from dask.base import tokenize
 from numpy.lib import format as npy_format
 
+from distmix.devices import to_block_namespace
 from distmix.sources.blocks import check_block_size
 from distmix.sources.checks import check_dtype, check_shape
 from distmix.sources.zarr_arrays import ChunkReadError, _describe_error, _row_range
@@ -86,7 +87,8 @@ def read_npy_header(path: str, name: str = "X") -> tuple[tuple[int, ...], np.dty
 
 
 class NpyRows:
-    """A 2-D ``.npy`` file as dask reads it: ``reader[rows, cols]`` → NumPy.
+    """A 2-D ``.npy`` file as dask reads it: ``reader[rows, cols]`` → NumPy (or the
+    namespace ``distmix.block-namespace`` names where the read runs, as for Zarr).
 
     Pickles as the path and the header's facts. Each read maps the file, copies
     the rows asked for (in native byte order) and unmaps it; a failure names the
@@ -112,7 +114,10 @@ class NpyRows:
     def __dask_tokenize__(self) -> Any:
         return ("distmix.npy.NpyRows", self.path, self.shape, str(self.file_dtype), self._stamp)
 
-    def __getitem__(self, index: Any) -> np.ndarray:
+    def __getitem__(self, index: Any) -> Any:
+        return to_block_namespace(self._read(index))
+
+    def _read(self, index: Any) -> np.ndarray:
         try:
             mapped = np.memmap(
                 self.path,
@@ -219,7 +224,7 @@ def open_npy(
         chunks=(rows, (n_features,)),
         name="distmix-npy-" + tokenize(reader, rows),
         lock=False,
-        asarray=True,
+        asarray=False,  # the reader makes the block (NumPy, or the block namespace's)
         fancy=False,
         meta=np.empty((0, 0), dtype=reader.dtype),
     )

@@ -30,6 +30,7 @@ from dask.base import tokenize
 from fsspec.registry import known_implementations
 from zarr.core.sync import sync  # private API: runs the store's async listing
 
+from distmix.devices import to_block_namespace
 from distmix.sources.blocks import check_block_size
 from distmix.sources.checks import is_zarr_array
 
@@ -312,11 +313,14 @@ def zarr_block_rows(
 
 
 class ZarrRows:
-    """A 2-D Zarr array as dask reads it: ``reader[rows, cols]`` → NumPy.
+    """A 2-D Zarr array as dask reads it: ``reader[rows, cols]`` → NumPy, or the
+    namespace the Dask config key ``distmix.block-namespace`` names where the read
+    runs (:func:`distmix.devices.to_block_namespace`: CuPy on a GPU worker).
 
-    The only thing it adds to the array is the error: any failure while reading
-    or decoding becomes a :class:`ChunkReadError` naming the rows, the path and
-    the chunk at fault.
+    What it adds to the array is the error: any failure while reading or
+    decoding becomes a :class:`ChunkReadError` naming the rows, the path and the
+    chunk at fault; and the move to the block's namespace, inside the read task,
+    so that the rows go from storage to the device without a task of their own.
     """
 
     ndim = 2
@@ -330,13 +334,14 @@ class ZarrRows:
     def __dask_tokenize__(self) -> Any:
         return ("distmix.chunks.ZarrRows", tokenize(self.array), self.location)
 
-    def __getitem__(self, index: Any) -> np.ndarray:
+    def __getitem__(self, index: Any) -> Any:
         try:
-            return np.asarray(self.array[index])
+            rows = np.asarray(self.array[index])
         except MemoryError:
             raise
         except Exception as err:
             raise self._read_error(index, err) from err
+        return to_block_namespace(rows)
 
     def _read_error(self, index: Any, err: Exception) -> ChunkReadError:
         rows = index[0] if isinstance(index, tuple) else index
