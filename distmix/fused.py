@@ -85,7 +85,7 @@ def _load_tile(x, w, start, stop, xt, wt):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _maha(kind, k, xt, mu, prec, diff, acc, acc1, out):  # pragma: no cover (compiled)
+def _maha(kind, k, xt, mu, prec, diff, acc, out):  # pragma: no cover (compiled)
     """``out[t] = ‖(x_t − μ_k) U_k‖²`` for the tile; ``diff`` gets ``x − μ_k``."""
     d, tile = xt.shape
     for t in range(tile):
@@ -98,11 +98,13 @@ def _maha(kind, k, xt, mu, prec, diff, acc, acc1, out):  # pragma: no cover (com
         # two columns of U by four of its rows per sweep over the tile (U and the
         # centred tile are zero-padded to a multiple of 4, so no bound is checked)
         c = k if kind == _FULL else 0
-        for j in range(0, d, 2):
+        for j in range(0, d, 4):
             for t in range(tile):
-                acc[t] = 0.0
-                acc1[t] = 0.0
-            for i in range(0, j + 2, 4):
+                acc[0, t] = 0.0
+                acc[1, t] = 0.0
+                acc[2, t] = 0.0
+                acc[3, t] = 0.0
+            for i in range(0, j + 4, 4):
                 a0 = prec[c, i, j]
                 a1 = prec[c, i + 1, j]
                 a2 = prec[c, i + 2, j]
@@ -111,15 +113,27 @@ def _maha(kind, k, xt, mu, prec, diff, acc, acc1, out):  # pragma: no cover (com
                 b1 = prec[c, i + 1, j + 1]
                 b2 = prec[c, i + 2, j + 1]
                 b3 = prec[c, i + 3, j + 1]
+                e0 = prec[c, i, j + 2]
+                e1 = prec[c, i + 1, j + 2]
+                e2 = prec[c, i + 2, j + 2]
+                e3 = prec[c, i + 3, j + 2]
+                f0 = prec[c, i, j + 3]
+                f1 = prec[c, i + 1, j + 3]
+                f2 = prec[c, i + 2, j + 3]
+                f3 = prec[c, i + 3, j + 3]
                 for t in range(tile):
                     v0 = diff[i, t]
                     v1 = diff[i + 1, t]
                     v2 = diff[i + 2, t]
                     v3 = diff[i + 3, t]
-                    acc[t] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3
-                    acc1[t] += v0 * b0 + v1 * b1 + v2 * b2 + v3 * b3
+                    acc[0, t] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3
+                    acc[1, t] += v0 * b0 + v1 * b1 + v2 * b2 + v3 * b3
+                    acc[2, t] += v0 * e0 + v1 * e1 + v2 * e2 + v3 * e3
+                    acc[3, t] += v0 * f0 + v1 * f1 + v2 * f2 + v3 * f3
             for t in range(tile):
-                out[t] += acc[t] * acc[t] + acc1[t] * acc1[t]
+                out[t] += (acc[0, t] * acc[0, t] + acc[1, t] * acc[1, t]) + (
+                    acc[2, t] * acc[2, t] + acc[3, t] * acc[3, t]
+                )
     else:  # diag and spherical: centring and distance in one sweep per feature (the
         # centred values are not kept: the moments centre them again, from cache)
         # four features per sweep (the tile, means and precisions are zero-padded)
@@ -259,10 +273,9 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     wt = np.empty(TILE)
     # every component's centred tile, kept from the distances to the moments
     diffs = np.zeros((k_count if kind == _FULL or kind == _TIED else 1, d4, TILE))
-    acc = np.empty(TILE)
-    rd1 = np.empty(TILE)
+    acc4 = np.empty((4, TILE))
+    rd4 = np.empty((4, TILE))
     lp = np.empty((k_count, TILE))
-    rd = np.empty(TILE)
     peak = np.empty(TILE)
     total_t = np.empty(TILE)
     ework = np.empty(TILE)
@@ -274,7 +287,7 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             if first_bad < 0:
                 first_bad = fb
         for k in range(k_count):
-            _maha(kind, k, xt, mu, prec, diffs[min(k, diffs.shape[0] - 1)], acc, rd1, lp[k])
+            _maha(kind, k, xt, mu, prec, diffs[min(k, diffs.shape[0] - 1)], acc4, lp[k])
             for t in range(TILE):
                 lp[k, t] = log_const[k] - 0.5 * lp[k, t]
         # log-sum-exp over components; lp becomes the responsibilities (times w)
@@ -367,48 +380,73 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
                 continue
             tk = 0 if kind == _TIED else k
             diff = diffs[k]
-            for j in range(d):
-                total = 0.0
+            # four rows by four columns of the (upper) second moment per sweep over the
+            # tile, and the first moments with the rows' r · x; r · x first (r = 0 meets
+            # finite values only)
+            for a in range(0, d, 4):
+                f0 = f1 = f2 = f3 = 0.0
                 for t in range(TILE):
-                    total += lp[k, t] * diff[j, t]
-                s1[k, j] += total
-            if kind == _FULL or kind == _TIED:
-                # two rows by four columns of the (upper) second moment per sweep over the
-                # tile; r · x first, in loops of their own (r = 0 meets finite values only)
-                for a in range(0, d, 2):
+                    r = lp[k, t]
+                    q0 = r * diff[a, t]
+                    q1 = r * diff[a + 1, t]
+                    q2 = r * diff[a + 2, t]
+                    q3 = r * diff[a + 3, t]
+                    rd4[0, t] = q0
+                    rd4[1, t] = q1
+                    rd4[2, t] = q2
+                    rd4[3, t] = q3
+                    f0 += q0
+                    f1 += q1
+                    f2 += q2
+                    f3 += q3
+                s1[k, a] += f0
+                s1[k, a + 1] += f1
+                s1[k, a + 2] += f2
+                s1[k, a + 3] += f3
+                for b in range(a, d4, 4):
+                    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0.0
+                    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = 0.0
                     for t in range(TILE):
-                        rd[t] = lp[k, t] * diff[a, t]
-                        rd1[t] = lp[k, t] * diff[a + 1, t]
-                    for b in range(a - a % 4, d4, 4):
-                        c00 = 0.0
-                        c01 = 0.0
-                        c02 = 0.0
-                        c03 = 0.0
-                        c10 = 0.0
-                        c11 = 0.0
-                        c12 = 0.0
-                        c13 = 0.0
-                        for t in range(TILE):
-                            e0 = diff[b, t]
-                            e1 = diff[b + 1, t]
-                            e2 = diff[b + 2, t]
-                            e3 = diff[b + 3, t]
-                            c00 += rd[t] * e0
-                            c01 += rd[t] * e1
-                            c02 += rd[t] * e2
-                            c03 += rd[t] * e3
-                            c10 += rd1[t] * e0
-                            c11 += rd1[t] * e1
-                            c12 += rd1[t] * e2
-                            c13 += rd1[t] * e3
-                        s2[tk, a, b] += c00
-                        s2[tk, a, b + 1] += c01
-                        s2[tk, a, b + 2] += c02
-                        s2[tk, a, b + 3] += c03
-                        s2[tk, a + 1, b] += c10
-                        s2[tk, a + 1, b + 1] += c11
-                        s2[tk, a + 1, b + 2] += c12
-                        s2[tk, a + 1, b + 3] += c13
+                        e0 = diff[b, t]
+                        e1 = diff[b + 1, t]
+                        e2 = diff[b + 2, t]
+                        e3 = diff[b + 3, t]
+                        g0 = rd4[0, t]
+                        g1 = rd4[1, t]
+                        g2 = rd4[2, t]
+                        g3 = rd4[3, t]
+                        c00 += g0 * e0
+                        c01 += g0 * e1
+                        c02 += g0 * e2
+                        c03 += g0 * e3
+                        c10 += g1 * e0
+                        c11 += g1 * e1
+                        c12 += g1 * e2
+                        c13 += g1 * e3
+                        c20 += g2 * e0
+                        c21 += g2 * e1
+                        c22 += g2 * e2
+                        c23 += g2 * e3
+                        c30 += g3 * e0
+                        c31 += g3 * e1
+                        c32 += g3 * e2
+                        c33 += g3 * e3
+                    s2[tk, a, b] += c00
+                    s2[tk, a, b + 1] += c01
+                    s2[tk, a, b + 2] += c02
+                    s2[tk, a, b + 3] += c03
+                    s2[tk, a + 1, b] += c10
+                    s2[tk, a + 1, b + 1] += c11
+                    s2[tk, a + 1, b + 2] += c12
+                    s2[tk, a + 1, b + 3] += c13
+                    s2[tk, a + 2, b] += c20
+                    s2[tk, a + 2, b + 1] += c21
+                    s2[tk, a + 2, b + 2] += c22
+                    s2[tk, a + 2, b + 3] += c23
+                    s2[tk, a + 3, b] += c30
+                    s2[tk, a + 3, b + 1] += c31
+                    s2[tk, a + 3, b + 2] += c32
+                    s2[tk, a + 3, b + 3] += c33
     if kind == _FULL or kind == _TIED:  # the lower triangle from the upper
         for k in range(s2.shape[0] if kind == _FULL else 1):
             for a in range(d):
