@@ -147,14 +147,19 @@ def _maha(kind, k, xt, mu, prec, diff, acc, out):  # pragma: no cover (compiled)
                 u1 = prec[k, 0, j + 1] * prec[k, 0, j + 1]
                 u2 = prec[k, 0, j + 2] * prec[k, 0, j + 2]
                 u3 = prec[k, 0, j + 3] * prec[k, 0, j + 3]
-            else:
-                u0 = u1 = u2 = u3 = prec[k, 0, 0] * prec[k, 0, 0]
-            for t in range(tile):
-                v0 = xt[j, t] - m0
-                v1 = xt[j + 1, t] - m1
-                v2 = xt[j + 2, t] - m2
-                v3 = xt[j + 3, t] - m3
-                out[t] += v0 * v0 * u0 + v1 * v1 * u1 + v2 * v2 * u2 + v3 * v3 * u3
+                for t in range(tile):
+                    v0 = xt[j, t] - m0
+                    v1 = xt[j + 1, t] - m1
+                    v2 = xt[j + 2, t] - m2
+                    v3 = xt[j + 3, t] - m3
+                    out[t] += v0 * v0 * u0 + v1 * v1 * u1 + v2 * v2 * u2 + v3 * v3 * u3
+            else:  # spherical: ‖x − μ_k‖² (the caller scales it, and keeps it for S2)
+                for t in range(tile):
+                    v0 = xt[j, t] - m0
+                    v1 = xt[j + 1, t] - m1
+                    v2 = xt[j + 2, t] - m2
+                    v3 = xt[j + 3, t] - m3
+                    out[t] += v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3
 
 
 # exp(a) for a <= 0 in a loop LLVM can vectorise (numba's exp is a scalar call):
@@ -276,6 +281,7 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     acc4 = np.empty((4, TILE))
     rd4 = np.empty((4, TILE))
     lp = np.empty((k_count, TILE))
+    sq = np.empty((k_count if kind == _SPHERICAL else 1, TILE))
     peak = np.empty(TILE)
     total_t = np.empty(TILE)
     ework = np.empty(TILE)
@@ -288,8 +294,14 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
                 first_bad = fb
         for k in range(k_count):
             _maha(kind, k, xt, mu, prec, diffs[min(k, diffs.shape[0] - 1)], acc4, lp[k])
-            for t in range(TILE):
-                lp[k, t] = log_const[k] - 0.5 * lp[k, t]
+            if kind == _SPHERICAL:  # S2 is Σ r ‖x − μ_k‖²: kept from here
+                u2 = prec[k, 0, 0] * prec[k, 0, 0]
+                for t in range(TILE):
+                    sq[k, t] = lp[k, t]
+                    lp[k, t] = log_const[k] - 0.5 * u2 * lp[k, t]
+            else:
+                for t in range(TILE):
+                    lp[k, t] = log_const[k] - 0.5 * lp[k, t]
         # log-sum-exp over components; lp becomes the responsibilities (times w)
         for t in range(TILE):
             peak[t] = -np.inf
@@ -334,11 +346,17 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             for t in range(TILE):
                 total += lp[k, t]
             s0[k] += total
+            if kind == _SPHERICAL:
+                # S2 from the squared distances (r > 0 only: a far row's may be inf)
+                second = 0.0
+                for t in range(TILE):
+                    r = lp[k, t]
+                    second += r * sq[k, t] if r > 0.0 else 0.0
+                s2[k, 0, 0] += second
             if kind == _DIAG or kind == _SPHERICAL:
-                # first and second moments in one sweep per feature; r · x first (r = 0
-                # must meet a finite value, never the square of a far row's difference)
-                # four features per sweep (padded features add exact zeros)
-                spherical = 0.0
+                # the first (and diag's second) moments, four features per sweep (padded
+                # features add exact zeros); r · x first (r = 0 must meet a finite value,
+                # never the square of a far row's difference)
                 for j in range(0, d4, 4):
                     m0 = mu[k, j]
                     m1 = mu[k, j + 1]
@@ -346,37 +364,40 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
                     m3 = mu[k, j + 3]
                     f0 = f1 = f2 = f3 = 0.0
                     q0 = q1 = q2 = q3 = 0.0
-                    for t in range(TILE):
-                        r = lp[k, t]
-                        v0 = xt[j, t] - m0
-                        v1 = xt[j + 1, t] - m1
-                        v2 = xt[j + 2, t] - m2
-                        v3 = xt[j + 3, t] - m3
-                        r0 = r * v0
-                        r1 = r * v1
-                        r2 = r * v2
-                        r3 = r * v3
-                        f0 += r0
-                        f1 += r1
-                        f2 += r2
-                        f3 += r3
-                        q0 += r0 * v0
-                        q1 += r1 * v1
-                        q2 += r2 * v2
-                        q3 += r3 * v3
-                    s1[k, j] += f0
-                    s1[k, j + 1] += f1
-                    s1[k, j + 2] += f2
-                    s1[k, j + 3] += f3
                     if kind == _DIAG:
+                        for t in range(TILE):
+                            r = lp[k, t]
+                            v0 = xt[j, t] - m0
+                            v1 = xt[j + 1, t] - m1
+                            v2 = xt[j + 2, t] - m2
+                            v3 = xt[j + 3, t] - m3
+                            r0 = r * v0
+                            r1 = r * v1
+                            r2 = r * v2
+                            r3 = r * v3
+                            f0 += r0
+                            f1 += r1
+                            f2 += r2
+                            f3 += r3
+                            q0 += r0 * v0
+                            q1 += r1 * v1
+                            q2 += r2 * v2
+                            q3 += r3 * v3
                         s2[k, j, 0] += q0
                         s2[k, j + 1, 0] += q1
                         s2[k, j + 2, 0] += q2
                         s2[k, j + 3, 0] += q3
                     else:
-                        spherical += (q0 + q1) + (q2 + q3)
-                if kind == _SPHERICAL:
-                    s2[k, 0, 0] += spherical
+                        for t in range(TILE):
+                            r = lp[k, t]
+                            f0 += r * (xt[j, t] - m0)
+                            f1 += r * (xt[j + 1, t] - m1)
+                            f2 += r * (xt[j + 2, t] - m2)
+                            f3 += r * (xt[j + 3, t] - m3)
+                    s1[k, j] += f0
+                    s1[k, j + 1] += f1
+                    s1[k, j + 2] += f2
+                    s1[k, j + 3] += f3
                 continue
             tk = 0 if kind == _TIED else k
             diff = diffs[k]
