@@ -43,7 +43,9 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from distmix.nonfinite import NonFinite
 from distmix.params import Params
+from distmix.results import LogLikelihoodTotal
 from distmix.suffstats import SuffStats
 
 TILE = 64
@@ -252,13 +254,54 @@ def _log_positive(a, out):  # pragma: no cover (compiled)
         out[t] = value if a[t] > 0.0 else -np.inf
 
 
+@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _tile_densities(  # pragma: no cover (compiled)
+    kind, xt, mu, prec, log_const, diffs, acc4, lp, sq, peak, total_t, ework
+):
+    """Each component's density of each row of the tile, relative to the row's
+    largest (``lp[k, t] = exp(log p_k(x_t) − peak[t])``), and their sums ``total_t``.
+    Full/tied keep each component's centred tile in ``diffs``; spherical keeps the
+    squared distances in ``sq``.
+    """
+    k_count = mu.shape[0]
+    for k in range(k_count):
+        _maha(kind, k, xt, mu, prec, diffs[min(k, diffs.shape[0] - 1)], acc4, lp[k])
+        if kind == _SPHERICAL:  # S2 is Σ r ‖x − μ_k‖²: kept from here
+            u2 = prec[k, 0, 0] * prec[k, 0, 0]
+            for t in range(TILE):
+                sq[k, t] = lp[k, t]
+                lp[k, t] = log_const[k] - 0.5 * u2 * lp[k, t]
+        else:
+            for t in range(TILE):
+                lp[k, t] = log_const[k] - 0.5 * lp[k, t]
+    # log-sum-exp over components; lp becomes the responsibilities (times w)
+    for t in range(TILE):
+        peak[t] = -np.inf
+    for k in range(k_count):
+        for t in range(TILE):
+            peak[t] = max(peak[t], lp[k, t])
+    for t in range(TILE):
+        if not math.isfinite(peak[t]):
+            peak[t] = 0.0
+        total_t[t] = 0.0
+    for k in range(k_count):
+        # into a buffer of its own: in place, the loop would not vectorise (the
+        # compiler's overlap check sends aliased arrays down the scalar path)
+        _exp_shifted(lp[k], peak, ework)
+        for t in range(TILE):
+            lp[k, t] = ework[t]
+            total_t[t] += ework[t]
+
+
 @numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
-def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
+def _estep(kind, x, w, mu, prec, log_const, moments):  # pragma: no cover (compiled)
     """The statistics of a block, tile by tile (serial; the GIL is released).
 
     ``prec``: (K, D4, D4) full and (1, D4, D4) tied (zero-padded to D4, a multiple
     of 4), (K, 1, D) diag, (K, 1, 1) spherical.
-    Returns ``(S0 (K,), S1 (K, D), S2, log-likelihood, n_bad, first bad row)`` with
+    ``moments=False`` stops after the log-likelihood (the ``log_likelihood`` task).
+    Returns ``(S0 (K,), S1 (K, D), S2, log-likelihood, Σ w of the finite rows,
+    n_bad, first bad row)`` with
     ``S2`` of shape (K, D4, D4) for full and tied (D4: D rounded up to a multiple
     of 4; tied: summed into [0]; read the upper triangle of [:D, :D]), (K, D4, 1)
     for diag, (K, 1, 1) for spherical.
@@ -272,6 +315,7 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
     s1 = np.zeros((k_count, d4))
     s2 = np.zeros((k_count, s2_rows, s2_cols))
     loglik = 0.0
+    weight_total = 0.0
     n_bad = 0
     first_bad = -1
     xt = np.zeros((d4, TILE))  # rows d: stay zero
@@ -292,33 +336,7 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             n_bad += nb
             if first_bad < 0:
                 first_bad = fb
-        for k in range(k_count):
-            _maha(kind, k, xt, mu, prec, diffs[min(k, diffs.shape[0] - 1)], acc4, lp[k])
-            if kind == _SPHERICAL:  # S2 is Σ r ‖x − μ_k‖²: kept from here
-                u2 = prec[k, 0, 0] * prec[k, 0, 0]
-                for t in range(TILE):
-                    sq[k, t] = lp[k, t]
-                    lp[k, t] = log_const[k] - 0.5 * u2 * lp[k, t]
-            else:
-                for t in range(TILE):
-                    lp[k, t] = log_const[k] - 0.5 * lp[k, t]
-        # log-sum-exp over components; lp becomes the responsibilities (times w)
-        for t in range(TILE):
-            peak[t] = -np.inf
-        for k in range(k_count):
-            for t in range(TILE):
-                peak[t] = max(peak[t], lp[k, t])
-        for t in range(TILE):
-            if not math.isfinite(peak[t]):
-                peak[t] = 0.0
-            total_t[t] = 0.0
-        for k in range(k_count):
-            # into a buffer of its own: in place, the loop would not vectorise (the
-            # compiler's overlap check sends aliased arrays down the scalar path)
-            _exp_shifted(lp[k], peak, ework)
-            for t in range(TILE):
-                lp[k, t] = ework[t]
-                total_t[t] += ework[t]
+        _tile_densities(kind, xt, mu, prec, log_const, diffs, acc4, lp, sq, peak, total_t, ework)
         _log_positive(total_t, logt)
         smallest = np.inf
         for t in range(TILE):  # vectorised (no call, no branch)
@@ -329,7 +347,10 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             # a row of weight 0 adds nothing (not 0 · −inf)
             term = weight * (peak[t] + logt[t])
             loglik += term if weight > 0.0 else 0.0
+            weight_total += weight
             total_t[t] = weight / total if total > 0.0 else 0.0
+        if not moments:
+            continue
         if smallest == 0.0:  # rare: a row whose every density underflows adds nothing
             for t in range(TILE):  # to the moments: its values neither, so that no
                 if total_t[t] == 0.0:  # overflowed difference meets a zero (0 · inf)
@@ -473,7 +494,55 @@ def _estep(kind, x, w, mu, prec, log_const):  # pragma: no cover (compiled)
             for a in range(d):
                 for b in range(a):
                     s2[k, a, b] = s2[k, b, a]
-    return s0, s1, s2, loglik, n_bad, first_bad
+    return s0, s1, s2, loglik, weight_total, n_bad, first_bad
+
+
+SCORE, PROBA, PREDICT = 0, 1, 2
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
+def _rowwise(kind, x, mu, prec, log_const, mode, out):  # pragma: no cover (compiled)
+    """One output row per row of ``x`` (finite rows: the prediction tasks check
+    first), tile by tile: ``mode`` SCORE writes ``log p(x)`` into ``out[:, 0]``,
+    PROBA the responsibilities into ``out (n, K)``, PREDICT the most probable
+    component (the first of equals, as ``argmax``) into ``out[:, 0]``. One output
+    type for the three, so one compiled specialisation serves them."""
+    n, d = x.shape
+    k_count = mu.shape[0]
+    d4 = (d + 3) // 4 * 4
+    ones = np.ones(n)
+    xt = np.zeros((d4, TILE))
+    wt = np.empty(TILE)
+    diffs = np.zeros((k_count if kind == _FULL or kind == _TIED else 1, d4, TILE))
+    acc4 = np.empty((4, TILE))
+    lp = np.empty((k_count, TILE))
+    sq = np.empty((k_count if kind == _SPHERICAL else 1, TILE))
+    peak = np.empty(TILE)
+    total_t = np.empty(TILE)
+    ework = np.empty(TILE)
+    logt = np.empty(TILE)
+    for start in range(0, n, TILE):
+        _load_tile(x, ones, start, n, xt, wt)
+        _tile_densities(kind, xt, mu, prec, log_const, diffs, acc4, lp, sq, peak, total_t, ework)
+        rows = min(TILE, n - start)
+        if mode == SCORE:
+            _log_positive(total_t, logt)
+            for t in range(rows):
+                out[start + t, 0] = peak[t] + logt[t]
+        elif mode == PROBA:
+            for t in range(TILE):  # 0 / 0 = NaN where every density underflows
+                total_t[t] = 1.0 / total_t[t]
+            for t in range(rows):
+                for k in range(k_count):
+                    out[start + t, k] = lp[k, t] * total_t[t]
+        else:
+            for t in range(rows):
+                best = 0
+                for k in range(1, k_count):
+                    if lp[k, t] > lp[best, t]:
+                        best = k
+                out[start + t, 0] = best
+    return out
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -541,8 +610,8 @@ def chunk_stats(
         else np.ascontiguousarray(sample_weight, dtype=np.float64)
     )
     prep = _prepare(params)
-    s0, s1, s2, loglik, n_bad, first = _estep(
-        prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const
+    s0, s1, s2, loglik, _, n_bad, first = _estep(
+        prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const, True
     )
     cov = params.covariance_type
     if cov == "full":
@@ -564,3 +633,49 @@ def chunk_stats(
         float(n_bad),
         float(first + row_offset) if first >= 0 else math.inf,
     )
+
+
+def _as_rows(block: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(block)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+
+
+def log_likelihood(
+    block: np.ndarray, params: Params, sample_weight: np.ndarray | None = None, row_offset: int = 0
+) -> LogLikelihoodTotal:
+    """The ``log_likelihood`` task's result for a NumPy block (the E-step pass
+    without the moments)."""
+    x = _as_rows(block)
+    n = x.shape[0]
+    w = np.ones(n) if sample_weight is None else np.ascontiguousarray(sample_weight, np.float64)
+    prep = _prepare(params)
+    _, _, _, loglik, weight, n_bad, first = _estep(
+        prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const, False
+    )
+    return LogLikelihoodTotal(
+        float(loglik),
+        float(weight),
+        NonFinite(float(n_bad), float(first + row_offset) if first >= 0 else math.inf),
+    )
+
+
+def _rowwise_of(block: np.ndarray, params: Params, mode: int) -> np.ndarray:
+    x = _as_rows(block)
+    prep = _prepare(params)
+    out = np.empty((x.shape[0], params.n_components if mode == PROBA else 1))
+    return _rowwise(prep.code, _readonly(x), prep.means, prep.prec, prep.log_const, mode, out)
+
+
+def score_samples_block(block: np.ndarray, params: Params) -> np.ndarray:
+    """``log p(x)`` per row, shape (n,) (rows checked finite by the caller)."""
+    return _rowwise_of(block, params, SCORE)[:, 0]
+
+
+def predict_proba_block(block: np.ndarray, params: Params) -> np.ndarray:
+    """Responsibilities, shape (n, K)."""
+    return _rowwise_of(block, params, PROBA)
+
+
+def predict_block(block: np.ndarray, params: Params) -> np.ndarray:
+    """Most probable component per row, shape (n,), int64."""
+    return _rowwise_of(block, params, PREDICT)[:, 0].astype(np.int64)

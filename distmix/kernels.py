@@ -82,10 +82,21 @@ def compiled_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def estep_kernel(block: Any) -> Callable[..., Any] | None:
-    """The compiled E-step kernel for ``block``, or ``None`` for the array-API one."""
+#: the block tasks with a compiled kernel, and its name in :mod:`distmix.fused`
+COMPILED_TASKS: dict[str, str] = {
+    "estep": "chunk_stats",
+    "log_likelihood": "log_likelihood",
+    "score_samples": "score_samples_block",
+    "predict_proba": "predict_proba_block",
+    "predict": "predict_block",
+}
+
+
+def compiled_kernel(task: str, block: Any) -> Callable[..., Any] | None:
+    """The compiled kernel of the block task ``task`` for ``block``, or ``None`` for
+    the array-API one (by this process's choice; see the module's docstring)."""
     choice = kernel_choice()
-    if choice == "array-api":
+    if choice == "array-api" or task not in COMPILED_TASKS:
         return None
     numpy_block = isinstance(block, np.ndarray)
     if choice == "compiled" and not numpy_block:
@@ -96,4 +107,9 @@ def estep_kernel(block: Any) -> Callable[..., Any] | None:
     if not numpy_block or not (choice == "compiled" or compiled_available()):
         return None
     fused = importlib.import_module("distmix.fused")
-    return fused.chunk_stats  # type: ignore[no-any-return]
+    return getattr(fused, COMPILED_TASKS[task])  # type: ignore[no-any-return]
+
+
+def estep_kernel(block: Any) -> Callable[..., Any] | None:
+    """The compiled E-step kernel for ``block``, or ``None`` for the array-API one."""
+    return compiled_kernel("estep", block)

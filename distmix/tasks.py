@@ -45,7 +45,7 @@ from distmix.init_kernels import (
     sample_block,
     take_rows_block,
 )
-from distmix.kernels import estep_kernel
+from distmix.kernels import compiled_kernel, estep_kernel
 from distmix.nonfinite import NonFinite, raise_if_nonfinite
 from distmix.params import Params
 from distmix.results import FingerprintedStats, LogLikelihoodTotal
@@ -191,7 +191,11 @@ def estep_fingerprint_block(
 def log_likelihood_block(
     block: Any, sample_weight: Any, row_offset: int, params: Params
 ) -> LogLikelihoodTotal:
-    """The block's log-likelihood under ``params`` (for ``score``), in pieces."""
+    """The block's log-likelihood under ``params`` (for ``score``): the compiled
+    kernel where the kernel registry picks it, else the array-API one in pieces."""
+    compiled = compiled_kernel("log_likelihood", block)
+    if compiled is not None:
+        return compiled(block, params, sample_weight, row_offset)  # type: ignore[no-any-return]
     return _summed_over_pieces(_log_likelihood_whole, block, sample_weight, row_offset, params)
 
 
@@ -211,9 +215,12 @@ def _log_likelihood_whole(
 # --------------------------------------------------------------------------- #
 # the block functions of the map tasks: fn(block, row_offset, params)          #
 # --------------------------------------------------------------------------- #
-def _checked_rowwise(block_fn: Callable[[Any, Params], Any]) -> Callable[[Any, int, Params], Any]:
+def _checked_rowwise(
+    name: str, block_fn: Callable[[Any, Params], Any]
+) -> Callable[[Any, int, Params], Any]:
     """A prediction kernel behind a finiteness check that names the bad rows
-    (a prediction has no statistics to carry the count in: it raises on the block)."""
+    (a prediction has no statistics to carry the count in: it raises on the block);
+    the compiled kernel of task ``name`` where the kernel registry picks it."""
 
     def run(block: Any, row_offset: int, params: Params) -> Any:
         xp = estep.namespace(block)
@@ -222,6 +229,9 @@ def _checked_rowwise(block_fn: Callable[[Any, Params], Any]) -> Callable[[Any, i
         if n_bad:
             first = int(xp.argmax(xp.astype(bad, xp.int8)))
             raise_if_nonfinite(n_bad, row_offset + first)
+        compiled = compiled_kernel(name, block)
+        if compiled is not None:
+            return compiled(block, params)
         return rowwise_in_pieces(block_fn, block, params)
 
     run.__name__ = block_fn.__name__
@@ -280,7 +290,14 @@ def _reduce(
 
 def _map(name: str, run: Callable[..., Any], dtype: Any, columns: Any) -> BlockTask:
     return BlockTask(
-        name, 1, "map", _checked_rowwise(run), ("params",), "array", dtype=dtype, columns=columns
+        name,
+        1,
+        "map",
+        _checked_rowwise(name, run),
+        ("params",),
+        "array",
+        dtype=dtype,
+        columns=columns,
     )
 
 

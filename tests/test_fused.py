@@ -20,7 +20,7 @@ pytest.importorskip("numba")
 from distmix import GaussianMixture, estep, fused, kernels  # noqa: E402
 from distmix.engines.local import LocalEngine  # noqa: E402
 from distmix.params import Params  # noqa: E402
-from distmix.tasks import run_block  # noqa: E402
+from distmix.tasks import run_block, run_map_block  # noqa: E402
 from distmix.testing.engines import random_params as kit_random_params  # noqa: E402
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -115,6 +115,55 @@ def test_underflowing_rows_add_nothing_and_minus_inf(covariance_type):
 def test_any_shape(n, d, k, covariance_type, offset, weighted, seed):
     X, w, params = case(seed, n, d, k, covariance_type, offset=offset, weighted=weighted)
     assert_same_stats(fused.chunk_stats(X, params, w, 0), estep.chunk_stats(X, params, w, 0))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("kind", ["plain", "offset", "float32", "weighted", "nan_rows", "k1_d1"])
+def test_the_compiled_log_likelihood_equals_the_array_api_one(covariance_type, kind):
+    options = {
+        "plain": dict(n=500, d=4, k=3),
+        "offset": dict(n=500, d=5, k=4, offset=1e6),
+        "float32": dict(n=300, d=3, k=2, dtype=np.float32),
+        "weighted": dict(n=400, d=3, k=3, weighted=True),
+        "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
+        "k1_d1": dict(n=90, d=1, k=1),
+    }[kind]
+    X, w, params = case(12, covariance_type=covariance_type, **options)
+    with kernels.use_kernel("compiled"):
+        got = run_block("log_likelihood", X, w, 100, (params,))
+    with kernels.use_kernel("array-api"):
+        want = run_block("log_likelihood", X, w, 100, (params,))
+    assert got.log_lik == pytest.approx(want.log_lik, rel=1e-12)
+    assert got.weight == pytest.approx(want.weight, rel=1e-14)
+    assert got.nonfinite == want.nonfinite
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("kind", ["plain", "offset", "float32", "one_row", "k1_d1", "far_row"])
+def test_the_compiled_predictions_equal_the_array_api_ones(covariance_type, kind):
+    options = {
+        "plain": dict(n=500, d=4, k=3),
+        "offset": dict(n=500, d=5, k=4, offset=1e6),
+        "float32": dict(n=300, d=3, k=2, dtype=np.float32),
+        "one_row": dict(n=1, d=3, k=2),
+        "k1_d1": dict(n=90, d=1, k=1),
+        "far_row": dict(n=70, d=3, k=3),
+    }[kind]
+    X, _, params = case(13, covariance_type=covariance_type, **options)
+    if kind == "far_row":  # every density of row 5 underflows: NaN responsibilities
+        X[5] = 1e200
+    results = {}
+    for choice in ("compiled", "array-api"):
+        with kernels.use_kernel(choice), np.errstate(all="ignore"):
+            results[choice] = {
+                name: run_map_block(name, X, 0, (params,))
+                for name in ("score_samples", "predict_proba", "predict")
+            }
+    got, want = results["compiled"], results["array-api"]
+    np.testing.assert_allclose(got["score_samples"], want["score_samples"], rtol=1e-12)
+    np.testing.assert_allclose(got["predict_proba"], want["predict_proba"], rtol=0, atol=1e-12)
+    assert got["predict"].dtype == want["predict"].dtype
+    np.testing.assert_array_equal(got["predict"], want["predict"])
 
 
 def test_a_read_only_block_reads_as_a_writable_one():
