@@ -45,7 +45,7 @@ import numpy as np
 
 from distmix.nonfinite import NonFinite
 from distmix.params import Params
-from distmix.results import LogLikelihoodTotal
+from distmix.results import KMeansStats, LogLikelihoodTotal, Totals
 from distmix.suffstats import SuffStats
 
 TILE = 64
@@ -293,6 +293,144 @@ def _tile_densities(  # pragma: no cover (compiled)
             total_t[t] += ework[t]
 
 
+@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2):  # pragma: no cover (compiled)
+    """Add the tile's moments about each component's mean, ``lp[k, t]`` being the
+    weight of row t in component k (responsibility times row weight): ``S0``,
+    ``S1`` and the second moment (full/tied from the centred tiles in ``diffs``,
+    diag from ``xt``, spherical from the squared distances in ``sq``)."""
+    d4 = xt.shape[0]
+    d = s1.shape[1]
+    k_count = mu.shape[0]
+    for k in range(k_count):
+        total = 0.0
+        for t in range(TILE):
+            total += lp[k, t]
+        s0[k] += total
+        if kind == _SPHERICAL:
+            # S2 from the squared distances (r > 0 only: a far row's may be inf)
+            second = 0.0
+            for t in range(TILE):
+                r = lp[k, t]
+                second += r * sq[k, t] if r > 0.0 else 0.0
+            s2[k, 0, 0] += second
+        if kind == _DIAG or kind == _SPHERICAL:
+            # the first (and diag's second) moments, four features per sweep (padded
+            # features add exact zeros); r · x first (r = 0 must meet a finite value,
+            # never the square of a far row's difference)
+            for j in range(0, d4, 4):
+                m0 = mu[k, j]
+                m1 = mu[k, j + 1]
+                m2 = mu[k, j + 2]
+                m3 = mu[k, j + 3]
+                f0 = f1 = f2 = f3 = 0.0
+                q0 = q1 = q2 = q3 = 0.0
+                if kind == _DIAG:
+                    for t in range(TILE):
+                        r = lp[k, t]
+                        v0 = xt[j, t] - m0
+                        v1 = xt[j + 1, t] - m1
+                        v2 = xt[j + 2, t] - m2
+                        v3 = xt[j + 3, t] - m3
+                        r0 = r * v0
+                        r1 = r * v1
+                        r2 = r * v2
+                        r3 = r * v3
+                        f0 += r0
+                        f1 += r1
+                        f2 += r2
+                        f3 += r3
+                        q0 += r0 * v0
+                        q1 += r1 * v1
+                        q2 += r2 * v2
+                        q3 += r3 * v3
+                    s2[k, j, 0] += q0
+                    s2[k, j + 1, 0] += q1
+                    s2[k, j + 2, 0] += q2
+                    s2[k, j + 3, 0] += q3
+                else:
+                    for t in range(TILE):
+                        r = lp[k, t]
+                        f0 += r * (xt[j, t] - m0)
+                        f1 += r * (xt[j + 1, t] - m1)
+                        f2 += r * (xt[j + 2, t] - m2)
+                        f3 += r * (xt[j + 3, t] - m3)
+                s1[k, j] += f0
+                s1[k, j + 1] += f1
+                s1[k, j + 2] += f2
+                s1[k, j + 3] += f3
+            continue
+        tk = 0 if kind == _TIED else k
+        diff = diffs[k]
+        # four rows by four columns of the (upper) second moment per sweep over the
+        # tile, and the first moments with the rows' r · x; r · x first (r = 0 meets
+        # finite values only)
+        for a in range(0, d, 4):
+            f0 = f1 = f2 = f3 = 0.0
+            for t in range(TILE):
+                r = lp[k, t]
+                q0 = r * diff[a, t]
+                q1 = r * diff[a + 1, t]
+                q2 = r * diff[a + 2, t]
+                q3 = r * diff[a + 3, t]
+                rd4[0, t] = q0
+                rd4[1, t] = q1
+                rd4[2, t] = q2
+                rd4[3, t] = q3
+                f0 += q0
+                f1 += q1
+                f2 += q2
+                f3 += q3
+            s1[k, a] += f0
+            s1[k, a + 1] += f1
+            s1[k, a + 2] += f2
+            s1[k, a + 3] += f3
+            for b in range(a, d4, 4):
+                c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0.0
+                c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = 0.0
+                for t in range(TILE):
+                    e0 = diff[b, t]
+                    e1 = diff[b + 1, t]
+                    e2 = diff[b + 2, t]
+                    e3 = diff[b + 3, t]
+                    g0 = rd4[0, t]
+                    g1 = rd4[1, t]
+                    g2 = rd4[2, t]
+                    g3 = rd4[3, t]
+                    c00 += g0 * e0
+                    c01 += g0 * e1
+                    c02 += g0 * e2
+                    c03 += g0 * e3
+                    c10 += g1 * e0
+                    c11 += g1 * e1
+                    c12 += g1 * e2
+                    c13 += g1 * e3
+                    c20 += g2 * e0
+                    c21 += g2 * e1
+                    c22 += g2 * e2
+                    c23 += g2 * e3
+                    c30 += g3 * e0
+                    c31 += g3 * e1
+                    c32 += g3 * e2
+                    c33 += g3 * e3
+                s2[tk, a, b] += c00
+                s2[tk, a, b + 1] += c01
+                s2[tk, a, b + 2] += c02
+                s2[tk, a, b + 3] += c03
+                s2[tk, a + 1, b] += c10
+                s2[tk, a + 1, b + 1] += c11
+                s2[tk, a + 1, b + 2] += c12
+                s2[tk, a + 1, b + 3] += c13
+                s2[tk, a + 2, b] += c20
+                s2[tk, a + 2, b + 1] += c21
+                s2[tk, a + 2, b + 2] += c22
+                s2[tk, a + 2, b + 3] += c23
+                s2[tk, a + 3, b] += c30
+                s2[tk, a + 3, b + 1] += c31
+                s2[tk, a + 3, b + 2] += c32
+                s2[tk, a + 3, b + 3] += c33
+
+
 @numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
 def _estep(kind, x, w, mu, prec, log_const, moments):  # pragma: no cover (compiled)
     """The statistics of a block, tile by tile (serial; the GIL is released).
@@ -362,133 +500,7 @@ def _estep(kind, x, w, mu, prec, log_const, moments):  # pragma: no cover (compi
         for k in range(k_count):
             for t in range(TILE):
                 lp[k, t] *= total_t[t]
-        for k in range(k_count):
-            total = 0.0
-            for t in range(TILE):
-                total += lp[k, t]
-            s0[k] += total
-            if kind == _SPHERICAL:
-                # S2 from the squared distances (r > 0 only: a far row's may be inf)
-                second = 0.0
-                for t in range(TILE):
-                    r = lp[k, t]
-                    second += r * sq[k, t] if r > 0.0 else 0.0
-                s2[k, 0, 0] += second
-            if kind == _DIAG or kind == _SPHERICAL:
-                # the first (and diag's second) moments, four features per sweep (padded
-                # features add exact zeros); r · x first (r = 0 must meet a finite value,
-                # never the square of a far row's difference)
-                for j in range(0, d4, 4):
-                    m0 = mu[k, j]
-                    m1 = mu[k, j + 1]
-                    m2 = mu[k, j + 2]
-                    m3 = mu[k, j + 3]
-                    f0 = f1 = f2 = f3 = 0.0
-                    q0 = q1 = q2 = q3 = 0.0
-                    if kind == _DIAG:
-                        for t in range(TILE):
-                            r = lp[k, t]
-                            v0 = xt[j, t] - m0
-                            v1 = xt[j + 1, t] - m1
-                            v2 = xt[j + 2, t] - m2
-                            v3 = xt[j + 3, t] - m3
-                            r0 = r * v0
-                            r1 = r * v1
-                            r2 = r * v2
-                            r3 = r * v3
-                            f0 += r0
-                            f1 += r1
-                            f2 += r2
-                            f3 += r3
-                            q0 += r0 * v0
-                            q1 += r1 * v1
-                            q2 += r2 * v2
-                            q3 += r3 * v3
-                        s2[k, j, 0] += q0
-                        s2[k, j + 1, 0] += q1
-                        s2[k, j + 2, 0] += q2
-                        s2[k, j + 3, 0] += q3
-                    else:
-                        for t in range(TILE):
-                            r = lp[k, t]
-                            f0 += r * (xt[j, t] - m0)
-                            f1 += r * (xt[j + 1, t] - m1)
-                            f2 += r * (xt[j + 2, t] - m2)
-                            f3 += r * (xt[j + 3, t] - m3)
-                    s1[k, j] += f0
-                    s1[k, j + 1] += f1
-                    s1[k, j + 2] += f2
-                    s1[k, j + 3] += f3
-                continue
-            tk = 0 if kind == _TIED else k
-            diff = diffs[k]
-            # four rows by four columns of the (upper) second moment per sweep over the
-            # tile, and the first moments with the rows' r · x; r · x first (r = 0 meets
-            # finite values only)
-            for a in range(0, d, 4):
-                f0 = f1 = f2 = f3 = 0.0
-                for t in range(TILE):
-                    r = lp[k, t]
-                    q0 = r * diff[a, t]
-                    q1 = r * diff[a + 1, t]
-                    q2 = r * diff[a + 2, t]
-                    q3 = r * diff[a + 3, t]
-                    rd4[0, t] = q0
-                    rd4[1, t] = q1
-                    rd4[2, t] = q2
-                    rd4[3, t] = q3
-                    f0 += q0
-                    f1 += q1
-                    f2 += q2
-                    f3 += q3
-                s1[k, a] += f0
-                s1[k, a + 1] += f1
-                s1[k, a + 2] += f2
-                s1[k, a + 3] += f3
-                for b in range(a, d4, 4):
-                    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0.0
-                    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = 0.0
-                    for t in range(TILE):
-                        e0 = diff[b, t]
-                        e1 = diff[b + 1, t]
-                        e2 = diff[b + 2, t]
-                        e3 = diff[b + 3, t]
-                        g0 = rd4[0, t]
-                        g1 = rd4[1, t]
-                        g2 = rd4[2, t]
-                        g3 = rd4[3, t]
-                        c00 += g0 * e0
-                        c01 += g0 * e1
-                        c02 += g0 * e2
-                        c03 += g0 * e3
-                        c10 += g1 * e0
-                        c11 += g1 * e1
-                        c12 += g1 * e2
-                        c13 += g1 * e3
-                        c20 += g2 * e0
-                        c21 += g2 * e1
-                        c22 += g2 * e2
-                        c23 += g2 * e3
-                        c30 += g3 * e0
-                        c31 += g3 * e1
-                        c32 += g3 * e2
-                        c33 += g3 * e3
-                    s2[tk, a, b] += c00
-                    s2[tk, a, b + 1] += c01
-                    s2[tk, a, b + 2] += c02
-                    s2[tk, a, b + 3] += c03
-                    s2[tk, a + 1, b] += c10
-                    s2[tk, a + 1, b + 1] += c11
-                    s2[tk, a + 1, b + 2] += c12
-                    s2[tk, a + 1, b + 3] += c13
-                    s2[tk, a + 2, b] += c20
-                    s2[tk, a + 2, b + 1] += c21
-                    s2[tk, a + 2, b + 2] += c22
-                    s2[tk, a + 2, b + 3] += c23
-                    s2[tk, a + 3, b] += c30
-                    s2[tk, a + 3, b + 1] += c31
-                    s2[tk, a + 3, b + 2] += c32
-                    s2[tk, a + 3, b + 3] += c33
+        _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2)
     if kind == _FULL or kind == _TIED:  # the lower triangle from the upper
         for k in range(s2.shape[0] if kind == _FULL else 1):
             for a in range(d):
@@ -543,6 +555,91 @@ def _rowwise(kind, x, mu, prec, log_const, mode, out):  # pragma: no cover (comp
                         best = k
                 out[start + t, 0] = best
     return out
+
+
+KMEANS_COST, KMEANS_COUNTS, KMEANS_STATS = 0, 1, 2
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
+def _kmeans(kind, x, w, centers, mode):  # pragma: no cover (compiled)
+    """Each row assigned to its nearest centre (exact ``‖x − c‖²``, never the
+    expansion ``‖x‖² − 2x·c + ‖c‖²``; the first of equals, as ``argmin``), tile by
+    tile. Returns ``(S0, S1, S2, Σ w min d², n_bad, first bad row)``: ``mode``
+    KMEANS_COST fills the cost only, KMEANS_COUNTS also ``S0`` (the row weight
+    nearest each centre), KMEANS_STATS all of the assignment's moments about the
+    centres for covariance ``kind`` (shapes as :func:`_estep`'s)."""
+    n, d = x.shape
+    m = centers.shape[0]
+    d4 = (d + 3) // 4 * 4
+    keep_diffs = mode == KMEANS_STATS and (kind == _FULL or kind == _TIED)
+    s0 = np.zeros(m)
+    s1 = np.zeros((m, d4))
+    s2 = np.zeros((m, d4 if kind != _SPHERICAL else 1, d4 if kind == _FULL or kind == _TIED else 1))
+    cost = 0.0
+    n_bad = 0
+    first_bad = -1
+    xt = np.zeros((d4, TILE))
+    wt = np.empty(TILE)
+    diffs = np.zeros((m if keep_diffs else 1, d4, TILE))
+    d2 = np.empty((m, TILE))
+    lp = np.empty((m, TILE))
+    rd4 = np.empty((4, TILE))
+    nearest = np.empty(TILE)
+    label = np.empty(TILE)
+    for start in range(0, n, TILE):
+        nb, fb = _load_tile(x, w, start, n, xt, wt)
+        if nb:
+            n_bad += nb
+            if first_bad < 0:
+                first_bad = fb
+        for c in range(m):
+            for t in range(TILE):
+                d2[c, t] = 0.0
+            for j in range(0, d4, 4):
+                m0 = centers[c, j]
+                m1 = centers[c, j + 1]
+                m2 = centers[c, j + 2]
+                m3 = centers[c, j + 3]
+                for t in range(TILE):
+                    v0 = xt[j, t] - m0
+                    v1 = xt[j + 1, t] - m1
+                    v2 = xt[j + 2, t] - m2
+                    v3 = xt[j + 3, t] - m3
+                    d2[c, t] += v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3
+            if keep_diffs:
+                for j in range(d4):
+                    mj = centers[c, j]
+                    for t in range(TILE):
+                        diffs[c, j, t] = xt[j, t] - mj
+        for t in range(TILE):
+            nearest[t] = d2[0, t]
+            label[t] = 0.0
+        for c in range(1, m):
+            for t in range(TILE):
+                closer = d2[c, t] < nearest[t]
+                nearest[t] = d2[c, t] if closer else nearest[t]
+                label[t] = c if closer else label[t]
+        for t in range(TILE):
+            cost += wt[t] * nearest[t] if wt[t] > 0.0 else 0.0
+        if mode == KMEANS_COST:
+            continue
+        for c in range(m):
+            for t in range(TILE):
+                lp[c, t] = wt[t] if label[t] == c else 0.0
+        if mode == KMEANS_COUNTS:
+            for c in range(m):
+                total = 0.0
+                for t in range(TILE):
+                    total += lp[c, t]
+                s0[c] += total
+            continue
+        _tile_moments(kind, xt, centers, diffs, lp, d2, rd4, s0, s1, s2)
+    if kind == _FULL or kind == _TIED:
+        for c in range(s2.shape[0]):
+            for a in range(d):
+                for b in range(a):
+                    s2[c, a, b] = s2[c, b, a]
+    return s0, s1, s2, cost, n_bad, first_bad
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -679,3 +776,66 @@ def predict_proba_block(block: np.ndarray, params: Params) -> np.ndarray:
 def predict_block(block: np.ndarray, params: Params) -> np.ndarray:
     """Most probable component per row, shape (n,), int64."""
     return _rowwise_of(block, params, PREDICT)[:, 0].astype(np.int64)
+
+
+def _kmeans_of(
+    block: np.ndarray, w: np.ndarray | None, centers: np.ndarray, covariance_type: str, mode: int
+) -> tuple:
+    x = _as_rows(block)
+    n, d = x.shape
+    weights = np.ones(n) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    padded = np.zeros((centers.shape[0], (d + 3) // 4 * 4))
+    padded[:, :d] = centers
+    return _kmeans(  # type: ignore[no-any-return]
+        COVARIANCE_CODES[covariance_type], _readonly(x), _readonly(weights), padded, mode
+    )
+
+
+def kmeans_block(
+    block: np.ndarray,
+    w: np.ndarray | None,
+    offset: int,
+    centers: np.ndarray,
+    shift: np.ndarray,
+    covariance_type: str,
+) -> KMeansStats:
+    """:func:`distmix.init_kernels.kmeans_block` for a NumPy block (``shift`` is not
+    needed: the distances are exact differences)."""
+    centers = np.asarray(centers, dtype=np.float64)
+    s0, s1, s2, cost, n_bad, first = _kmeans_of(block, w, centers, covariance_type, KMEANS_STATS)
+    d = centers.shape[1]
+    second = {
+        "full": lambda: s2[:, :d, :d],
+        "tied": lambda: s2[0, :d, :d],
+        "diag": lambda: s2[:, :d, 0],
+        "spherical": lambda: s2[:, 0, 0],
+    }[covariance_type]()
+    stats = SuffStats(
+        covariance_type,  # type: ignore[arg-type]
+        centers,
+        s0,
+        s1[:, :d],
+        second,
+        float(np.shape(block)[0]),
+        0.0,
+        float(n_bad),
+        float(first + offset) if first >= 0 else math.inf,
+    )
+    return KMeansStats(stats, float(cost))
+
+
+def cost_block(
+    block: np.ndarray, w: np.ndarray | None, offset: int, centers: np.ndarray, shift: np.ndarray
+) -> Totals:
+    """:func:`distmix.init_kernels.cost_block` for a NumPy block."""
+    centers = np.asarray(centers, dtype=np.float64)
+    cost = _kmeans_of(block, w, centers, "spherical", KMEANS_COST)[3]
+    return Totals(np.array([cost]))
+
+
+def nearest_weight_block(
+    block: np.ndarray, w: np.ndarray | None, offset: int, centers: np.ndarray, shift: np.ndarray
+) -> Totals:
+    """:func:`distmix.init_kernels.nearest_weight_block` for a NumPy block."""
+    centers = np.asarray(centers, dtype=np.float64)
+    return Totals(_kmeans_of(block, w, centers, "spherical", KMEANS_COUNTS)[0])

@@ -89,6 +89,9 @@ COMPILED_TASKS: dict[str, str] = {
     "score_samples": "score_samples_block",
     "predict_proba": "predict_proba_block",
     "predict": "predict_block",
+    "kmeans": "kmeans_block",
+    "kmeans_cost": "cost_block",
+    "nearest_weight": "nearest_weight_block",
 }
 
 

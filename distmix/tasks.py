@@ -212,6 +212,18 @@ def _log_likelihood_whole(
     )
 
 
+def _compiled_or(name: str, block_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The reduce task ``name``'s block function: its compiled kernel where the
+    kernel registry picks one for the block, else ``block_fn`` (array-API)."""
+
+    def run(block: Any, sample_weight: Any, row_offset: int, *args: Any) -> Any:
+        compiled = compiled_kernel(name, block)
+        return (compiled or block_fn)(block, sample_weight, row_offset, *args)
+
+    run.__name__ = block_fn.__name__
+    return run
+
+
 # --------------------------------------------------------------------------- #
 # the block functions of the map tasks: fn(block, row_offset, params)          #
 # --------------------------------------------------------------------------- #
@@ -314,8 +326,15 @@ TASKS: dict[str, BlockTask] = {
             "DataFingerprint",
         ),
         _reduce("nonfinite", nonfinite_block, (), "NonFinite"),
-        _reduce("kmeans", kmeans_block, ("centers", "shift", "covariance_type"), "KMeansStats"),
-        _reduce("kmeans_cost", cost_block, ("centers", "shift"), "Totals"),
+        _reduce(
+            "kmeans",
+            _compiled_or("kmeans", kmeans_block),
+            ("centers", "shift", "covariance_type"),
+            "KMeansStats",
+        ),
+        _reduce(
+            "kmeans_cost", _compiled_or("kmeans_cost", cost_block), ("centers", "shift"), "Totals"
+        ),
         _reduce(
             "kmeans_sample",
             sample_block,
@@ -323,7 +342,12 @@ TASKS: dict[str, BlockTask] = {
             "Rows",
             moves_rows=True,
         ),
-        _reduce("nearest_weight", nearest_weight_block, ("centers", "shift"), "Totals"),
+        _reduce(
+            "nearest_weight",
+            _compiled_or("nearest_weight", nearest_weight_block),
+            ("centers", "shift"),
+            "Totals",
+        ),
         _reduce(
             "random_resp", random_resp_block, ("reference", "covariance_type", "seed"), "SuffStats"
         ),

@@ -166,6 +166,39 @@ def test_the_compiled_predictions_equal_the_array_api_ones(covariance_type, kind
     np.testing.assert_array_equal(got["predict"], want["predict"])
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("kind", ["plain", "offset", "float32", "weighted", "nan_rows", "k1_d1"])
+def test_the_compiled_kmeans_tasks_equal_the_array_api_ones(covariance_type, kind):
+    """Hard assignments by exact differences (compiled) and by the shifted expansion
+    (array-API) agree on these blocks; statistics to 1e-12, counts exactly."""
+    options = {
+        "plain": dict(n=500, d=4, k=3),
+        "offset": dict(n=500, d=5, k=4, offset=1e6),
+        "float32": dict(n=300, d=3, k=2, dtype=np.float32),
+        "weighted": dict(n=400, d=3, k=3, weighted=True),
+        "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
+        "k1_d1": dict(n=90, d=1, k=1),
+    }[kind]
+    X, w, params = case(14, covariance_type=covariance_type, **options)
+    centers = params.means
+    shift = centers.mean(axis=0)
+    results = {}
+    for choice in ("compiled", "array-api"):
+        with kernels.use_kernel(choice):
+            results[choice] = {
+                "kmeans": run_block("kmeans", X, w, 5, (centers, shift, covariance_type)),
+                "kmeans_cost": run_block("kmeans_cost", X, w, 5, (centers, shift)),
+                "nearest_weight": run_block("nearest_weight", X, w, 5, (centers, shift)),
+            }
+    got, want = results["compiled"], results["array-api"]
+    assert_same_stats(got["kmeans"].stats, want["kmeans"].stats)
+    assert got["kmeans"].inertia == pytest.approx(want["kmeans"].inertia, rel=1e-10)
+    np.testing.assert_allclose(got["kmeans_cost"].values, want["kmeans_cost"].values, rtol=1e-10)
+    np.testing.assert_allclose(
+        got["nearest_weight"].values, want["nearest_weight"].values, rtol=1e-13
+    )
+
+
 def test_a_read_only_block_reads_as_a_writable_one():
     X, w, params = case(5, 200, 3, 2, "full")
     frozen = X.copy()
