@@ -258,21 +258,27 @@ def moments(
     )
 
 
+#: the types whose features are squares, which overflow to inf where x − c does not
+SQUARED_FEATURES = ("diag", "spherical")
+
+
 def _rows_with_density(xp: Any, features: Any, has_density: Any) -> Any:
     """``features`` (K, n, ...) with the rows of no density (``has_density`` (n,) false)
     set to exact zeros.
 
     Such a row is so far from every component that its squared distances
-    overflowed: its features may hold ``inf`` (the squares of ``diag``, the
-    squared norms of ``spherical``), and its responsibilities of 0 times ``inf``
-    would put NaN in the second moments. Every block takes this ``where``, the
-    rows of density unchanged, instead of first asking whether any row needs it:
-    ``bool(xp.any(...))`` waits for the device to finish the block (CuPy, torch)
-    and computes the graph (dask), once per block. The statistics are those of
-    the rows of density alone, as when the question was asked: a row whose
-    responsibilities are 0 adds exact zeros either way. The price is one more
-    pass over the block's ``(K, n, D)`` stack (``(K, n)`` for ``spherical``);
-    NumPy's ``full`` and ``tied`` go component by component and need none.
+    overflowed: the squares of ``diag`` and the squared norms of ``spherical``
+    may hold ``inf`` there, and its responsibilities of 0 times ``inf`` would
+    put NaN in the second moments. Every block of those types takes this
+    ``where``, the rows of density unchanged, instead of first asking whether
+    any row needs it: ``bool(xp.any(...))`` waits for the device to finish the
+    block (CuPy, torch) and computes the graph (dask), once per block. The
+    statistics are those of the rows of density alone, as when the question was
+    asked: a row whose responsibilities are 0 adds exact zeros either way. The
+    price is one more pass over the block's ``(K, n, D)`` squares (``(K, n)``
+    for ``spherical``). ``full`` and ``tied`` read the centred rows themselves,
+    finite wherever ``x − c`` is, so ``0 · xc`` is 0 and they need no pass (as
+    NumPy's per-component path, which never masked them).
     """
     keep = xp.reshape(has_density, (1, -1) + (1,) * (features.ndim - 2))
     return xp.where(keep, features, xp.zeros((), dtype=features.dtype, **device_kwargs(features)))
@@ -323,9 +329,8 @@ def chunk_stats(
         resp_sum = xp.sum(resp, axis=1)
         x_sum, second = _per_component_moments(x, kp.means, resp, tied=cov == "tied")
     else:
-        features = _rows_with_density(xp, features, has_density)
-        if cov in ("full", "tied"):  # their features are the centred stack itself
-            xc = features
+        if cov in SQUARED_FEATURES:
+            features = _rows_with_density(xp, features, has_density)
         resp_sum, x_sum, second = moments(xp, xc, resp, cov, features)
     return SuffStats(
         params.covariance_type,

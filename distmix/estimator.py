@@ -31,6 +31,14 @@ class GaussianMixture(BaseMixture):
     The constructor takes scikit-learn's ``GaussianMixture`` parameters, with
     the same meaning and defaults, plus ``block_size`` and ``split_every``.
 
+    Input stays where it is: a CuPy array (or another array-API namespace's, or a
+    dask array of CuPy chunks) is fitted block by block on its device, and only
+    the blocks' statistics come to the host. The fitted attributes are float64
+    NumPy arrays on the host whatever the input: the M-step runs there (a few
+    K × D² numbers), and model files and scikit-learn read them as they are.
+    Predictions are in the input's namespace: CuPy ``X`` gives CuPy labels,
+    responsibilities and log-densities on its device.
+
     Parameters
     ----------
     n_components : int, default=1
@@ -59,9 +67,9 @@ class GaussianMixture(BaseMixture):
     verbose_interval : int, default=10
     block_size : int, tuple of int or None, default=None
         Rows per block for in-memory input (``None``: sized so that each
-        block's ``(K, rows, D)`` temporaries take about 4 MiB), or the length of
-        every block. For dask input, rechunk the rows to this size (``None``:
-        keep the input's chunks).
+        block's ``(K, rows, D)`` temporaries take about 4 MiB, 128 MiB for a
+        device array such as CuPy's), or the length of every block. For dask
+        input, rechunk the rows to this size (``None``: keep the input's chunks).
     split_every : int, default=8
         Fan-in of the reduction tree that adds the blocks' statistics.
     checkpoint : path, optional

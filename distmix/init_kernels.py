@@ -77,7 +77,8 @@ def kmeans_block(
     d2 = _sq_distances(xp, xs, cs)
     labels = xp.argmin(d2, axis=1)
     k = cs.shape[0]
-    onehot = xp.astype(labels[None, :] == xp.arange(k)[:, None], xp.float64) * w[None, :]
+    components = xp.arange(k, **device_kwargs(x))
+    onehot = xp.astype(labels[None, :] == components[:, None], xp.float64) * w[None, :]
     ref = xp.asarray(centers, dtype=xp.float64, **device_kwargs(x))
     resp_sum, x_sum, second = moments(xp, centre(xp, x, ref), onehot, covariance_type)
     stats = SuffStats(
@@ -132,7 +133,8 @@ def nearest_weight_block(
     xp = namespace(block)
     _, xs, cs, w, _, _ = _shifted(xp, block, w, offset, centers, shift)
     labels = xp.argmin(_sq_distances(xp, xs, cs), axis=1)
-    onehot = xp.astype(labels[None, :] == xp.arange(cs.shape[0])[:, None], xp.float64)
+    centres = xp.arange(cs.shape[0], **device_kwargs(cs))
+    onehot = xp.astype(labels[None, :] == centres[:, None], xp.float64)
     return Totals(_to_numpy(xp.sum(onehot * w[None, :], axis=1)))
 
 

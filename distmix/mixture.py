@@ -128,11 +128,15 @@ class BaseMixture(DensityMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like, dask array, Zarr array, or the path/URL of a Zarr array
-        Shape (n_samples, n_features).
+            Shape (n_samples, n_features). An array of another array-API
+            namespace than NumPy (a CuPy array, a dask array of CuPy chunks)
+            stays where it is: its blocks run the E-step on its device and only
+            their statistics come to the host; no NumPy copy of it is made.
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative row weights: an integer weight counts as that many
-            copies of the row, and weight 0 drops it.
+            copies of the row, and weight 0 drops it. NumPy weights of device
+            rows are copied to the rows' device.
 
         Returns
         -------
@@ -327,8 +331,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     # -- prediction ---------------------------------------------------------
     def _apply(self, X: Any, task: TaskName) -> Any:
-        """Run a prediction task over the blocks of ``X``: NumPy in, NumPy out;
-        dask in, lazy dask out."""
+        """Run a prediction task over the blocks of ``X``: NumPy in, NumPy out; CuPy
+        (any array-API namespace) in, CuPy out on the same device; dask in, lazy dask
+        out, in the namespace of its chunks."""
         params = self._params()
         return self._engine(X, reset=False).map_blocks(task, params)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from distmix.em import DataCheck, e_step, e_step_fingerprinted, mean_log_likelihood_of
@@ -528,8 +529,12 @@ def _batch_fingerprint(place: int, item: Any) -> DataFingerprint:
     """The fingerprint of a batch of an iterable at ``place`` in the source, read anew
     (a resumed stream checks the batches it skips)."""
     X, w = item if isinstance(item, tuple) and len(item) == 2 else (item, None)
-    weights = None if w is None else np.asarray(w, dtype=np.float64)
-    return _keyed_by_place(place, block_fingerprint(np.asarray(X, dtype=np.float64), weights))
+    # arrays of any namespace are read by the fingerprint itself (a CuPy batch has
+    # no NumPy conversion); nested lists become arrays first
+    rows = X if array_api_compat.is_array_api_obj(X) else np.asarray(X, dtype=np.float64)
+    if w is not None and not array_api_compat.is_array_api_obj(w):
+        w = np.asarray(w, dtype=np.float64)
+    return _keyed_by_place(place, block_fingerprint(rows, w))
 
 
 def _decode_stops(record: Any) -> tuple[int, ...] | None:

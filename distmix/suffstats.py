@@ -29,6 +29,7 @@ statistics to another reference exactly (the parallel-axis theorem).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -170,13 +171,18 @@ class SuffStats:
 
     # -- host / wire --------------------------------------------------------
     def to_host(self) -> SuffStats:
-        """The same statistics as float64 NumPy arrays and Python floats."""
+        """The same statistics as float64 NumPy arrays and Python floats.
+
+        Statistics on a device come over in one copy: the fields of one namespace
+        are joined into one vector there first, so that a block's statistics wait
+        for the device once, not once per field (seven times).
+        """
         if all(isinstance(getattr(self, f), np.ndarray) for f in _MOMENTS) and all(
             isinstance(getattr(self, f), float) for f in _SCALARS
         ):
             return self
-        values: dict[str, Any] = {f: _to_numpy(getattr(self, f)) for f in _MOMENTS}
-        values.update({f: float(_to_numpy(getattr(self, f))) for f in _SCALARS})
+        values: dict[str, Any] = _on_host({f: getattr(self, f) for f in _MOMENTS + _SCALARS})
+        values.update({f: float(values[f]) for f in _SCALARS})
         return replace(self, **values)
 
     def pack(self) -> np.ndarray:
@@ -264,6 +270,31 @@ def _smaller(a: Any, b: Any) -> Any:
         return min(float(a), float(b))
     xp = array_api_compat.array_namespace(a, b)
     return xp.minimum(a, b)
+
+
+def _on_host(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Every value of ``arrays`` as a float64 NumPy array of its shape; those not on
+    the host, when they share a namespace, in one copy (one concatenation there)."""
+    host_types = (np.ndarray, np.generic, float, int)
+    away = {name: a for name, a in arrays.items() if not isinstance(a, host_types)}
+    out = {name: _to_numpy(a) for name, a in arrays.items() if name not in away}
+    try:
+        xp = array_api_compat.array_namespace(*away.values()) if len(away) > 1 else None
+    except TypeError:  # several namespaces: each field on its own
+        xp = None
+    if xp is None:
+        out.update({name: _to_numpy(a) for name, a in away.items()})
+        return out
+    flat = _to_numpy(
+        xp.concat([xp.reshape(xp.astype(a, xp.float64), (-1,)) for a in away.values()])
+    )
+    offset = 0
+    for name, a in away.items():
+        shape = tuple(int(s) for s in a.shape)
+        size = math.prod(shape)
+        out[name] = flat[offset : offset + size].reshape(shape)
+        offset += size
+    return out
 
 
 def _to_numpy(array: Any) -> np.ndarray:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import dask
+import dask.array as da
 import numpy as np
 import pytest
 from conftest import COVARIANCE_TYPES, mixture_data, random_covariances
@@ -29,6 +31,7 @@ from distmix.estep import (
 from distmix.nonfinite import NonFinite
 from distmix.params import Params
 from distmix.suffstats import SuffStats
+from distmix.testing.engines import local_dask_computes
 
 xps = pytest.importorskip("array_api_strict")
 
@@ -139,6 +142,72 @@ def test_resp_stats_strict_equals_numpy(problem):
         xps.asarray(X), xps.asarray(resp), ref, params.covariance_type, xps.asarray(weights), OFFSET
     )
     assert is_strict(got.second)
+    assert_stats_match(got, want)
+
+
+# -- rows of no density, and no branch on a value ------------------------------------
+def far_rows_problem(covariance_type: str) -> tuple[np.ndarray, Params, np.ndarray, list[int]]:
+    """Rows (one NaN) of which two lie at 1e200, where every squared distance overflows
+    and every density underflows; weights, one of the far rows' 0."""
+    rng = np.random.default_rng(17)
+    X = mixture_data(17, n_rows=N_ROWS, n_features=N_FEATURES, n_components=N_COMPONENTS)
+    means = X[rng.choice(N_ROWS, N_COMPONENTS, replace=False)]
+    covariances = random_covariances(rng, N_COMPONENTS, N_FEATURES, covariance_type)
+    params = Params.from_covariances(
+        np.full(N_COMPONENTS, 1 / N_COMPONENTS), means, covariances, covariance_type
+    )
+    far = [30, 31]
+    X[far] = 1e200
+    X[40, 1] = np.nan
+    weights = rng.uniform(0.5, 2.0, size=N_ROWS)
+    weights[31] = 0.0
+    return X, params, weights, far
+
+
+def test_rows_of_no_density_add_nothing_on_another_device(covariance_type):
+    """Far rows add nothing to the moments (no 0 · inf = NaN from their overflowed
+    squares) on the batched path of every type, on the second device; the one of weight
+    > 0 makes the log-likelihood −inf, as on NumPy."""
+    X, params, weights, far = far_rows_problem(covariance_type)
+    device = xps.Device("device1")
+    with np.errstate(over="ignore", invalid="ignore"):  # the squares overflow on the way
+        got = chunk_stats(
+            xps.asarray(X, device=device), params, xps.asarray(weights, device=device), OFFSET
+        ).to_host()
+        want = chunk_stats(X, params, weights, OFFSET).to_host()
+    kept = np.delete(np.arange(N_ROWS), far)
+    without = chunk_stats(X[kept], params, weights[kept]).to_host()
+    for name in ("resp_sum", "x_sum", "second"):
+        assert np.all(np.isfinite(getattr(got, name))), name
+        close(getattr(got, name), getattr(without, name), name=name)
+        close(getattr(got, name), getattr(want, name), name=name)
+    assert got.log_lik == want.log_lik == -np.inf
+    assert got.n_nonfinite == 1.0 and got.first_nonfinite == OFFSET + 40
+
+
+def _refuse_to_compute(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the kernel read a value of its block while building its statistics")
+
+
+def test_chunk_stats_reads_no_value_of_its_block(covariance_type):
+    """On dask blocks (the array-API namespace of dask.array) the kernel builds its
+    statistics as a graph without computing anything: it never branches on a value,
+    which on a GPU would be a wait for the device in every block (the ``if
+    bool(xp.any(...))`` it once had). Moving them to the host is one computation
+    (on a GPU, one copy and one wait, not one per field). Computed, the statistics
+    are NumPy's, rows of no density included."""
+    X, params, weights, _ = far_rows_problem(covariance_type)
+    with dask.config.set(scheduler=_refuse_to_compute):
+        lazy = chunk_stats(
+            da.from_array(X, chunks=(100, -1)), params, da.from_array(weights, chunks=100), OFFSET
+        )
+    assert isinstance(lazy.second, da.Array)
+    # the sync scheduler computes in this thread, under this errstate
+    with dask.config.set(scheduler="sync"), np.errstate(over="ignore", invalid="ignore"):
+        with local_dask_computes() as computes:
+            got = lazy.to_host()
+        want = chunk_stats(X, params, weights, OFFSET)
+    assert computes.count == 1
     assert_stats_match(got, want)
 
 

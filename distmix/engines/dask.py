@@ -33,6 +33,7 @@ import dask.threaded
 import distributed
 import distributed.diagnostics.progressbar
 import psutil
+from dask.array.utils import meta_from_array
 
 from distmix import progress
 from distmix._blas import one_blas_thread
@@ -727,6 +728,8 @@ class DaskEngine:
         layout: dict[str, Any] = (
             {"drop_axis": 1} if columns is None else {"chunks": (self.X.chunks[0], (columns,))}
         )
+        # the outputs' meta in the rows' namespace (dask would guess NumPy's for CuPy rows)
+        meta = meta_from_array(self.X._meta, ndim=1 if columns is None else 2, dtype=spec.dtype)
         return self.X.map_blocks(
             _map_block,
             task,
@@ -734,6 +737,7 @@ class DaskEngine:
             dask.delayed(self._row_offsets, pure=True),
             is_host_array(self.X._meta),
             dtype=spec.dtype,
+            meta=meta,
             **layout,
         )
 

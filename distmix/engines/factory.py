@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+import array_api_compat
 import dask
 import dask.array as da
 import numpy as np
@@ -157,27 +158,103 @@ def _local_engine(
     check_features: Callable[[int, Any], None] | None,
     refused_tasks: frozenset[str],
 ) -> LocalEngine:
-    if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
-        check_dtype(X.dtype)
     source = X
-    if len(getattr(X, "shape", ())) > 2:  # scikit-learn's message only says "dim <= 2"
-        check_shape(tuple(X.shape), min_components)
-    X = check_array(
-        X, dtype=[np.float64, np.float32], ensure_all_finite=False, ensure_min_samples=min_rows
-    )
+    if is_device_array(X):
+        X, sample_weight = _checked_device_input(X, sample_weight, min_rows)
+        default_rows = device_block_rows(n_components or 1, int(X.shape[1]))
+    else:
+        if hasattr(X, "dtype") and getattr(X.dtype, "kind", "f") not in "biufcO":
+            check_dtype(X.dtype)
+        if len(getattr(X, "shape", ())) > 2:  # scikit-learn's message only says "dim <= 2"
+            check_shape(tuple(X.shape), min_components)
+        X = check_array(
+            X, dtype=[np.float64, np.float32], ensure_all_finite=False, ensure_min_samples=min_rows
+        )
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
+            )
+        default_rows = default_block_rows(n_components or 1, X.shape[1])
     if check_features is not None:
         check_features(int(X.shape[1]), source)
-    check_shape(X.shape, min_components)
-    if sample_weight is not None:
-        sample_weight = _check_sample_weight(
-            sample_weight, X, dtype=np.float64, ensure_non_negative=True
-        )
-    block = check_block_size(block_size, X.shape[0])
+    check_shape(tuple(X.shape), min_components)
+    n_rows = int(X.shape[0])
+    block = check_block_size(block_size, n_rows)
     if block is None:
-        block = default_block_rows(n_components or 1, X.shape[1])
+        block = default_rows
     if isinstance(block, int):
-        block = min(block, X.shape[0])
+        block = min(block, n_rows)
     return LocalEngine(X, sample_weight, block, split_every, refused_tasks=refused_tasks)
+
+
+def is_device_array(X: Any) -> bool:
+    """An array of an array-API namespace other than NumPy (CuPy, torch, ...), which
+    stays in its namespace and on its device: no NumPy copy of it is made."""
+    return array_api_compat.is_array_api_obj(X) and not (
+        array_api_compat.is_numpy_array(X) or is_dask_array(X)
+    )
+
+
+#: bytes of the (K, rows, D) float64 stack of a device block's E-step (see device_block_rows)
+DEVICE_STACK_BYTES = 2**27
+
+
+def device_block_rows(n_components: int, n_features: int) -> int:
+    """Rows per block of an in-memory device array: a (K, rows, D) float64 stack of
+    ``DEVICE_STACK_BYTES`` (128 MiB: 131,072 rows at K = 8, D = 16), at least 4,096.
+
+    A device runs a block's E-step as a few dozen kernels on the whole block,
+    and every block's statistics are copied to the host, which waits for the
+    device: host-sized blocks (:func:`default_block_rows`, about 1 MiB of rows)
+    would leave it idle between small kernels. The figure is a choice, not yet a
+    measurement: ``benchmarks/bench_gpu.py`` times the E-step per block size.
+    """
+    rows = DEVICE_STACK_BYTES // (8 * max(1, n_components) * max(1, n_features))
+    return int(max(rows, 4096))
+
+
+def _checked_device_input(X: Any, sample_weight: Any, min_rows: int) -> tuple[Any, Any]:
+    """scikit-learn's checks of ``check_array`` and ``_check_sample_weight`` on an
+    array of another namespace, made in that namespace: ``(X, sample_weight)``
+    with X float32 or float64 (integers and booleans converted to float64) and
+    the weights float64 next to X.
+
+    The weights' checks (finite, non-negative) read two values back from the
+    device: once per call, never per block.
+    """
+    xp = array_api_compat.array_namespace(X)
+    if X.ndim != 2:
+        check_shape(tuple(X.shape), None)
+    if xp.isdtype(X.dtype, "complex floating"):
+        raise ValueError(
+            f"Complex data not supported: X has dtype {X.dtype}; a Gaussian mixture over "
+            "complex values needs its real and imaginary parts as features."
+        )
+    if xp.isdtype(X.dtype, ("bool", "integral")):
+        X = xp.astype(X, xp.float64)
+    elif X.dtype not in (xp.float32, xp.float64):
+        raise TypeError(
+            f"X has dtype {X.dtype}, which distmix does not fit; give float32 or float64 data."
+        )
+    n = int(X.shape[0])
+    if n < min_rows:
+        raise ValueError(
+            f"Found array with {n} sample(s) (shape={tuple(X.shape)}) while a minimum of "
+            f"{min_rows} is required."
+        )
+    if sample_weight is None:
+        return X, None
+    w = xp.asarray(sample_weight, dtype=xp.float64, device=array_api_compat.device(X))
+    if tuple(w.shape) != (n,):
+        raise ValueError(
+            f"sample_weight must have shape (n_samples,) = ({n},), got {tuple(w.shape)}."
+        )
+    if not bool(xp.all(xp.isfinite(w))):
+        raise ValueError("Input sample_weight contains NaN or infinity.")
+    smallest = float(xp.min(w))
+    if smallest < 0:
+        raise ValueError(f"Negative values in data passed to sample_weight (smallest: {smallest}).")
+    return X, w
 
 
 def dask_sample_weight(sample_weight: Any, X: Any) -> Any:
