@@ -35,7 +35,7 @@ import numpy as np
 KernelChoice = Literal["auto", "compiled", "array-api"]
 KERNEL_CHOICES: tuple[str, ...] = get_args(KernelChoice)
 ENVIRONMENT = "DISTMIX_KERNEL"
-DEFAULT: KernelChoice = "array-api"
+DEFAULT: KernelChoice = "auto"
 
 
 def check_kernel(choice: Any) -> KernelChoice:
@@ -47,7 +47,7 @@ def check_kernel(choice: Any) -> KernelChoice:
 
 
 def kernel_choice() -> KernelChoice:
-    """This process's choice (``DISTMIX_KERNEL``, default ``"array-api"``)."""
+    """This process's choice (``DISTMIX_KERNEL``, default ``"auto"``)."""
     value = os.environ.get(ENVIRONMENT, DEFAULT)
     try:
         return check_kernel(value)
