@@ -44,11 +44,12 @@ time). All fits use K = the number of components the data were drawn from.
    ``dask.array.from_zarr(path).sum().compute()`` (every chunk read and decoded
    once, same chunks); ``batch iteration`` = one EM iteration over the same
    blocks (``distmix.em.e_step(DaskEngine(open_dataset(path), persist=False))``
-   then ``m_step``). Target: **stream rows/s ÷ read rows/s ≥ 0.7**. One pass of
-   online EM does the same E-step work as one batch iteration, plus one M-step
-   and one Dask compute per update, so stream ≈ batch iteration is expected;
-   where the E-step is compute bound (D = 16, K = 8 on a few cores) the ratio
-   to the read cannot reach 0.7. Three upper bounds make that a measurement
+   then ``m_step``). Target: **stream rows/s ÷ read rows/s ≥ 0.5** (issue 12,
+   with the fused compiled kernel; issue 4 set 0.7). One pass of online EM does
+   the same E-step work as one batch iteration, plus one M-step and one Dask
+   compute per update, so stream ≈ batch iteration is expected; where the
+   E-step is compute bound the ratio to the read cannot reach the target.
+   Three upper bounds make that a measurement
    (E-step work alone, no reading, over the read): distmix's E-step on every
    core; only its BLAS products (the quadratic forms' GEMMs and the second
    moments' SYRKs); and only the flop floor (triangular quadratic forms and
@@ -114,7 +115,7 @@ from distmix.params import Params
 
 TARGET_GAP = 0.02  # nats per row, batch − stream
 TARGET_MEMORY_GROWTH = 0.10  # peak(10·N) / peak(N) − 1
-TARGET_STREAM_OVER_READ = 0.7  # rows/s ratio
+TARGET_STREAM_OVER_READ = 0.5  # rows/s ratio (issue 12, with the compiled kernel; 0.7 in issue 4)
 REG_COVAR = 1e-6
 HELDOUT_SEED_OFFSET = 1  # held-out rows: the same mixture, rows drawn with seed + this
 STORE_TAG = "benchmarks/bench_stream.py"

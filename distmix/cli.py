@@ -38,6 +38,7 @@ from distmix.cluster import connect, resolve
 from distmix.datasets import write_zarr
 from distmix.engines.dask import parallel_blocks
 from distmix.federated import deploy
+from distmix.kernels import KERNEL_CHOICES, set_kernel
 from distmix.outputs import check_output_path, staged_directory, write_output
 from distmix.persist import (
     CHECKPOINT_FORMAT,
@@ -217,6 +218,7 @@ def _model_for(args: argparse.Namespace) -> Any:
         "split_every": args.split_every,
         "checkpoint": args.checkpoint,
         "resume": args.resume,
+        "kernel": args.kernel,
     }
     if args.stream:
         # only the flags given: the estimator's defaults are the stream's defaults
@@ -377,7 +379,7 @@ def _predict(args: argparse.Namespace) -> int:
     # nothing (a hidden temporary beside it, renamed onto it once complete)
     inputs = {"MODEL": args.model, "DATA": args.data}
     check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
-    model = distmix.load(args.model)
+    model = distmix.load(args.model).set_params(kernel=args.kernel)
     X = _open_data(args.data)
     if args.proba:
         kind, result = "responsibilities", model.predict_proba(X)
@@ -395,7 +397,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    model = distmix.load(args.model)
+    model = distmix.load(args.model).set_params(kernel=args.kernel)
     X = _open_data(args.data)
     with _client(args.cluster):
         score = model.score(X)
@@ -459,6 +461,12 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
         help="a cluster_configs YAML file or bundled name (local, slurm, ...), a scheduler "
         "address such as tcp://127.0.0.1:8786, or 'threads' for no cluster; default: a "
         "LocalCluster on this machine",
+    )
+    parser.add_argument(
+        "--kernel",
+        choices=KERNEL_CHOICES,
+        help="block kernels: compiled (numba, NumPy blocks), array-api (the reference) or "
+        "auto (compiled where it can run); default: DISTMIX_KERNEL, else auto",
     )
 
 
@@ -866,6 +874,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ("Task exception was never retrieved") after the command has said it all
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
+        if getattr(args, "kernel", None) is not None:
+            set_kernel(args.kernel)  # this process, and the local cluster's workers it starts
         return int(args.run(args))
     except KeyboardInterrupt:
         print(f"\ndistmix {args.command}: interrupted; {_after_interrupt(args)}.", file=sys.stderr)

@@ -99,6 +99,14 @@ class GaussianMixture(BaseMixture):
     average_after : int or None, default=None
         Streaming: expose the Polyak–Ruppert average of the parameters of the
         updates after this many (``None``: the latest parameters).
+    kernel : {"auto", "compiled", "array-api"} or None, default=None
+        The block kernels of this model's fits, scores and predictions:
+        ``"compiled"`` the fused compiled kernels (NumPy blocks only),
+        ``"array-api"`` the reference kernels of any array namespace, ``"auto"``
+        compiled for NumPy blocks when numba is installed. ``None``: the choice
+        of whichever process runs the blocks (``DISTMIX_KERNEL``, default
+        ``"auto"``). The choice travels with each block task, to the local
+        engine's threads and to Dask workers alike; results agree to ~1e-12.
 
     Attributes
     ----------
@@ -151,6 +159,7 @@ class GaussianMixture(BaseMixture):
         learning_offset: float = 1.0,
         forgetting_factor: float | None = None,
         average_after: int | None = None,
+        kernel: str | None = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -176,6 +185,7 @@ class GaussianMixture(BaseMixture):
         self.learning_offset = learning_offset
         self.forgetting_factor = forgetting_factor
         self.average_after = average_after
+        self.kernel = kernel
 
     def _check_initial_parameters(self, n_features: int) -> dict[str, Any]:
         return check_initial_parameters(

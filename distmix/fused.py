@@ -5,7 +5,7 @@ are tested against, and the kernel of every other array namespace). Pure: arrays
 in, arrays out; no engine, no Dask, no file.
 
 Where the array-API kernel makes several passes over ``(K, n, D)`` temporaries,
-these kernels read each tile of ``TILE`` rows once into a transposed ``(D, TILE)``
+these kernels read each tile of rows (64 to 256) once into a transposed ``(D, tile)``
 buffer that stays in cache, and for each component compute the Mahalanobis
 terms, then the log-sum-exp and responsibilities of the tile, then the
 responsibility-weighted sums ``S0``, ``S1`` and the second moment, all about the
@@ -48,7 +48,20 @@ from distmix.params import Params
 from distmix.results import KMeansStats, LogLikelihoodTotal, Totals
 from distmix.suffstats import SuffStats
 
-TILE = 64
+TILE_BYTES = 32 * 1024  # a tile's transposed rows (D4 × tile float64) held in L1
+
+
+def _tile_rows(d4: int) -> int:
+    """Rows per tile: the most (a power of two, 64 to 256) whose transposed rows take
+    ``TILE_BYTES`` (D = 16: 256 rows). Measured, one thread, ns/row against 64-row
+    tiles: 1,000,000 × 16, K = 8: diag 101 → 80, spherical 88 → 69, full 262 → 220;
+    at D = 64 longer tiles were slower (diag 501 → 550), so 64 there."""
+    tile = 256
+    while tile > 64 and d4 * tile * 8 > TILE_BYTES:
+        tile //= 2
+    return tile
+
+
 _FASTMATH = {"contract", "reassoc"}
 _LOG_2PI = math.log(2.0 * math.pi)
 _FULL, _TIED, _DIAG, _SPHERICAL = 0, 1, 2, 3
@@ -56,13 +69,13 @@ COVARIANCE_CODES = {"full": _FULL, "tied": _TIED, "diag": _DIAG, "spherical": _S
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _load_tile(x, w, start, stop, xt, wt):  # pragma: no cover (compiled)
-    """Rows ``start:stop`` transposed into ``xt (D, TILE)``, weights into ``wt``;
-    non-finite rows zeroed with weight 0. Returns (bad rows, first bad row)."""
+def _load_tile(x, w, start, stop, xt, wt, n_bad, first):  # pragma: no cover (compiled)
+    """Rows ``start:stop`` transposed into ``xt (D, tile)``, weights into ``wt``;
+    non-finite rows zeroed with weight 0. Returns the running ``(bad rows, first
+    bad row)``, given them so far."""
+    tile = xt.shape[1]
     d = x.shape[1]
-    n_bad = 0
-    first = -1
-    for t in range(TILE):
+    for t in range(tile):
         row = start + t
         if row >= stop:
             for j in range(d):
@@ -263,24 +276,25 @@ def _tile_densities(  # pragma: no cover (compiled)
     Full/tied keep each component's centred tile in ``diffs``; spherical keeps the
     squared distances in ``sq``.
     """
+    tile = xt.shape[1]
     k_count = mu.shape[0]
     for k in range(k_count):
         _maha(kind, k, xt, mu, prec, diffs[min(k, diffs.shape[0] - 1)], acc4, lp[k])
         if kind == _SPHERICAL:  # S2 is Σ r ‖x − μ_k‖²: kept from here
             u2 = prec[k, 0, 0] * prec[k, 0, 0]
-            for t in range(TILE):
+            for t in range(tile):
                 sq[k, t] = lp[k, t]
                 lp[k, t] = log_const[k] - 0.5 * u2 * lp[k, t]
         else:
-            for t in range(TILE):
+            for t in range(tile):
                 lp[k, t] = log_const[k] - 0.5 * lp[k, t]
     # log-sum-exp over components; lp becomes the responsibilities (times w)
-    for t in range(TILE):
+    for t in range(tile):
         peak[t] = -np.inf
     for k in range(k_count):
-        for t in range(TILE):
+        for t in range(tile):
             peak[t] = max(peak[t], lp[k, t])
-    for t in range(TILE):
+    for t in range(tile):
         if not math.isfinite(peak[t]):
             peak[t] = 0.0
         total_t[t] = 0.0
@@ -288,7 +302,7 @@ def _tile_densities(  # pragma: no cover (compiled)
         # into a buffer of its own: in place, the loop would not vectorise (the
         # compiler's overlap check sends aliased arrays down the scalar path)
         _exp_shifted(lp[k], peak, ework)
-        for t in range(TILE):
+        for t in range(tile):
             lp[k, t] = ework[t]
             total_t[t] += ework[t]
 
@@ -299,18 +313,19 @@ def _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2):  # pragma: no c
     weight of row t in component k (responsibility times row weight): ``S0``,
     ``S1`` and the second moment (full/tied from the centred tiles in ``diffs``,
     diag from ``xt``, spherical from the squared distances in ``sq``)."""
+    tile = xt.shape[1]
     d4 = xt.shape[0]
     d = s1.shape[1]
     k_count = mu.shape[0]
     for k in range(k_count):
         total = 0.0
-        for t in range(TILE):
+        for t in range(tile):
             total += lp[k, t]
         s0[k] += total
         if kind == _SPHERICAL:
             # S2 from the squared distances (r > 0 only: a far row's may be inf)
             second = 0.0
-            for t in range(TILE):
+            for t in range(tile):
                 r = lp[k, t]
                 second += r * sq[k, t] if r > 0.0 else 0.0
             s2[k, 0, 0] += second
@@ -326,7 +341,7 @@ def _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2):  # pragma: no c
                 f0 = f1 = f2 = f3 = 0.0
                 q0 = q1 = q2 = q3 = 0.0
                 if kind == _DIAG:
-                    for t in range(TILE):
+                    for t in range(tile):
                         r = lp[k, t]
                         v0 = xt[j, t] - m0
                         v1 = xt[j + 1, t] - m1
@@ -349,7 +364,7 @@ def _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2):  # pragma: no c
                     s2[k, j + 2, 0] += q2
                     s2[k, j + 3, 0] += q3
                 else:
-                    for t in range(TILE):
+                    for t in range(tile):
                         r = lp[k, t]
                         f0 += r * (xt[j, t] - m0)
                         f1 += r * (xt[j + 1, t] - m1)
@@ -367,7 +382,7 @@ def _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2):  # pragma: no c
         # finite values only)
         for a in range(0, d, 4):
             f0 = f1 = f2 = f3 = 0.0
-            for t in range(TILE):
+            for t in range(tile):
                 r = lp[k, t]
                 q0 = r * diff[a, t]
                 q1 = r * diff[a + 1, t]
@@ -388,7 +403,7 @@ def _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2):  # pragma: no c
             for b in range(a, d4, 4):
                 c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0.0
                 c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = 0.0
-                for t in range(TILE):
+                for t in range(tile):
                     e0 = diff[b, t]
                     e1 = diff[b + 1, t]
                     e2 = diff[b + 2, t]
@@ -431,215 +446,237 @@ def _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2):  # pragma: no c
                 s2[tk, a + 3, b + 3] += c33
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
-def _estep(kind, x, w, mu, prec, log_const, moments):  # pragma: no cover (compiled)
-    """The statistics of a block, tile by tile (serial; the GIL is released).
-
-    ``prec``: (K, D4, D4) full and (1, D4, D4) tied (zero-padded to D4, a multiple
-    of 4), (K, 1, D) diag, (K, 1, 1) spherical.
-    ``moments=False`` stops after the log-likelihood (the ``log_likelihood`` task).
-    Returns ``(S0 (K,), S1 (K, D), S2, log-likelihood, Σ w of the finite rows,
-    n_bad, first bad row)`` with
-    ``S2`` of shape (K, D4, D4) for full and tied (D4: D rounded up to a multiple
-    of 4; tied: summed into [0]; read the upper triangle of [:D, :D]), (K, D4, 1)
-    for diag, (K, 1, 1) for spherical.
-    """
-    n, d = x.shape
-    k_count = mu.shape[0]
-    d4 = (d + 3) // 4 * 4  # rows of the centred tiles, zero-padded for blocked sums
-    s2_rows = d4 if kind != _SPHERICAL else 1
-    s2_cols = d4 if kind == _FULL or kind == _TIED else 1
-    s0 = np.zeros(k_count)
-    s1 = np.zeros((k_count, d4))
-    s2 = np.zeros((k_count, s2_rows, s2_cols))
-    loglik = 0.0
-    weight_total = 0.0
-    n_bad = 0
-    first_bad = -1
-    xt = np.zeros((d4, TILE))  # rows d: stay zero
-    wt = np.empty(TILE)
-    # every component's centred tile, kept from the distances to the moments
-    diffs = np.zeros((k_count if kind == _FULL or kind == _TIED else 1, d4, TILE))
-    acc4 = np.empty((4, TILE))
-    rd4 = np.empty((4, TILE))
-    lp = np.empty((k_count, TILE))
-    sq = np.empty((k_count if kind == _SPHERICAL else 1, TILE))
-    peak = np.empty(TILE)
-    total_t = np.empty(TILE)
-    ework = np.empty(TILE)
-    logt = np.empty(TILE)
-    for start in range(0, n, TILE):
-        nb, fb = _load_tile(x, w, start, n, xt, wt)
-        if nb:
-            n_bad += nb
-            if first_bad < 0:
-                first_bad = fb
-        _tile_densities(kind, xt, mu, prec, log_const, diffs, acc4, lp, sq, peak, total_t, ework)
-        _log_positive(total_t, logt)
-        smallest = np.inf
-        for t in range(TILE):  # vectorised (no call, no branch)
-            total = total_t[t]
-            weight = wt[t]
-            smallest = min(smallest, total)
-            # a row whose every density underflows (total 0) adds −inf if it is weighted;
-            # a row of weight 0 adds nothing (not 0 · −inf)
-            term = weight * (peak[t] + logt[t])
-            loglik += term if weight > 0.0 else 0.0
-            weight_total += weight
-            total_t[t] = weight / total if total > 0.0 else 0.0
-        if not moments:
-            continue
-        if smallest == 0.0:  # rare: a row whose every density underflows adds nothing
-            for t in range(TILE):  # to the moments: its values neither, so that no
-                if total_t[t] == 0.0:  # overflowed difference meets a zero (0 · inf)
-                    for j in range(d):
-                        xt[j, t] = 0.0
-                    for k in range(diffs.shape[0]):
-                        for j in range(d):
-                            diffs[k, j, t] = 0.0
-        for k in range(k_count):
-            for t in range(TILE):
-                lp[k, t] *= total_t[t]
-        _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2)
-    if kind == _FULL or kind == _TIED:  # the lower triangle from the upper
-        for k in range(s2.shape[0] if kind == _FULL else 1):
-            for a in range(d):
-                for b in range(a):
-                    s2[k, a, b] = s2[k, b, a]
-    return s0, s1, s2, loglik, weight_total, n_bad, first_bad
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _work_buffers(kind, k_count, d4, tile):  # pragma: no cover (compiled)
+    """A kernel's per-tile buffers: the transposed rows (padded features stay zero),
+    their weights, every component's centred tile (full/tied: kept from the
+    distances to the moments), the blocked sums' rows, the log-densities (then
+    responsibilities), spherical's squared distances, and per-row scratch."""
+    xt = np.zeros((d4, tile))
+    wt = np.empty(tile)
+    diffs = np.zeros((k_count if kind == _FULL or kind == _TIED else 1, d4, tile))
+    acc4 = np.empty((4, tile))
+    rd4 = np.empty((4, tile))
+    lp = np.empty((k_count, tile))
+    sq = np.empty((k_count if kind == _SPHERICAL else 1, tile))
+    return (
+        xt,
+        wt,
+        diffs,
+        acc4,
+        rd4,
+        lp,
+        sq,
+        np.empty(tile),
+        np.empty(tile),
+        np.empty(tile),
+        np.empty(tile),
+    )
 
 
 SCORE, PROBA, PREDICT = 0, 1, 2
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
-def _rowwise(kind, x, mu, prec, log_const, mode, out):  # pragma: no cover (compiled)
-    """One output row per row of ``x`` (finite rows: the prediction tasks check
-    first), tile by tile: ``mode`` SCORE writes ``log p(x)`` into ``out[:, 0]``,
-    PROBA the responsibilities into ``out (n, K)``, PREDICT the most probable
-    component (the first of equals, as ``argmax``) into ``out[:, 0]``. One output
-    type for the three, so one compiled specialisation serves them."""
-    n, d = x.shape
-    k_count = mu.shape[0]
-    d4 = (d + 3) // 4 * 4
-    ones = np.ones(n)
-    xt = np.zeros((d4, TILE))
-    wt = np.empty(TILE)
-    diffs = np.zeros((k_count if kind == _FULL or kind == _TIED else 1, d4, TILE))
-    acc4 = np.empty((4, TILE))
-    lp = np.empty((k_count, TILE))
-    sq = np.empty((k_count if kind == _SPHERICAL else 1, TILE))
-    peak = np.empty(TILE)
-    total_t = np.empty(TILE)
-    ework = np.empty(TILE)
-    logt = np.empty(TILE)
-    for start in range(0, n, TILE):
-        _load_tile(x, ones, start, n, xt, wt)
-        _tile_densities(kind, xt, mu, prec, log_const, diffs, acc4, lp, sq, peak, total_t, ework)
-        rows = min(TILE, n - start)
-        if mode == SCORE:
-            _log_positive(total_t, logt)
-            for t in range(rows):
-                out[start + t, 0] = peak[t] + logt[t]
-        elif mode == PROBA:
-            for t in range(TILE):  # 0 / 0 = NaN where every density underflows
-                total_t[t] = 1.0 / total_t[t]
-            for t in range(rows):
-                for k in range(k_count):
-                    out[start + t, k] = lp[k, t] * total_t[t]
-        else:
-            for t in range(rows):
-                best = 0
-                for k in range(1, k_count):
-                    if lp[k, t] > lp[best, t]:
-                        best = k
-                out[start + t, 0] = best
-    return out
-
-
 KMEANS_COST, KMEANS_COUNTS, KMEANS_STATS = 0, 1, 2
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
-def _kmeans(kind, x, w, centers, mode):  # pragma: no cover (compiled)
-    """Each row assigned to its nearest centre (exact ``‖x − c‖²``, never the
-    expansion ``‖x‖² − 2x·c + ‖c‖²``; the first of equals, as ``argmin``), tile by
-    tile. Returns ``(S0, S1, S2, Σ w min d², n_bad, first bad row)``: ``mode``
-    KMEANS_COST fills the cost only, KMEANS_COUNTS also ``S0`` (the row weight
-    nearest each centre), KMEANS_STATS all of the assignment's moments about the
-    centres for covariance ``kind`` (shapes as :func:`_estep`'s)."""
-    n, d = x.shape
-    m = centers.shape[0]
-    d4 = (d + 3) // 4 * 4
-    keep_diffs = mode == KMEANS_STATS and (kind == _FULL or kind == _TIED)
-    s0 = np.zeros(m)
-    s1 = np.zeros((m, d4))
-    s2 = np.zeros((m, d4 if kind != _SPHERICAL else 1, d4 if kind == _FULL or kind == _TIED else 1))
-    cost = 0.0
-    n_bad = 0
-    first_bad = -1
-    xt = np.zeros((d4, TILE))
-    wt = np.empty(TILE)
-    diffs = np.zeros((m if keep_diffs else 1, d4, TILE))
-    d2 = np.empty((m, TILE))
-    lp = np.empty((m, TILE))
-    rd4 = np.empty((4, TILE))
-    nearest = np.empty(TILE)
-    label = np.empty(TILE)
-    for start in range(0, n, TILE):
-        nb, fb = _load_tile(x, w, start, n, xt, wt)
-        if nb:
-            n_bad += nb
-            if first_bad < 0:
-                first_bad = fb
-        for c in range(m):
-            for t in range(TILE):
-                d2[c, t] = 0.0
-            for j in range(0, d4, 4):
-                m0 = centers[c, j]
-                m1 = centers[c, j + 1]
-                m2 = centers[c, j + 2]
-                m3 = centers[c, j + 3]
-                for t in range(TILE):
-                    v0 = xt[j, t] - m0
-                    v1 = xt[j + 1, t] - m1
-                    v2 = xt[j + 2, t] - m2
-                    v3 = xt[j + 3, t] - m3
-                    d2[c, t] += v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3
-            if keep_diffs:
-                for j in range(d4):
-                    mj = centers[c, j]
-                    for t in range(TILE):
-                        diffs[c, j, t] = xt[j, t] - mj
-        for t in range(TILE):
-            nearest[t] = d2[0, t]
-            label[t] = 0.0
-        for c in range(1, m):
-            for t in range(TILE):
-                closer = d2[c, t] < nearest[t]
-                nearest[t] = d2[c, t] if closer else nearest[t]
-                label[t] = c if closer else label[t]
-        for t in range(TILE):
-            cost += wt[t] * nearest[t] if wt[t] > 0.0 else 0.0
-        if mode == KMEANS_COST:
-            continue
-        for c in range(m):
-            for t in range(TILE):
-                lp[c, t] = wt[t] if label[t] == c else 0.0
-        if mode == KMEANS_COUNTS:
+def _make_kernels(tile: int) -> tuple:
+    """The three kernels for tiles of ``tile`` rows: a compile-time constant (LLVM
+    then knows every inner loop's trip count; a tile length read at run time cost
+    10 % at D = 64, K = 16, full). One set per tile length, compiled on first use
+    and cached on disk like the rest (numba caches closures by their constants)."""
+
+    @numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
+    def _estep(kind, x, w, mu, prec, log_const, moments):  # pragma: no cover (compiled)
+        """The statistics of a block, tile by tile (serial; the GIL is released).
+
+        ``prec``: (K, D4, D4) full and (1, D4, D4) tied (zero-padded to D4, a multiple
+        of 4), (K, 1, D) diag, (K, 1, 1) spherical.
+        ``moments=False`` stops after the log-likelihood (the ``log_likelihood`` task).
+        Returns ``(S0 (K,), S1 (K, D), S2, log-likelihood, Σ w of the finite rows,
+        n_bad, first bad row)`` with
+        ``S2`` of shape (K, D4, D4) for full and tied (D4: D rounded up to a multiple
+        of 4; tied: summed into [0]; read the upper triangle of [:D, :D]), (K, D4, 1)
+        for diag, (K, 1, 1) for spherical.
+        """
+        n, d = x.shape
+        k_count = mu.shape[0]
+        d4 = (d + 3) // 4 * 4  # rows of the centred tiles, zero-padded for blocked sums
+        s2_rows = d4 if kind != _SPHERICAL else 1
+        s2_cols = d4 if kind == _FULL or kind == _TIED else 1
+        s0 = np.zeros(k_count)
+        s1 = np.zeros((k_count, d4))
+        s2 = np.zeros((k_count, s2_rows, s2_cols))
+        loglik = 0.0
+        weight_total = 0.0
+        n_bad = 0
+        first_bad = -1
+        xt, wt, diffs, acc4, rd4, lp, sq, peak, total_t, ework, logt = _work_buffers(
+            kind, k_count, d4, tile
+        )
+        for start in range(0, n, tile):
+            n_bad, first_bad = _load_tile(x, w, start, n, xt, wt, n_bad, first_bad)
+            _tile_densities(
+                kind, xt, mu, prec, log_const, diffs, acc4, lp, sq, peak, total_t, ework
+            )
+            _log_positive(total_t, logt)
+            smallest = np.inf
+            for t in range(tile):  # vectorised (no call, no branch)
+                total = total_t[t]
+                weight = wt[t]
+                smallest = min(smallest, total)
+                # a row whose every density underflows (total 0) adds −inf if it is weighted;
+                # a row of weight 0 adds nothing (not 0 · −inf)
+                term = weight * (peak[t] + logt[t])
+                loglik += term if weight > 0.0 else 0.0
+                weight_total += weight
+                total_t[t] = weight / total if total > 0.0 else 0.0
+            if not moments:
+                continue
+            if smallest == 0.0:  # rare: a row whose every density underflows adds nothing
+                for t in range(tile):  # to the moments: its values neither, so that no
+                    if total_t[t] == 0.0:  # overflowed difference meets a zero (0 · inf)
+                        for j in range(d):
+                            xt[j, t] = 0.0
+                        for k in range(diffs.shape[0]):
+                            for j in range(d):
+                                diffs[k, j, t] = 0.0
+            for k in range(k_count):
+                for t in range(tile):
+                    lp[k, t] *= total_t[t]
+            _tile_moments(kind, xt, mu, diffs, lp, sq, rd4, s0, s1, s2)
+        if kind == _FULL or kind == _TIED:  # the lower triangle from the upper
+            for k in range(s2.shape[0] if kind == _FULL else 1):
+                for a in range(d):
+                    for b in range(a):
+                        s2[k, a, b] = s2[k, b, a]
+        return s0, s1, s2, loglik, weight_total, n_bad, first_bad
+
+    @numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
+    def _rowwise(kind, x, mu, prec, log_const, mode, out):  # pragma: no cover (compiled)
+        """One output row per row of ``x`` (finite rows: the prediction tasks check
+        first), tile by tile: ``mode`` SCORE writes ``log p(x)`` into ``out[:, 0]``,
+        PROBA the responsibilities into ``out (n, K)``, PREDICT the most probable
+        component (the first of equals, as ``argmax``) into ``out[:, 0]``. One output
+        type for the three, so one compiled specialisation serves them."""
+        n, d = x.shape
+        k_count = mu.shape[0]
+        d4 = (d + 3) // 4 * 4
+        ones = np.ones(n)
+        xt, wt, diffs, acc4, _, lp, sq, peak, total_t, ework, logt = _work_buffers(
+            kind, k_count, d4, tile
+        )
+        for start in range(0, n, tile):
+            _load_tile(x, ones, start, n, xt, wt, 0, -1)
+            _tile_densities(
+                kind, xt, mu, prec, log_const, diffs, acc4, lp, sq, peak, total_t, ework
+            )
+            rows = min(tile, n - start)
+            if mode == SCORE:
+                _log_positive(total_t, logt)
+                for t in range(rows):
+                    out[start + t, 0] = peak[t] + logt[t]
+            elif mode == PROBA:
+                for t in range(tile):  # 0 / 0 = NaN where every density underflows
+                    total_t[t] = 1.0 / total_t[t]
+                for t in range(rows):
+                    for k in range(k_count):
+                        out[start + t, k] = lp[k, t] * total_t[t]
+            else:
+                for t in range(rows):
+                    best = 0
+                    for k in range(1, k_count):
+                        if lp[k, t] > lp[best, t]:
+                            best = k
+                    out[start + t, 0] = best
+        return out
+
+    @numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, nogil=True)
+    def _kmeans(kind, x, w, centers, mode):  # pragma: no cover (compiled)
+        """Each row assigned to its nearest centre (exact ``‖x − c‖²``, never the
+        expansion ``‖x‖² − 2x·c + ‖c‖²``; the first of equals, as ``argmin``), tile by
+        tile. Returns ``(S0, S1, S2, Σ w min d², n_bad, first bad row)``: ``mode``
+        KMEANS_COST fills the cost only, KMEANS_COUNTS also ``S0`` (the row weight
+        nearest each centre), KMEANS_STATS all of the assignment's moments about the
+        centres for covariance ``kind`` (shapes as :func:`_estep`'s)."""
+        n, d = x.shape
+        m = centers.shape[0]
+        d4 = (d + 3) // 4 * 4
+        keep_diffs = mode == KMEANS_STATS and (kind == _FULL or kind == _TIED)
+        s0 = np.zeros(m)
+        s1 = np.zeros((m, d4))
+        s2 = np.zeros(
+            (m, d4 if kind != _SPHERICAL else 1, d4 if kind == _FULL or kind == _TIED else 1)
+        )
+        cost = 0.0
+        n_bad = 0
+        first_bad = -1
+        xt = np.zeros((d4, tile))
+        wt = np.empty(tile)
+        diffs = np.zeros((m if keep_diffs else 1, d4, tile))
+        d2 = np.empty((m, tile))
+        lp = np.empty((m, tile))
+        rd4 = np.empty((4, tile))
+        nearest = np.empty(tile)
+        label = np.empty(tile)
+        for start in range(0, n, tile):
+            n_bad, first_bad = _load_tile(x, w, start, n, xt, wt, n_bad, first_bad)
             for c in range(m):
-                total = 0.0
-                for t in range(TILE):
-                    total += lp[c, t]
-                s0[c] += total
-            continue
-        _tile_moments(kind, xt, centers, diffs, lp, d2, rd4, s0, s1, s2)
-    if kind == _FULL or kind == _TIED:
-        for c in range(s2.shape[0]):
-            for a in range(d):
-                for b in range(a):
-                    s2[c, a, b] = s2[c, b, a]
-    return s0, s1, s2, cost, n_bad, first_bad
+                for t in range(tile):
+                    d2[c, t] = 0.0
+                for j in range(0, d4, 4):
+                    m0 = centers[c, j]
+                    m1 = centers[c, j + 1]
+                    m2 = centers[c, j + 2]
+                    m3 = centers[c, j + 3]
+                    for t in range(tile):
+                        v0 = xt[j, t] - m0
+                        v1 = xt[j + 1, t] - m1
+                        v2 = xt[j + 2, t] - m2
+                        v3 = xt[j + 3, t] - m3
+                        d2[c, t] += v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3
+                if keep_diffs:
+                    for j in range(d4):
+                        mj = centers[c, j]
+                        for t in range(tile):
+                            diffs[c, j, t] = xt[j, t] - mj
+            for t in range(tile):
+                nearest[t] = d2[0, t]
+                label[t] = 0.0
+            for c in range(1, m):
+                for t in range(tile):
+                    closer = d2[c, t] < nearest[t]
+                    nearest[t] = d2[c, t] if closer else nearest[t]
+                    label[t] = c if closer else label[t]
+            for t in range(tile):
+                cost += wt[t] * nearest[t] if wt[t] > 0.0 else 0.0
+            if mode == KMEANS_COST:
+                continue
+            for c in range(m):
+                for t in range(tile):
+                    lp[c, t] = wt[t] if label[t] == c else 0.0
+            if mode == KMEANS_COUNTS:
+                for c in range(m):
+                    total = 0.0
+                    for t in range(tile):
+                        total += lp[c, t]
+                    s0[c] += total
+                continue
+            _tile_moments(kind, xt, centers, diffs, lp, d2, rd4, s0, s1, s2)
+        if kind == _FULL or kind == _TIED:
+            for c in range(s2.shape[0]):
+                for a in range(d):
+                    for b in range(a):
+                        s2[c, a, b] = s2[c, b, a]
+        return s0, s1, s2, cost, n_bad, first_bad
+
+    return _estep, _rowwise, _kmeans
+
+
+#: the kernels per tile length (:func:`_tile_rows`), compiled on first use
+_KERNELS = {tile: _make_kernels(tile) for tile in (64, 128, 256)}
+
+
+def _kernels_for(d: int) -> tuple:
+    return _KERNELS[_tile_rows((d + 3) // 4 * 4)]
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -707,7 +744,7 @@ def chunk_stats(
         else np.ascontiguousarray(sample_weight, dtype=np.float64)
     )
     prep = _prepare(params)
-    s0, s1, s2, loglik, _, n_bad, first = _estep(
+    s0, s1, s2, loglik, _, n_bad, first = _kernels_for(d)[0](
         prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const, True
     )
     cov = params.covariance_type
@@ -746,7 +783,7 @@ def log_likelihood(
     n = x.shape[0]
     w = np.ones(n) if sample_weight is None else np.ascontiguousarray(sample_weight, np.float64)
     prep = _prepare(params)
-    _, _, _, loglik, weight, n_bad, first = _estep(
+    _, _, _, loglik, weight, n_bad, first = _kernels_for(x.shape[1])[0](
         prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const, False
     )
     return LogLikelihoodTotal(
@@ -760,7 +797,8 @@ def _rowwise_of(block: np.ndarray, params: Params, mode: int) -> np.ndarray:
     x = _as_rows(block)
     prep = _prepare(params)
     out = np.empty((x.shape[0], params.n_components if mode == PROBA else 1))
-    return _rowwise(prep.code, _readonly(x), prep.means, prep.prec, prep.log_const, mode, out)
+    rowwise = _kernels_for(x.shape[1])[1]
+    return rowwise(prep.code, _readonly(x), prep.means, prep.prec, prep.log_const, mode, out)
 
 
 def score_samples_block(block: np.ndarray, params: Params) -> np.ndarray:
@@ -786,7 +824,7 @@ def _kmeans_of(
     weights = np.ones(n) if w is None else np.ascontiguousarray(w, dtype=np.float64)
     padded = np.zeros((centers.shape[0], (d + 3) // 4 * 4))
     padded[:, :d] = centers
-    return _kmeans(  # type: ignore[no-any-return]
+    return _kernels_for(d)[2](  # type: ignore[no-any-return]
         COVARIANCE_CODES[covariance_type], _readonly(x), _readonly(weights), padded, mode
     )
 

@@ -16,13 +16,17 @@ and on the process's choice:
 The choice is read from the environment variable ``DISTMIX_KERNEL`` (so that
 Dask worker processes started from this one make the same choice), and can be
 changed for this process with :func:`set_kernel` or for a block of code with
-:func:`use_kernel`. :mod:`distmix.fused`, and numba with it, is imported on
-first use only.
+:func:`use_kernel`. A fit's own choice (``GaussianMixture(kernel=...)``) travels
+with each of its block tasks, to whichever thread or worker process runs it,
+and holds there for that block only (:func:`chosen`, a context variable: other
+threads' blocks are not affected). :mod:`distmix.fused`, and numba with it, is
+imported on first use only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib
 import importlib.util
@@ -46,8 +50,18 @@ def check_kernel(choice: Any) -> KernelChoice:
     return choice  # type: ignore[no-any-return]
 
 
+#: a block task's own choice, in the thread (context) that runs it
+_CHOSEN: contextvars.ContextVar[KernelChoice | None] = contextvars.ContextVar(
+    "distmix_kernel", default=None
+)
+
+
 def kernel_choice() -> KernelChoice:
-    """This process's choice (``DISTMIX_KERNEL``, default ``"auto"``)."""
+    """The choice in force: a block task's own (:func:`chosen`), else this process's
+    (``DISTMIX_KERNEL``, default ``"auto"``)."""
+    own = _CHOSEN.get()
+    if own is not None:
+        return own
     value = os.environ.get(ENVIRONMENT, DEFAULT)
     try:
         return check_kernel(value)
@@ -74,6 +88,20 @@ def use_kernel(choice: str) -> Iterator[None]:
             os.environ.pop(ENVIRONMENT, None)
         else:
             os.environ[ENVIRONMENT] = before
+
+
+@contextlib.contextmanager
+def chosen(choice: str | None) -> Iterator[None]:
+    """Run a block task with ``choice`` in this thread only (``None``: the process's
+    choice); what :func:`distmix.tasks.run_block` does with a fit's ``kernel``."""
+    if choice is None:
+        yield
+        return
+    token = _CHOSEN.set(check_kernel(choice))
+    try:
+        yield
+    finally:
+        _CHOSEN.reset(token)
 
 
 @functools.cache

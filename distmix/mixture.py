@@ -108,6 +108,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             min_rows=2 if reset else 1,
             check_features=check_features,
             check_memory=True if reset or many_passes else "cached",
+            kernel=self.kernel,
         )
 
     def _check_n_features(self, n_features: int, *, reset: bool) -> None:

@@ -599,7 +599,7 @@ def load_stream_checkpoint(
 
 # -- model files ------------------------------------------------------------------
 #: settings of how a fit is run, not of the model: model files neither keep nor restore them
-RUN_TIME_SETTINGS = ("checkpoint", "resume", "warm_start", "verbose", "verbose_interval")
+RUN_TIME_SETTINGS = ("checkpoint", "resume", "warm_start", "verbose", "verbose_interval", "kernel")
 #: estimator settings that are arrays, stored as ``init_<name>`` arrays
 ARRAY_SETTINGS = ("weights_init", "means_init", "precisions_init")
 #: what a streamed model records of how it read its source

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from distmix._typing import INIT_PARAMS, check_covariance_type
+from distmix.kernels import check_kernel
 from distmix.reduce import check_split_every
 from distmix.stepwise import StepSchedule
 
@@ -71,3 +72,5 @@ def check_settings(settings: Mapping[str, Any]) -> None:
         settings["learning_decay"], settings["learning_offset"], settings["forgetting_factor"]
     )
     check_count("average_after", settings["average_after"], 0, none_ok=True)
+    if settings.get("kernel") is not None:
+        check_kernel(settings["kernel"])

@@ -45,7 +45,7 @@ from distmix.init_kernels import (
     sample_block,
     take_rows_block,
 )
-from distmix.kernels import compiled_kernel, estep_kernel
+from distmix.kernels import chosen, compiled_kernel, estep_kernel
 from distmix.nonfinite import NonFinite, raise_if_nonfinite
 from distmix.params import Params
 from distmix.results import FingerprintedStats, LogLikelihoodTotal
@@ -407,11 +407,23 @@ def _host(result: Any) -> Any:
     return to_host() if to_host is not None else result
 
 
-def run_block(name: str, block: Any, sample_weight: Any, row_offset: int, args: tuple) -> Any:
-    """Run the reduce task ``name`` on one block; its result on the host."""
-    return _host(TASKS[name].run(block, sample_weight, row_offset, *args))
+def run_block(
+    name: str,
+    block: Any,
+    sample_weight: Any,
+    row_offset: int,
+    args: tuple,
+    kernel: str | None = None,
+) -> Any:
+    """Run the reduce task ``name`` on one block; its result on the host.
+    ``kernel``: the fit's choice of kernel for this block (``None``: the process's)."""
+    with chosen(kernel):
+        return _host(TASKS[name].run(block, sample_weight, row_offset, *args))
 
 
-def run_map_block(name: str, block: Any, row_offset: int, args: tuple) -> Any:
+def run_map_block(
+    name: str, block: Any, row_offset: int, args: tuple, kernel: str | None = None
+) -> Any:
     """Run the map task ``name`` on one block: one output row per row of ``block``."""
-    return TASKS[name].run(block, row_offset, *args)
+    with chosen(kernel):
+        return TASKS[name].run(block, row_offset, *args)

@@ -64,9 +64,21 @@ def case(seed, n, d, k, covariance_type, *, offset=0.0, dtype=np.float64, weight
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize(
     "kind",
-    ["plain", "offset", "float32", "weighted", "nan_rows", "one_row", "k1_d1", "long"],
+    [
+        "plain",
+        "offset",
+        "float32",
+        "weighted",
+        "nan_rows",
+        "one_row",
+        "k1_d1",
+        "long",
+        "d20",
+        "d40",
+    ],
 )
 def test_the_compiled_kernel_equals_the_array_api_kernel(covariance_type, kind):
+    """(``d20`` and ``d40``: tiles of 128 and 64 rows; narrower blocks take 256.)"""
     options = {
         "plain": dict(n=500, d=4, k=3),
         "offset": dict(n=500, d=5, k=4, offset=1e6),
@@ -76,6 +88,8 @@ def test_the_compiled_kernel_equals_the_array_api_kernel(covariance_type, kind):
         "one_row": dict(n=1, d=3, k=2),
         "k1_d1": dict(n=90, d=1, k=1),
         "long": dict(n=5000, d=16, k=8),
+        "d20": dict(n=700, d=20, k=3, weighted=True, bad=(3,)),
+        "d40": dict(n=300, d=40, k=2, offset=1e6),
     }[kind]
     X, w, params = case(11, covariance_type=covariance_type, **options)
     got = fused.chunk_stats(X, params, w, 1000)
@@ -118,7 +132,9 @@ def test_any_shape(n, d, k, covariance_type, offset, weighted, seed):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-@pytest.mark.parametrize("kind", ["plain", "offset", "float32", "weighted", "nan_rows", "k1_d1"])
+@pytest.mark.parametrize(
+    "kind", ["plain", "offset", "float32", "weighted", "nan_rows", "k1_d1", "d40"]
+)
 def test_the_compiled_log_likelihood_equals_the_array_api_one(covariance_type, kind):
     options = {
         "plain": dict(n=500, d=4, k=3),
@@ -127,6 +143,8 @@ def test_the_compiled_log_likelihood_equals_the_array_api_one(covariance_type, k
         "weighted": dict(n=400, d=3, k=3, weighted=True),
         "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
         "k1_d1": dict(n=90, d=1, k=1),
+        "d20": dict(n=300, d=20, k=3, weighted=True),
+        "d40": dict(n=200, d=40, k=2, offset=1e6),
     }[kind]
     X, w, params = case(12, covariance_type=covariance_type, **options)
     with kernels.use_kernel("compiled"):
@@ -139,7 +157,9 @@ def test_the_compiled_log_likelihood_equals_the_array_api_one(covariance_type, k
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-@pytest.mark.parametrize("kind", ["plain", "offset", "float32", "one_row", "k1_d1", "far_row"])
+@pytest.mark.parametrize(
+    "kind", ["plain", "offset", "float32", "one_row", "k1_d1", "far_row", "d20", "d40"]
+)
 def test_the_compiled_predictions_equal_the_array_api_ones(covariance_type, kind):
     options = {
         "plain": dict(n=500, d=4, k=3),
@@ -148,6 +168,8 @@ def test_the_compiled_predictions_equal_the_array_api_ones(covariance_type, kind
         "one_row": dict(n=1, d=3, k=2),
         "k1_d1": dict(n=90, d=1, k=1),
         "far_row": dict(n=70, d=3, k=3),
+        "d20": dict(n=300, d=20, k=3),
+        "d40": dict(n=200, d=40, k=2),
     }[kind]
     X, _, params = case(13, covariance_type=covariance_type, **options)
     if kind == "far_row":  # every density of row 5 underflows: NaN responsibilities
@@ -167,7 +189,9 @@ def test_the_compiled_predictions_equal_the_array_api_ones(covariance_type, kind
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-@pytest.mark.parametrize("kind", ["plain", "offset", "float32", "weighted", "nan_rows", "k1_d1"])
+@pytest.mark.parametrize(
+    "kind", ["plain", "offset", "float32", "weighted", "nan_rows", "k1_d1", "d20", "d40"]
+)
 def test_the_compiled_kmeans_tasks_equal_the_array_api_ones(covariance_type, kind):
     """Hard assignments by exact differences (compiled) and by the shifted expansion
     (array-API) agree on these blocks; statistics to 1e-12, counts exactly."""
@@ -178,6 +202,8 @@ def test_the_compiled_kmeans_tasks_equal_the_array_api_ones(covariance_type, kin
         "weighted": dict(n=400, d=3, k=3, weighted=True),
         "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
         "k1_d1": dict(n=90, d=1, k=1),
+        "d20": dict(n=300, d=20, k=3, weighted=True),
+        "d40": dict(n=200, d=40, k=2, offset=1e6),
     }[kind]
     X, w, params = case(14, covariance_type=covariance_type, **options)
     centers = params.means

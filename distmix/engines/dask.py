@@ -601,8 +601,10 @@ class DaskEngine:
         reblock: Callable[[int], Any] | None = None,
         check_memory: bool | Literal["cached"] = True,
         refused_tasks: frozenset[str] = frozenset(),
+        kernel: str | None = None,
     ) -> None:
         self.refused_tasks = frozenset(refused_tasks)
+        self.kernel = kernel  # the fit's choice of block kernels, travels with each task
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: -1})
         # before any pass: a block that no worker can hold would kill every worker
@@ -673,6 +675,7 @@ class DaskEngine:
             row_offsets=offsets,
             check_memory=False,  # the source's engine checked these blocks once
             refused_tasks=self.refused_tasks,
+            kernel=self.kernel,
         )
 
     def graph(self, task: TaskName, *args: Any) -> Any:
@@ -700,6 +703,7 @@ class DaskEngine:
                 w_blocks[i],
                 self._row_offsets[i],
                 args_key,
+                self.kernel,
                 dask_key_name=(name, "block", i),
             )
             for i in which
@@ -736,6 +740,7 @@ class DaskEngine:
             dask.delayed(args, pure=True),
             dask.delayed(self._row_offsets, pure=True),
             is_host_array(self.X._meta),
+            self.kernel,
             dtype=spec.dtype,
             meta=meta,
             **layout,
@@ -748,9 +753,10 @@ def _map_block(
     args: tuple,
     row_offsets: tuple[int, ...],
     on_host: bool,
+    kernel: str | None,
     block_info: Any = None,
 ) -> Any:
     """One block of :meth:`DaskEngine.map_blocks`: its global first row from its place;
     its output copied to the host when ``on_host`` and the block was not there."""
-    out = run_map_block(task, block, row_offsets[block_info[0]["chunk-location"][0]], args)
+    out = run_map_block(task, block, row_offsets[block_info[0]["chunk-location"][0]], args, kernel)
     return to_host(out) if on_host and not is_host_array(out) else out

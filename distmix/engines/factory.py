@@ -43,6 +43,7 @@ def make_engine(
     check_features: Callable[[int, Any], None] | None = None,
     check_memory: bool | Literal["cached"] | None = None,
     refused_tasks: frozenset[str] = frozenset(),
+    kernel: str | None = None,
 ) -> Any:
     """The engine for ``source``, its shape, dtype and weights validated.
 
@@ -81,6 +82,10 @@ def make_engine(
         Of a Dask engine (``None``: ``True`` for many passes, ``"cached"`` for one).
     refused_tasks : frozenset of str
         Block tasks the engine refuses by name.
+    kernel : {"auto", "compiled", "array-api"} or None
+        The fit's choice of block kernels (:mod:`distmix.kernels`), passed with each
+        block task to whichever thread or worker runs it; ``None``: theirs. A
+        federation's sites keep their own.
     """
     many = passes == "many"
     if passes not in ("many", "one"):
@@ -132,6 +137,7 @@ def make_engine(
             reblock=reblock,
             check_memory=(True if many else "cached") if check_memory is None else check_memory,
             refused_tasks=refused_tasks,
+            kernel=kernel,
         )
     return _local_engine(
         X,
@@ -143,6 +149,7 @@ def make_engine(
         min_rows=min_rows,
         check_features=check_features,
         refused_tasks=refused_tasks,
+        kernel=kernel,
     )
 
 
@@ -157,6 +164,7 @@ def _local_engine(
     min_rows: int,
     check_features: Callable[[int, Any], None] | None,
     refused_tasks: frozenset[str],
+    kernel: str | None,
 ) -> LocalEngine:
     source = X
     if is_device_array(X):
@@ -184,7 +192,9 @@ def _local_engine(
         block = default_rows
     if isinstance(block, int):
         block = min(block, n_rows)
-    return LocalEngine(X, sample_weight, block, split_every, refused_tasks=refused_tasks)
+    return LocalEngine(
+        X, sample_weight, block, split_every, refused_tasks=refused_tasks, kernel=kernel
+    )
 
 
 def is_device_array(X: Any) -> bool:

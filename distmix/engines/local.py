@@ -73,9 +73,11 @@ class LocalEngine:
         n_threads: int | None = None,
         row_offsets: tuple[int, ...] | None = None,
         refused_tasks: frozenset[str] = frozenset(),
+        kernel: str | None = None,
     ) -> None:
         self.X = X
         self.refused_tasks = frozenset(refused_tasks)
+        self.kernel = kernel  # the fit's choice of block kernels, passed to each block
         self.sample_weight = sample_weight
         self.n_rows, self.n_features = int(X.shape[0]), int(X.shape[1])
         self.split_every = check_split_every(split_every)
@@ -126,6 +128,7 @@ class LocalEngine:
             self.split_every,
             row_offsets=offsets,
             refused_tasks=self.refused_tasks,
+            kernel=self.kernel,
         )
 
     def reduce(self, task: TaskName, *args: Any) -> Any:
@@ -135,7 +138,7 @@ class LocalEngine:
 
         def run(item: tuple[Any, Any, int]) -> Any:
             block, w, start = item
-            return run_block(task, block, w, start, args)
+            return run_block(task, block, w, start, args, self.kernel)
 
         reporter = progress.current()
         reporter.begin_pass(len(which))
@@ -157,7 +160,7 @@ class LocalEngine:
 
         def run(item: tuple[Any, Any, int]) -> Any:
             block, _, start = item
-            return run_map_block(task, block, start, args)
+            return run_map_block(task, block, start, args, self.kernel)
 
         return self._each_block(run, _concat_rows)
 
