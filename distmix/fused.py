@@ -478,7 +478,7 @@ SCORE, PROBA, PREDICT = 0, 1, 2
 KMEANS_COST, KMEANS_COUNTS, KMEANS_STATS = 0, 1, 2
 
 
-def _make_kernels(tile: int) -> tuple:
+def _make_kernels(tile: int, covariance: int) -> tuple:
     """The three kernels for tiles of ``tile`` rows: a compile-time constant (LLVM
     then knows every inner loop's trip count; a tile length read at run time cost
     10 % at D = 64, K = 16, full). One set per tile length, compiled on first use
@@ -497,6 +497,7 @@ def _make_kernels(tile: int) -> tuple:
         of 4; tied: summed into [0]; read the upper triangle of [:D, :D]), (K, D4, 1)
         for diag, (K, 1, 1) for spherical.
         """
+        kind = covariance  # a compile-time constant: the other types' code is dropped
         n, d = x.shape
         k_count = mu.shape[0]
         d4 = (d + 3) // 4 * 4  # rows of the centred tiles, zero-padded for blocked sums
@@ -557,6 +558,7 @@ def _make_kernels(tile: int) -> tuple:
         PROBA the responsibilities into ``out (n, K)``, PREDICT the most probable
         component (the first of equals, as ``argmax``) into ``out[:, 0]``. One output
         type for the three, so one compiled specialisation serves them."""
+        kind = covariance  # a compile-time constant: the other types' code is dropped
         n, d = x.shape
         k_count = mu.shape[0]
         d4 = (d + 3) // 4 * 4
@@ -597,6 +599,7 @@ def _make_kernels(tile: int) -> tuple:
         KMEANS_COST fills the cost only, KMEANS_COUNTS also ``S0`` (the row weight
         nearest each centre), KMEANS_STATS all of the assignment's moments about the
         centres for covariance ``kind`` (shapes as :func:`_estep`'s)."""
+        kind = covariance  # a compile-time constant: the other types' code is dropped
         n, d = x.shape
         m = centers.shape[0]
         d4 = (d + 3) // 4 * 4
@@ -672,11 +675,15 @@ def _make_kernels(tile: int) -> tuple:
 
 
 #: the kernels per tile length (:func:`_tile_rows`), compiled on first use
-_KERNELS = {tile: _make_kernels(tile) for tile in (64, 128, 256)}
+_KERNELS = {
+    (tile, code): _make_kernels(tile, code)
+    for tile in (64, 128, 256)
+    for code in COVARIANCE_CODES.values()
+}
 
 
-def _kernels_for(d: int) -> tuple:
-    return _KERNELS[_tile_rows((d + 3) // 4 * 4)]
+def _kernels_for(d: int, covariance_type: str) -> tuple:
+    return _KERNELS[_tile_rows((d + 3) // 4 * 4), COVARIANCE_CODES[covariance_type]]
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -744,7 +751,7 @@ def chunk_stats(
         else np.ascontiguousarray(sample_weight, dtype=np.float64)
     )
     prep = _prepare(params)
-    s0, s1, s2, loglik, _, n_bad, first = _kernels_for(d)[0](
+    s0, s1, s2, loglik, _, n_bad, first = _kernels_for(d, params.covariance_type)[0](
         prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const, True
     )
     cov = params.covariance_type
@@ -783,7 +790,7 @@ def log_likelihood(
     n = x.shape[0]
     w = np.ones(n) if sample_weight is None else np.ascontiguousarray(sample_weight, np.float64)
     prep = _prepare(params)
-    _, _, _, loglik, weight, n_bad, first = _kernels_for(x.shape[1])[0](
+    _, _, _, loglik, weight, n_bad, first = _kernels_for(x.shape[1], params.covariance_type)[0](
         prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const, False
     )
     return LogLikelihoodTotal(
@@ -797,7 +804,7 @@ def _rowwise_of(block: np.ndarray, params: Params, mode: int) -> np.ndarray:
     x = _as_rows(block)
     prep = _prepare(params)
     out = np.empty((x.shape[0], params.n_components if mode == PROBA else 1))
-    rowwise = _kernels_for(x.shape[1])[1]
+    rowwise = _kernels_for(x.shape[1], params.covariance_type)[1]
     return rowwise(prep.code, _readonly(x), prep.means, prep.prec, prep.log_const, mode, out)
 
 
@@ -824,7 +831,7 @@ def _kmeans_of(
     weights = np.ones(n) if w is None else np.ascontiguousarray(w, dtype=np.float64)
     padded = np.zeros((centers.shape[0], (d + 3) // 4 * 4))
     padded[:, :d] = centers
-    return _kernels_for(d)[2](  # type: ignore[no-any-return]
+    return _kernels_for(d, covariance_type)[2](  # type: ignore[no-any-return]
         COVARIANCE_CODES[covariance_type], _readonly(x), _readonly(weights), padded, mode
     )
 
