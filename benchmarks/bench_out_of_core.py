@@ -20,7 +20,7 @@ block, all columns):
     each reduced to SuffStats, the statistics added as a tree. One EM iteration
     of a fit whose data do not fit in the workers' memory.
 ``engine read`` (main dataset only)
-    The iteration's own graph (block tasks, tree) with a kernel that only sums
+    The iteration's own graph (block tasks, tree) with a kernel that only reads
     its block: what distmix's graph costs beyond ``X.sum()`` before any E-step
     arithmetic, so that ``iteration − engine read`` is the arithmetic.
 
@@ -70,7 +70,7 @@ Also checked and reported
   on the LocalCluster, for the same blocks; target **dask / local ≤ 1.25**.
   Two block sizes: ``default_block_rows(8, 16)`` (as ``bench_em_iteration.py``)
   and the Zarr chunk of the out-of-core runs. Both engines also run a null pass
-  (kernel = ``block.sum()``), which is their fixed cost per pass.
+  (the ``nonfinite`` task: one ``isfinite`` sweep), their fixed cost per pass.
 
 Worker processes get ``MALLOC_TRIM_THRESHOLD_=65536`` from distributed's
 ``distributed.nanny.pre-spawn-environ`` default; setting it turns off glibc's
@@ -160,6 +160,7 @@ import distmix.sources.blocks
 import distmix.sources.dataset
 import distmix.sources.zarr_arrays
 import distmix.sources.zarr_write
+import distmix.tasks
 from distmix.params import Params
 from distmix.suffstats import SuffStats
 
@@ -505,14 +506,11 @@ def read_once(X: Any) -> float:
     return float(X.sum().compute())
 
 
-def sum_block(block: Any, sample_weight: Any, row_offset: int, *args: Any) -> float:
-    """A block function that only reads its block: a pass with no E-step in it."""
-    return float(np.sum(block))
-
-
 def engine_read(engine: Any) -> float:
-    """The E-step's own graph (block tasks, tree) with :func:`sum_block` as the kernel."""
-    return float(engine.map_reduce(sum_block))
+    """A pass of the engine's own graph (block tasks, tree) whose kernel only reads its
+    block: the registered ``nonfinite`` task (one ``isfinite`` sweep, a count per
+    block; engines run named tasks only, so no arbitrary kernel can stand in)."""
+    return float(engine.reduce("nonfinite").count)
 
 
 def rel_diff(a: Any, b: Any) -> float:
@@ -648,7 +646,7 @@ def measure_ratio(
     """Read vs iteration on ``data`` with K = ``k``; also returns the last iteration's outcome.
 
     ``with_engine_read`` adds a third contender, the E-step's graph with a
-    kernel that only sums its block (:func:`engine_read`): what distmix's
+    kernel that only reads its block (:func:`engine_read`): what distmix's
     graph costs beyond ``X.sum()`` before any E-step arithmetic.
     """
     X = distmix.sources.dataset.open_dataset(data.path)
@@ -736,7 +734,7 @@ def measure_overhead(
         contenders: dict[str, Callable[[], Any]] = {
             "local": functools.partial(iteration, local, params),
             "dask": functools.partial(iteration, remote, params),
-            # the same passes with a kernel that only sums its block: the fixed cost
+            # the same passes with a kernel that only reads its block: the fixed cost
             "local null": functools.partial(engine_read, local),
             "dask null": functools.partial(engine_read, remote),
         }
@@ -795,10 +793,10 @@ def measure_block_costs(data: Dataset, k: int, seed: int, repeats: int = 5) -> B
             k,
             med(read),
             med(lambda i: block.sum()),
-            med(lambda i: distmix.em.estep_block(block, None, 0, params)),
+            med(lambda i: distmix.tasks.estep_block(block, None, 0, params)),
             med(
                 lambda i: [
-                    distmix.em.estep_block(block[j : j + piece], None, j, params)
+                    distmix.tasks.estep_block(block[j : j + piece], None, j, params)
                     for j in range(0, rows, piece)
                 ]
             ),
@@ -985,7 +983,7 @@ def report_ratio(s: Settings, r: RatioResult) -> None:
     engine = r.median("engine read")
     if engine is not None:
         print(
-            f"  engine read (the iteration's graph, kernel = block.sum()): {engine:.2f} s = "
+            f"  engine read (the iteration's graph, kernel = the nonfinite task): {engine:.2f} s = "
             f"{engine / r.read:.2f} x read; the E-step's arithmetic is the other "
             f"{r.iteration - engine:.2f} s"
         )
@@ -1104,7 +1102,7 @@ def report_overhead(s: Settings, results: list[OverheadResult]) -> list[str]:
         if o.diff > s.args.tolerance:
             failures.append(f"in-memory engines disagree by {o.diff:.1e}")
     print(
-        "  null: the same pass with a kernel that only sums its block, i.e. the engine's fixed "
+        "  null: the same pass with a kernel that only reads its block, i.e. the engine's fixed "
         "cost per pass"
     )
     print()
