@@ -66,6 +66,8 @@ _FASTMATH = {"contract", "reassoc"}
 _LOG_2PI = math.log(2.0 * math.pi)
 _FULL, _TIED, _DIAG, _SPHERICAL = 0, 1, 2, 3
 COVARIANCE_CODES = {"full": _FULL, "tied": _TIED, "diag": _DIAG, "spherical": _SPHERICAL}
+#: the k-means passes without moments (cost, counts): none of the types' code compiled
+_NO_MOMENTS = 4
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
@@ -663,7 +665,8 @@ def _make_kernels(tile: int, covariance: int) -> tuple:
                         total += lp[c, t]
                     s0[c] += total
                 continue
-            _tile_moments(kind, xt, centers, diffs, lp, d2, rd4, s0, s1, s2)
+            if kind != _NO_MOMENTS:
+                _tile_moments(kind, xt, centers, diffs, lp, d2, rd4, s0, s1, s2)
         if kind == _FULL or kind == _TIED:
             for c in range(s2.shape[0]):
                 for a in range(d):
@@ -678,12 +681,15 @@ def _make_kernels(tile: int, covariance: int) -> tuple:
 _KERNELS = {
     (tile, code): _make_kernels(tile, code)
     for tile in (64, 128, 256)
-    for code in COVARIANCE_CODES.values()
+    for code in (*COVARIANCE_CODES.values(), _NO_MOMENTS)
 }
 
 
-def _kernels_for(d: int, covariance_type: str) -> tuple:
-    return _KERNELS[_tile_rows((d + 3) // 4 * 4), COVARIANCE_CODES[covariance_type]]
+def _kernels_for(d: int, covariance_type: str | None) -> tuple:
+    """The kernels for ``d`` features and ``covariance_type`` (``None``: the k-means
+    passes without moments)."""
+    code = _NO_MOMENTS if covariance_type is None else COVARIANCE_CODES[covariance_type]
+    return _KERNELS[_tile_rows((d + 3) // 4 * 4), code]
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -824,16 +830,20 @@ def predict_block(block: np.ndarray, params: Params) -> np.ndarray:
 
 
 def _kmeans_of(
-    block: np.ndarray, w: np.ndarray | None, centers: np.ndarray, covariance_type: str, mode: int
+    block: np.ndarray,
+    w: np.ndarray | None,
+    centers: np.ndarray,
+    covariance_type: str | None,
+    mode: int,
 ) -> tuple:
     x = _as_rows(block)
     n, d = x.shape
     weights = np.ones(n) if w is None else np.ascontiguousarray(w, dtype=np.float64)
     padded = np.zeros((centers.shape[0], (d + 3) // 4 * 4))
     padded[:, :d] = centers
-    return _kernels_for(d, covariance_type)[2](  # type: ignore[no-any-return]
-        COVARIANCE_CODES[covariance_type], _readonly(x), _readonly(weights), padded, mode
-    )
+    kernel = _kernels_for(d, covariance_type)[2]
+    code = _NO_MOMENTS if covariance_type is None else COVARIANCE_CODES[covariance_type]
+    return kernel(code, _readonly(x), _readonly(weights), padded, mode)  # type: ignore[no-any-return]
 
 
 def kmeans_block(
@@ -874,7 +884,7 @@ def cost_block(
 ) -> Totals:
     """:func:`distmix.init_kernels.cost_block` for a NumPy block."""
     centers = np.asarray(centers, dtype=np.float64)
-    cost = _kmeans_of(block, w, centers, "spherical", KMEANS_COST)[3]
+    cost = _kmeans_of(block, w, centers, None, KMEANS_COST)[3]
     return Totals(np.array([cost]))
 
 
@@ -883,4 +893,4 @@ def nearest_weight_block(
 ) -> Totals:
     """:func:`distmix.init_kernels.nearest_weight_block` for a NumPy block."""
     centers = np.asarray(centers, dtype=np.float64)
-    return Totals(_kmeans_of(block, w, centers, "spherical", KMEANS_COUNTS)[0])
+    return Totals(_kmeans_of(block, w, centers, None, KMEANS_COUNTS)[0])
