@@ -18,6 +18,18 @@ import pytest
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
+def cupy_or_skip():
+    """CuPy, or skip the test where it or a CUDA device is missing."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # no driver, no device
+        pytest.skip(f"no CUDA device: {error}")
+    if n_devices < 1:
+        pytest.skip("no CUDA device")
+    return cupy
+
+
 def mixture_data(
     seed: int,
     n_rows: int = 600,

@@ -17,7 +17,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import COVARIANCE_TYPES, mixture_data, random_covariances
+from conftest import COVARIANCE_TYPES, cupy_or_skip, mixture_data, random_covariances
 
 from distmix import init_kernels as init
 from distmix.estep import (
@@ -320,13 +320,7 @@ def test_random_resp_and_nonfinite_blocks_strict_equal_numpy(init_problem, covar
 @pytest.mark.gpu
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_cupy_kernels_equal_numpy(covariance_type):
-    cp = pytest.importorskip("cupy")
-    try:
-        n_devices = cp.cuda.runtime.getDeviceCount()
-    except Exception as error:  # no driver, no device
-        pytest.skip(f"no CUDA device: {error}")
-    if n_devices < 1:
-        pytest.skip("no CUDA device")
+    cp = cupy_or_skip()
     rng = np.random.default_rng(13)
     X = mixture_data(13, n_rows=5000, n_features=5, n_components=4)
     X[[10, 4000], [0, 4]] = np.nan

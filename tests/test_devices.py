@@ -26,7 +26,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import mixture_data, starting_params
+from conftest import cupy_or_skip, mixture_data, starting_params
 
 import distmix
 from distmix.cluster import connect, load_config
@@ -239,14 +239,7 @@ def test_cluster_config_gives_its_workers_the_block_namespace(X, stored):
 # --------------------------------------------------------------------------- #
 @pytest.fixture
 def cupy() -> Any:
-    cp = pytest.importorskip("cupy")
-    try:
-        n_devices = cp.cuda.runtime.getDeviceCount()
-    except Exception as error:  # no driver, no device
-        pytest.skip(f"no CUDA device: {error}")
-    if n_devices < 1:
-        pytest.skip("no CUDA device")
-    return cp
+    return cupy_or_skip()
 
 
 @pytest.mark.gpu

@@ -61,6 +61,23 @@ def case(seed, n, d, k, covariance_type, *, offset=0.0, dtype=np.float64, weight
     return X, w, random_params(rng, means, covariance_type)
 
 
+#: the blocks every compiled task is compared on (``case``'s options by name)
+CASES = {
+    "plain": dict(n=500, d=4, k=3),
+    "offset": dict(n=500, d=5, k=4, offset=1e6),
+    "float32": dict(n=300, d=3, k=2, dtype=np.float32),
+    "weighted": dict(n=400, d=3, k=3, weighted=True),
+    "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
+    "one_row": dict(n=1, d=3, k=2),
+    "k1_d1": dict(n=90, d=1, k=1),
+}
+#: wider blocks: tiles of 128 (D = 20) and 64 rows (D = 40); narrower ones take 256
+WIDE = {
+    "d20": dict(n=300, d=20, k=3, weighted=True),
+    "d40": dict(n=200, d=40, k=2, offset=1e6),
+}
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize(
     "kind",
@@ -80,13 +97,7 @@ def case(seed, n, d, k, covariance_type, *, offset=0.0, dtype=np.float64, weight
 def test_the_compiled_kernel_equals_the_array_api_kernel(covariance_type, kind):
     """(``d20`` and ``d40``: tiles of 128 and 64 rows; narrower blocks take 256.)"""
     options = {
-        "plain": dict(n=500, d=4, k=3),
-        "offset": dict(n=500, d=5, k=4, offset=1e6),
-        "float32": dict(n=300, d=3, k=2, dtype=np.float32),
-        "weighted": dict(n=400, d=3, k=3, weighted=True),
-        "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
-        "one_row": dict(n=1, d=3, k=2),
-        "k1_d1": dict(n=90, d=1, k=1),
+        **CASES,
         "long": dict(n=5000, d=16, k=8),
         "d20": dict(n=700, d=20, k=3, weighted=True, bad=(3,)),
         "d40": dict(n=300, d=40, k=2, offset=1e6),
@@ -136,16 +147,7 @@ def test_any_shape(n, d, k, covariance_type, offset, weighted, seed):
     "kind", ["plain", "offset", "float32", "weighted", "nan_rows", "k1_d1", "d40"]
 )
 def test_the_compiled_log_likelihood_equals_the_array_api_one(covariance_type, kind):
-    options = {
-        "plain": dict(n=500, d=4, k=3),
-        "offset": dict(n=500, d=5, k=4, offset=1e6),
-        "float32": dict(n=300, d=3, k=2, dtype=np.float32),
-        "weighted": dict(n=400, d=3, k=3, weighted=True),
-        "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
-        "k1_d1": dict(n=90, d=1, k=1),
-        "d20": dict(n=300, d=20, k=3, weighted=True),
-        "d40": dict(n=200, d=40, k=2, offset=1e6),
-    }[kind]
+    options = {**CASES, **WIDE}[kind]
     X, w, params = case(12, covariance_type=covariance_type, **options)
     with kernels.use_kernel("compiled"):
         got = run_block("log_likelihood", X, w, 100, (params,))
@@ -162,11 +164,7 @@ def test_the_compiled_log_likelihood_equals_the_array_api_one(covariance_type, k
 )
 def test_the_compiled_predictions_equal_the_array_api_ones(covariance_type, kind):
     options = {
-        "plain": dict(n=500, d=4, k=3),
-        "offset": dict(n=500, d=5, k=4, offset=1e6),
-        "float32": dict(n=300, d=3, k=2, dtype=np.float32),
-        "one_row": dict(n=1, d=3, k=2),
-        "k1_d1": dict(n=90, d=1, k=1),
+        **CASES,
         "far_row": dict(n=70, d=3, k=3),
         "d20": dict(n=300, d=20, k=3),
         "d40": dict(n=200, d=40, k=2),
@@ -195,16 +193,7 @@ def test_the_compiled_predictions_equal_the_array_api_ones(covariance_type, kind
 def test_the_compiled_kmeans_tasks_equal_the_array_api_ones(covariance_type, kind):
     """Hard assignments by exact differences (compiled) and by the shifted expansion
     (array-API) agree on these blocks; statistics to 1e-12, counts exactly."""
-    options = {
-        "plain": dict(n=500, d=4, k=3),
-        "offset": dict(n=500, d=5, k=4, offset=1e6),
-        "float32": dict(n=300, d=3, k=2, dtype=np.float32),
-        "weighted": dict(n=400, d=3, k=3, weighted=True),
-        "nan_rows": dict(n=200, d=3, k=2, bad=(7, 150, 199), weighted=True),
-        "k1_d1": dict(n=90, d=1, k=1),
-        "d20": dict(n=300, d=20, k=3, weighted=True),
-        "d40": dict(n=200, d=40, k=2, offset=1e6),
-    }[kind]
+    options = {**CASES, **WIDE}[kind]
     X, w, params = case(14, covariance_type=covariance_type, **options)
     centers = params.means
     shift = centers.mean(axis=0)

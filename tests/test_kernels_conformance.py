@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import cupy_or_skip
 
 from distmix.testing import KernelTests
 
@@ -53,14 +54,7 @@ class TestCuPyFloat64(KernelTests):
 
     @pytest.fixture(autouse=True)
     def _namespace(self):
-        cupy = pytest.importorskip("cupy")
-        try:
-            n_devices = cupy.cuda.runtime.getDeviceCount()
-        except Exception as error:  # no driver, no device
-            pytest.skip(f"no CUDA device: {error}")
-        if n_devices < 1:
-            pytest.skip("no CUDA device")
-        self.xp = cupy
+        self.xp = cupy_or_skip()
 
 
 class TestCuPyFloat32(TestCuPyFloat64):
