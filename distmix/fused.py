@@ -743,23 +743,34 @@ def _prepare(params: Params) -> _Prepared:
     return prepared
 
 
+def _as_rows(block: np.ndarray) -> np.ndarray:
+    """The block as the kernels read it: C-contiguous float32 or float64, read-only."""
+    x = np.ascontiguousarray(block)
+    return _readonly(x if x.dtype in (np.float32, np.float64) else x.astype(np.float64))
+
+
+def _weights(sample_weight: np.ndarray | None, n: int) -> np.ndarray:
+    w = np.ones(n) if sample_weight is None else np.ascontiguousarray(sample_weight, np.float64)
+    return _readonly(w)
+
+
+def _estep_of(
+    block: np.ndarray, params: Params, sample_weight: np.ndarray | None, moments: bool
+) -> tuple[int, tuple]:
+    """``(D, the E-step kernel's outputs)`` for a block (``moments=False``: stop after
+    the log-likelihood)."""
+    x = _as_rows(block)
+    prep = _prepare(params)
+    kernel = _kernels_for(x.shape[1], params.covariance_type)[0]
+    w = _weights(sample_weight, x.shape[0])
+    return x.shape[1], kernel(prep.code, x, w, prep.means, prep.prec, prep.log_const, moments)
+
+
 def chunk_stats(
     block: np.ndarray, params: Params, sample_weight: np.ndarray | None = None, row_offset: int = 0
 ) -> SuffStats:
     """:func:`distmix.estep.chunk_stats` for a NumPy block, by the fused kernel."""
-    x = np.ascontiguousarray(block)
-    if x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float64)
-    n, d = x.shape
-    w = (
-        np.ones(n)
-        if sample_weight is None
-        else np.ascontiguousarray(sample_weight, dtype=np.float64)
-    )
-    prep = _prepare(params)
-    s0, s1, s2, loglik, _, n_bad, first = _kernels_for(d, params.covariance_type)[0](
-        prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const, True
-    )
+    d, (s0, s1, s2, loglik, _, n_bad, first) = _estep_of(block, params, sample_weight, True)
     cov = params.covariance_type
     if cov == "full":
         second = s2[:, :d, :d]
@@ -775,16 +786,11 @@ def chunk_stats(
         s0,
         s1[:, :d],
         second,
-        float(n),
+        float(np.shape(block)[0]),
         float(loglik),
         float(n_bad),
         float(first + row_offset) if first >= 0 else math.inf,
     )
-
-
-def _as_rows(block: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(block)
-    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 def log_likelihood(
@@ -792,13 +798,7 @@ def log_likelihood(
 ) -> LogLikelihoodTotal:
     """The ``log_likelihood`` task's result for a NumPy block (the E-step pass
     without the moments)."""
-    x = _as_rows(block)
-    n = x.shape[0]
-    w = np.ones(n) if sample_weight is None else np.ascontiguousarray(sample_weight, np.float64)
-    prep = _prepare(params)
-    _, _, _, loglik, weight, n_bad, first = _kernels_for(x.shape[1], params.covariance_type)[0](
-        prep.code, _readonly(x), _readonly(w), prep.means, prep.prec, prep.log_const, False
-    )
+    _, (_, _, _, loglik, weight, n_bad, first) = _estep_of(block, params, sample_weight, False)
     return LogLikelihoodTotal(
         float(loglik),
         float(weight),
@@ -811,7 +811,7 @@ def _rowwise_of(block: np.ndarray, params: Params, mode: int) -> np.ndarray:
     prep = _prepare(params)
     out = np.empty((x.shape[0], params.n_components if mode == PROBA else 1))
     rowwise = _kernels_for(x.shape[1], params.covariance_type)[1]
-    return rowwise(prep.code, _readonly(x), prep.means, prep.prec, prep.log_const, mode, out)
+    return rowwise(prep.code, x, prep.means, prep.prec, prep.log_const, mode, out)
 
 
 def score_samples_block(block: np.ndarray, params: Params) -> np.ndarray:
@@ -838,12 +838,12 @@ def _kmeans_of(
 ) -> tuple:
     x = _as_rows(block)
     n, d = x.shape
-    weights = np.ones(n) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    weights = _weights(w, n)
     padded = np.zeros((centers.shape[0], (d + 3) // 4 * 4))
     padded[:, :d] = centers
     kernel = _kernels_for(d, covariance_type)[2]
     code = _NO_MOMENTS if covariance_type is None else COVARIANCE_CODES[covariance_type]
-    return kernel(code, _readonly(x), _readonly(weights), padded, mode)  # type: ignore[no-any-return]
+    return kernel(code, x, weights, padded, mode)  # type: ignore[no-any-return]
 
 
 def kmeans_block(
