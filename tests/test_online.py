@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import warnings
 from typing import Any
 
@@ -26,6 +27,7 @@ from conftest import COVARIANCE_TYPES, local_cluster, mixture_data, starting_par
 import distmix
 from distmix import GaussianMixture, fit_stream
 from distmix.persist import ModelFileError, load_stream_checkpoint
+from distmix.sources.zarr_arrays import ChunkReadError
 from distmix.sources.zarr_write import create_zarr_array
 from distmix.stepwise import StepSchedule, StreamPlan, StreamPosition
 
@@ -235,6 +237,27 @@ def test_stream_windows_run_on_a_dask_cluster(X, tmp_path):
     assert len(workers) == 2, workers  # the E-steps ran on both worker processes
     assert there.n_steps_ == here.n_steps_ == 8
     assert_same_model(there, here, rtol=1e-10)
+
+
+def test_a_damaged_chunk_fails_its_own_update(X, tmp_path):
+    """The next window is read while this one updates the model: a chunk that cannot
+    be read fails the update that needs it, naming it, after every update before it
+    was made and checkpointed (its read ahead does not fail an earlier one)."""
+    array = write_array(tmp_path / "x.zarr", X, 250)
+    path = str(array.store_path.store.root)
+    chunk = os.path.join(path, array.metadata.encode_chunk_key((3, 0)))
+    data = bytearray(open(chunk, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(chunk, "wb").write(bytes(data))
+    checkpoint = tmp_path / "c.npz"
+    opts = dict(n_components=N_COMPONENTS, random_state=1, window=1, shuffle=False)
+    with pytest.raises(ChunkReadError, match="c/3/0"):
+        fit_stream(path, checkpoint=checkpoint, **opts, **start_for(X))
+    _, state, position, _ = load_stream_checkpoint(checkpoint)
+    assert state.n_steps == 3 and position is not None and position.batch_index == 3
+    # the same three updates as a stream of the readable rows alone
+    first = fit_stream(X[:750], block_size=250, **opts, **start_for(X))
+    np.testing.assert_array_equal(state.params.means, first.means_)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 import numpy as np
@@ -67,6 +68,20 @@ class WindowedEngine(Engine, Protocol):
         """An engine over the row ``ranges`` (positions in this engine) of this one, one
         block per range in the order given, its rows keeping their global index."""
         ...
+
+    def window_ahead(self, ranges: Sequence[tuple[int, int]]) -> Future[WindowedEngine]:
+        """:meth:`window`, its rows read meanwhile: returns at once, and the future's
+        result is the window's engine, over rows already read (what the read raised,
+        it raises). A stream asks for its next window before it updates with this one,
+        so that reading the next rows overlaps the arithmetic on these."""
+        ...
+
+
+def ready(engine: WindowedEngine) -> Future[WindowedEngine]:
+    """A future already holding ``engine`` (a window with nothing left to read)."""
+    future: Future[WindowedEngine] = Future()
+    future.set_result(engine)
+    return future
 
 
 def rows_at(engine: Engine, positions: Any) -> np.ndarray:

@@ -14,7 +14,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
@@ -23,7 +23,14 @@ import numpy as np
 
 from distmix import progress
 from distmix._blas import one_blas_thread
-from distmix.engines.base import block_offsets, check_row_offsets, window_offsets
+from distmix.engines.base import (
+    WindowedEngine,
+    block_offsets,
+    check_row_offsets,
+    ready,
+    window_offsets,
+)
+from distmix.kernels import chosen, compiled_kernel
 from distmix.reduce import DEFAULT_SPLIT_EVERY, check_split_every, tree_sum
 from distmix.sources.blocks import check_block_size
 from distmix.tasks import TaskName, check_arguments, get_task, run_block, run_map_block
@@ -131,6 +138,10 @@ class LocalEngine:
             kernel=self.kernel,
         )
 
+    def window_ahead(self, ranges: Sequence[tuple[int, int]]) -> Future[WindowedEngine]:
+        """:meth:`window`, already in memory: nothing to read ahead."""
+        return ready(self.window(ranges))
+
     def reduce(self, task: TaskName, *args: Any) -> Any:
         spec = get_task(task, "reduce", self.refused_tasks, by="the local engine")
         check_arguments(spec, args)
@@ -149,7 +160,7 @@ class LocalEngine:
                 yield part
 
         return self._each_block(
-            run, lambda parts: tree_sum(counted(parts), self.split_every), which
+            task, run, lambda parts: tree_sum(counted(parts), self.split_every), which
         )
 
     def map_blocks(self, task: TaskName, *args: Any) -> Any:
@@ -162,25 +173,38 @@ class LocalEngine:
             block, _, start = item
             return run_map_block(task, block, start, args, self.kernel)
 
-        return self._each_block(run, _concat_rows)
+        return self._each_block(task, run, concat_rows)
 
     def _each_block(
         self,
+        task: TaskName,
         run: Callable[[Any], Any],
         consume: Callable[[Iterator[Any]], Any],
         which: list[int] | None = None,
     ) -> Any:
-        """``consume`` the results of ``run`` on every block (or those ``which``
-        lists), in block order.
+        """``consume`` the results of ``run`` (the block task ``task``) on every block
+        (or those ``which`` lists), in block order.
 
-        Blocks run side by side on the shared pool (NumPy: with BLAS held to one
-        thread meanwhile); the first failing block, in order, raises.
+        Blocks run side by side on the shared pool (host blocks whose kernel may call
+        BLAS: with BLAS held to one thread meanwhile); the first failing block, in
+        order, raises.
         """
         if self.n_threads == 1:
             return consume(map(run, self._blocks(which)))
         pool = _shared_pool(self.n_threads)
-        with one_blas_thread() if _on_host(self.X) else nullcontext():
+        with one_blas_thread() if self._may_call_blas(task) else nullcontext():
             return consume(_ordered_map(pool, run, self._blocks(which), 2 * self.n_threads))
+
+    def _may_call_blas(self, task: TaskName) -> bool:
+        """Whether ``task``'s kernel on these blocks may call BLAS: host blocks, but
+        not those the compiled kernels serve (they call none; holding BLAS to one
+        thread costs two calls into it, each waiting for the GIL, per pass)."""
+        if not _on_host(self.X):
+            return False
+        if not isinstance(self.X, np.ndarray):
+            return True  # blocks read from another host array: not known before
+        with chosen(self.kernel):
+            return compiled_kernel(task, self.X) is None
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -239,7 +263,7 @@ def _take_rows(array: Any, index: np.ndarray) -> Any:
     return xp.take(array, where, axis=0)
 
 
-def _concat_rows(parts: Iterator[Any]) -> Any:
+def concat_rows(parts: Iterator[Any]) -> Any:
     """The outputs of the blocks, in order, as one array of their namespace: NumPy
     blocks give NumPy, CuPy blocks CuPy (still on their device)."""
     arrays = list(parts)

@@ -811,6 +811,29 @@ class EngineTests:
         if "take_rows" not in self.refused:
             np.testing.assert_array_equal(rows_at(inner, np.arange(18)), X[np.r_[22:30, 150:160]])
 
+    def test_window_ahead(self) -> None:
+        """:meth:`window_ahead` gives the window :meth:`window` gives, its rows read:
+        the same blocks, global rows and results."""
+        problem = make_problem(weighted=True, bad_rows=(160, 75))
+        engine = self._engine(problem, "ragged", 3)
+        if not callable(getattr(engine, "window_ahead", None)):
+            pytest.skip("not a WindowedEngine")
+        tasks = ("estep", "fingerprint", "nonfinite", "log_likelihood")
+        for ranges in (WINDOW_RANGES, CROSSING_RANGES):
+            ahead = engine.window_ahead(ranges).result()  # type: ignore[attr-defined]
+            window = engine.window(ranges)  # type: ignore[attr-defined]
+            assert (ahead.n_rows, ahead.n_features) == (window.n_rows, window.n_features)
+            assert tuple(ahead.block_rows) == tuple(window.block_rows)
+            assert tuple(ahead.row_offsets) == tuple(window.row_offsets)
+            self._check_window_reduces(ahead, problem, ranges, tasks)
+            for task in tasks:
+                if task in self.refused:
+                    continue
+                args = problem.arguments(task)
+                assert_results_match(
+                    ahead.reduce(task, *args), window.reduce(task, *args), 0.0, task
+                )
+
     def test_window_across_blocks(self) -> None:
         """A range that crosses block edges still makes one block of its rows."""
         problem = make_problem(weighted=True, bad_rows=(75, 120))  # 120 is outside
