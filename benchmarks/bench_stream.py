@@ -46,9 +46,10 @@ time). All fits use K = the number of components the data were drawn from.
    blocks (``distmix.em.e_step(DaskEngine(open_dataset(path), persist=False))``
    then ``m_step``). Target: **stream rows/s ÷ read rows/s ≥ 0.5** (issue 12,
    with the fused compiled kernel; issue 4 set 0.7). One pass of online EM does
-   the same E-step work as one batch iteration, plus one M-step and one Dask
-   compute per update, so stream ≈ batch iteration is expected; where the
-   E-step is compute bound the ratio to the read cannot reach the target.
+   the same E-step work as one batch iteration, plus one M-step per update, and
+   reads each window while the previous one updates the model, so stream ≈
+   batch iteration is expected; where the E-step is compute bound the ratio to
+   the read cannot reach the target.
    Three upper bounds make that a measurement
    (E-step work alone, no reading, over the read): distmix's E-step on every
    core; only its BLAS products (the quadratic forms' GEMMs and the second
@@ -756,7 +757,7 @@ def measure_throughput(s: argparse.Namespace, store: Store, start: Params) -> li
         f"  stream: {n_steps} updates, {per_update * 1e3:.1f} ms each "
         f"({s.window} chunks = {s.window * store.chunk_rows:,} rows per update); "
         f"(stream - batch iteration) / updates = {beyond * 1e3:.1f} ms: what an update costs "
-        "beyond its share of the E-step (one Dask compute, one M-step)"
+        "beyond its share of the batch iteration (its M-step, what its read ahead did not hide)"
     )
     ceiling = measure_ceiling(store, start, store.n_rows / median["read"])
     print()

@@ -30,6 +30,9 @@ import dask
 import dask.array as da
 import dask.base
 import dask.callbacks
+import dask.core
+import dask.local
+import dask.optimization
 import dask.threaded
 import distributed
 import distributed.diagnostics.progressbar
@@ -730,20 +733,12 @@ class DaskEngine:
             return ready(self.window(ranges, persist=True))
         offsets = window_offsets(ranges, self.block_rows, self._row_offsets)
         lengths = tuple(b - a for a, b in ranges)
-        x_parts = self._range_parts(self.X, self._x_blocks, ranges)
-        w_parts = (
-            None
-            if self.sample_weight is None or self._w_blocks is None
-            else self._range_parts(self.sample_weight, self._w_blocks, ranges)
-        )
 
         def read() -> WindowedEngine:
-            # in this thread, block after block: the reads are bound by the store's
-            # client (zarr's one I/O loop), not by the number of threads asking
-            xs, ws = dask.compute(x_parts, w_parts, scheduler="sync")
+            w = self.sample_weight
             return LocalEngine(
-                concat_rows(xs),
-                None if ws is None else concat_rows(ws),
+                concat_rows(self._read_ranges(self.X, ranges)),
+                None if w is None else concat_rows(self._read_ranges(w, ranges)),
                 lengths,
                 self.split_every,
                 n_threads=_threads_beside_reading(),
@@ -754,14 +749,26 @@ class DaskEngine:
 
         return _read_ahead_pool().submit(read)
 
-    def _range_parts(
-        self, array: Any, blocks: list[Any], ranges: Sequence[tuple[int, int]]
-    ) -> list[Any]:
-        """What to compute for the rows of each of ``ranges``: the block itself where
-        the range is one (a stream's are), else a slice of ``array``."""
+    def _read_ranges(self, array: Any, ranges: Sequence[tuple[int, int]]) -> list[Any]:
+        """The rows of each of ``ranges`` of ``array`` (the rows or their weights),
+        computed in this thread, block after block (the reads are bound by the store's
+        client, zarr's one I/O loop, not by the threads asking). Whole blocks (a
+        stream's ranges) from their own tasks only, the graph culled to their keys: a
+        ``dask.compute`` would first optimise the array's whole graph (measured: 7.1
+        against 4.9 ms for two 2 MiB Zarr chunks, 4.4 ms for zarr alone)."""
         spans = zip(block_offsets(self.block_rows), self.block_rows, strict=True)
         where = {(a, a + n): i for i, (a, n) in enumerate(spans)}
-        return [blocks[where[r]] if r in where else array[r[0] : r[1]] for r in map(tuple, ranges)]
+        if all(tuple(r) in where for r in ranges):
+            keys = list(dask.core.flatten(array.__dask_keys__()))  # one per row block
+            wanted = [keys[where[(a, b)]] for a, b in ranges]
+            graph = array.__dask_graph__()
+            if hasattr(graph, "cull"):
+                needed = dict(graph.cull(set(wanted)))
+            else:
+                needed = dask.optimization.cull(dict(graph), wanted)[0]
+            return list(dask.local.get_sync(needed, wanted))
+        (parts,) = dask.compute([array[a:b] for a, b in ranges], scheduler="sync")
+        return list(parts)
 
     def graph(self, task: TaskName, *args: Any) -> Any:
         """The Delayed whose compute is one :meth:`reduce` (for inspection and tests).

@@ -13,7 +13,7 @@ import concurrent.futures
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
@@ -263,7 +263,7 @@ def _take_rows(array: Any, index: np.ndarray) -> Any:
     return xp.take(array, where, axis=0)
 
 
-def concat_rows(parts: Iterator[Any]) -> Any:
+def concat_rows(parts: Iterable[Any]) -> Any:
     """The outputs of the blocks, in order, as one array of their namespace: NumPy
     blocks give NumPy, CuPy blocks CuPy (still on their device)."""
     arrays = list(parts)

@@ -819,7 +819,11 @@ class EngineTests:
         if not callable(getattr(engine, "window_ahead", None)):
             pytest.skip("not a WindowedEngine")
         tasks = ("estep", "fingerprint", "nonfinite", "log_likelihood")
-        for ranges in (WINDOW_RANGES, CROSSING_RANGES):
+        # whole blocks in another order (a stream's windows), then ranges within blocks
+        # and across them
+        starts = np.cumsum((0,) + tuple(engine.block_rows))
+        blocks = tuple((int(starts[i]), int(starts[i + 1])) for i in (2, 0, len(starts) - 2))
+        for ranges in (blocks, WINDOW_RANGES, CROSSING_RANGES):
             ahead = engine.window_ahead(ranges).result()  # type: ignore[attr-defined]
             window = engine.window(ranges)  # type: ignore[attr-defined]
             assert (ahead.n_rows, ahead.n_features) == (window.n_rows, window.n_features)
