@@ -8,10 +8,11 @@ fabricated ``scheduler_info()["workers"]`` entries.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
-from conftest import dask_processes, mixture_data
+from conftest import dask_processes, local_cluster, mixture_data
 
 from distmix import GaussianMixture
 from distmix.cli import main
@@ -370,3 +371,16 @@ def test_workers_are_measured_once_for_a_fit_its_predictions_and_a_stream(monkey
         assert len(probes) == 2
         GaussianMixture(3, max_iter=1, random_state=0).fit(D)
         assert len(probes) == 3
+
+
+@pytest.mark.parametrize(("kernel", "loaded"), [("auto", True), ("array-api", False)])
+def test_the_measurement_counts_the_compiled_kernels_a_worker_would_load(kernel, loaded):
+    """numba and llvmlite take ~54 MiB of a worker that runs the compiled kernels: the
+    probe loads them before it measures, on workers whose kernel choice would."""
+    with local_cluster(1, set_as_default=False, env={"DISTMIX_KERNEL": kernel}) as client:
+        before = client.run(lambda: "distmix.fused" in sys.modules)
+        measured = client.run(dask_engine._loaded_memory_probe())
+        after = client.run(lambda: "distmix.fused" in sys.modules)
+    assert list(before.values()) == [False]
+    assert all(isinstance(v, float) and v > 50 * MiB for v in measured.values())
+    assert list(after.values()) == [loaded]
