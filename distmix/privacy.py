@@ -1,0 +1,221 @@
+"""Differential privacy of individuals: clipping with public bounds, sensitivities, zCDP.
+
+Layer: beside the kernels (pure functions and small value types; no engine, no
+estimator). What a private fit releases per iteration is one sum of statistics
+over the rows; this module says how much one row can move that sum, and what a
+Gaussian release of it costs in zero-concentrated differential privacy (zCDP).
+
+Clipping
+--------
+Every row is clipped to the ball ``‖x − x0‖ ≤ B`` about a public centre ``x0``
+with a public radius ``B``: a row outside is moved along its direction from
+``x0`` onto the sphere. Both come from the user (from domain knowledge or public
+data); distmix never derives them from the private rows, which would spend
+privacy it does not account for.
+
+Sensitivities
+-------------
+The statistics of a private fit are taken about the centre ``x0`` for every
+component (:func:`private_stats`; re-centred on the host afterwards, which is
+post-processing). One row ``x`` of unit weight, clipped (``v = x − x0``,
+``‖v‖ ≤ B``), with responsibilities ``r_k ≥ 0``, ``Σ_k r_k = 1``, adds:
+
+============ ============================== ======================================
+field        the row's contribution          its L2 (Frobenius) norm, at most
+============ ============================== ======================================
+resp_sum     ``r``                           ``‖r‖₂ ≤ ‖r‖₁ = 1``
+x_sum        ``r_k v`` for every k           ``‖r‖₂ ‖v‖ ≤ B``
+second       ``r_k v vᵀ`` (full), their sum  ``‖r‖₂ ‖v‖² ≤ B²`` (tied: ``‖v vᵀ‖ = ‖v‖²``;
+             (tied), ``r_k v²`` (diag),      diag: ``‖v²‖₂ ≤ ‖v‖²``; spherical:
+             ``r_k ‖v‖²`` (spherical)        ``‖r‖₂ ‖v‖² ≤ B²``)
+============ ============================== ======================================
+
+so adding or removing one row moves the three fields by at most ``1``, ``B`` and
+``B²`` (:data:`SENSITIVITY_POWERS`), whatever the parameters the E-step used.
+For ``full``, the symmetric second moment is released once, as its upper
+triangle, whose Frobenius norm is at most that of the whole matrix.
+
+zCDP
+----
+The Gaussian mechanism with L2 sensitivity ``Δ`` and noise ``N(0, σ²)`` per entry
+is ``ρ``-zCDP with ``ρ = Δ² / (2σ²)``; releases compose by adding their ``ρ``;
+``ρ``-zCDP implies ``(ε, δ)``-DP for every ``δ > 0`` with
+``ε = ρ + 2 √(ρ log(1/δ))`` (Bun and Steinke 2016, Proposition 1.3), and
+:func:`rho_for_epsilon` inverts that bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from distmix.estep import chunk_stats
+from distmix.params import Params
+from distmix.suffstats import SuffStats
+
+#: the power of the clipping radius B that bounds each field's change for one row
+SENSITIVITY_POWERS: dict[str, int] = {"resp_sum": 0, "x_sum": 1, "second": 2}
+
+# a clipped row is scaled by B / ‖v‖ times this, so that its computed norm cannot
+# round to above B (the scaled norm is within a few ulp of B)
+_INSIDE = 1.0 - 2.0**-48
+
+
+@dataclass(frozen=True)
+class ClipBall:
+    """The public ball rows are clipped to: ``‖x − centre‖ ≤ radius``.
+
+    Parameters
+    ----------
+    centre : array of shape (D,)
+        Public, finite; not computed from the private rows.
+    radius : float
+        Public, finite and > 0.
+    """
+
+    centre: np.ndarray
+    radius: float
+
+    def __post_init__(self) -> None:
+        centre = np.asarray(self.centre, dtype=np.float64)
+        if centre.ndim != 1 or centre.size == 0:
+            raise ValueError(
+                f"the clipping centre must be a 1-D array of one value per feature, "
+                f"got shape {centre.shape}."
+            )
+        if not np.all(np.isfinite(centre)):
+            raise ValueError("the clipping centre contains NaN or infinity.")
+        radius = self.radius
+        if isinstance(radius, bool) or not isinstance(radius, (int, float, np.number)):
+            raise TypeError(f"the clipping radius must be a number, got {type(radius).__name__}.")
+        if not (math.isfinite(float(radius)) and float(radius) > 0.0):
+            raise ValueError(f"the clipping radius must be finite and > 0, got {radius!r}.")
+        centre.setflags(write=False)
+        object.__setattr__(self, "centre", centre)
+        object.__setattr__(self, "radius", float(radius))
+
+    @property
+    def n_features(self) -> int:
+        return int(self.centre.shape[0])
+
+    def check_features(self, n_features: int) -> None:
+        if n_features != self.n_features:
+            raise ValueError(
+                f"the clipping centre has {self.n_features} features but the rows have "
+                f"{n_features}."
+            )
+
+    def sensitivities(self) -> dict[str, float]:
+        """Each field's L2 sensitivity to adding or removing one row of unit weight."""
+        return {name: self.radius**power for name, power in SENSITIVITY_POWERS.items()}
+
+    def offsets(self, block: Any) -> Any:
+        """The rows as offsets from the centre, clipped to the radius (array-API,
+        float64; a non-finite row stays non-finite, for the E-step to name). Offsets,
+        not rows: a clipped row far from the origin would round its distance to the
+        centre by an ulp of its coordinates, past the radius."""
+        xp = array_api_compat.array_namespace(block)
+        x = xp.astype(block, xp.float64)
+        self.check_features(int(x.shape[1]))
+        v = x - xp.asarray(self.centre, device=array_api_compat.device(x))
+        norm = xp.sqrt(xp.sum(v * v, axis=1, keepdims=True))
+        outside = norm > self.radius
+        # norm > radius > 0 where the scale is used; elsewhere divide by 1
+        scale = xp.where(outside, (self.radius * _INSIDE) / xp.where(outside, norm, 1.0), 1.0)
+        return v * scale
+
+    def clip(self, block: Any) -> Any:
+        """``block``'s rows moved onto the ball where they lie outside it, along their
+        direction from the centre (array-API, float64)."""
+        xp = array_api_compat.array_namespace(block)
+        v = self.offsets(block)
+        return xp.asarray(self.centre, device=array_api_compat.device(v)) + v
+
+
+def private_stats(
+    block: Any,
+    params: Params,
+    ball: ClipBall,
+    sample_weight: Any | None = None,
+    row_offset: int = 0,
+) -> SuffStats:
+    """A block's statistics for a private release: its rows clipped to ``ball``, the
+    statistics about ``ball.centre`` for every component (host, float64).
+
+    The E-step runs on the clipped offsets from the centre with the means moved by
+    the same amount (responsibilities do not change under a common translation),
+    and its statistics are moved to the centre (:meth:`SuffStats.recentre`, exact),
+    so that one row's contribution is bounded by the ball alone
+    (:meth:`ClipBall.sensitivities`), also for data far from the origin.
+    """
+    ball.check_features(params.n_features)
+    moved = replace(params, means=params.means - ball.centre)
+    stats = chunk_stats(ball.offsets(block), moved, sample_weight, row_offset).to_host()
+    about_centre = stats.recentre(np.zeros_like(moved.means))
+    return replace(about_centre, reference=np.broadcast_to(ball.centre, params.means.shape))
+
+
+def field_norms(stats: SuffStats) -> dict[str, float]:
+    """The L2 (Frobenius) norm of each released field of ``stats``; ``full``'s second
+    moment as released, its upper triangle once."""
+    host = stats.to_host()
+    second = np.asarray(host.second)
+    if stats.covariance_type == "full":
+        upper = np.triu(np.ones(second.shape[1:], dtype=bool))
+        second = second[:, upper]
+    elif stats.covariance_type == "tied":
+        second = second[np.triu(np.ones(second.shape, dtype=bool))]
+    return {
+        "resp_sum": float(np.linalg.norm(np.ravel(host.resp_sum))),
+        "x_sum": float(np.linalg.norm(np.ravel(host.x_sum))),
+        "second": float(np.linalg.norm(np.ravel(second))),
+    }
+
+
+# -- zCDP -------------------------------------------------------------------------------
+def _check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
+    return value
+
+
+def _check_delta(delta: float) -> float:
+    delta = float(delta)
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}.")
+    return delta
+
+
+def gaussian_rho(sensitivity: float, sigma: float) -> float:
+    """``ρ`` of one Gaussian release: L2 sensitivity ``Δ``, noise ``N(0, σ²)`` per entry."""
+    delta = _check_positive("the sensitivity", sensitivity)
+    return delta * delta / (2.0 * _check_positive("sigma", sigma) ** 2)
+
+
+def gaussian_sigma(sensitivity: float, rho: float) -> float:
+    """The noise scale that makes one release of sensitivity ``Δ`` cost ``ρ``."""
+    delta = _check_positive("the sensitivity", sensitivity)
+    return delta / math.sqrt(2.0 * _check_positive("rho", rho))
+
+
+def epsilon_from_rho(rho: float, delta: float) -> float:
+    """``ε`` of ``(ε, δ)``-DP implied by ``ρ``-zCDP: ``ρ + 2 √(ρ log(1/δ))``."""
+    rho = float(rho)
+    if not (math.isfinite(rho) and rho >= 0.0):
+        raise ValueError(f"rho must be finite and >= 0, got {rho!r}.")
+    return rho + 2.0 * math.sqrt(rho * math.log(1.0 / _check_delta(delta)))
+
+
+def rho_for_epsilon(epsilon: float, delta: float) -> float:
+    """The largest ``ρ`` whose :func:`epsilon_from_rho` is ``epsilon`` at ``delta``:
+    ``(√(ε + L) − √L)²`` with ``L = log(1/δ)`` (written without the cancellation of
+    that difference)."""
+    epsilon = _check_positive("epsilon", epsilon)
+    log_inv = math.log(1.0 / _check_delta(delta))
+    root = epsilon / (math.sqrt(epsilon + log_inv) + math.sqrt(log_inv))
+    return root * root

@@ -1,0 +1,216 @@
+"""Differential privacy building blocks (issue 13): the clipping ball, the sensitivity of
+the statistics released about its centre, and zCDP's closed forms.
+
+The sensitivity search uses the real E-step: two neighbouring datasets (one row
+added) give statistics whose difference is that row's contribution, and it must
+stay within (1, B, B²) whatever the row, the other rows and the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_strict
+import numpy as np
+import pytest
+from conftest import COVARIANCE_TYPES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distmix.estep import chunk_stats
+from distmix.params import Params
+from distmix.privacy import (
+    ClipBall,
+    epsilon_from_rho,
+    field_norms,
+    gaussian_rho,
+    gaussian_sigma,
+    private_stats,
+    rho_for_epsilon,
+)
+
+# the statistics are sums of products: their computed norms may pass the bound by
+# rounding, a few ulp of the values summed
+ROUNDING = 1e-9
+
+
+def random_params(rng: np.random.Generator, k: int, d: int, covariance_type: str) -> Params:
+    weights = rng.dirichlet(np.ones(k))
+    means = rng.normal(scale=3.0, size=(k, d))
+    if covariance_type == "full":
+        a = rng.normal(size=(k, d, d))
+        cov = a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(d)
+    elif covariance_type == "tied":
+        a = rng.normal(size=(d, d))
+        cov = a @ a.T + 0.1 * np.eye(d)
+    elif covariance_type == "diag":
+        cov = rng.uniform(0.05, 4.0, size=(k, d))
+    else:
+        cov = rng.uniform(0.05, 4.0, size=k)
+    return Params.from_covariances(weights, means, cov, covariance_type)
+
+
+def difference(a, b):
+    """``a − b``, field by field, as statistics (their norms are the change)."""
+    return a.scale(1.0) + b.scale(-1.0)
+
+
+# -- the ball -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("centre", "radius", "error", "message"),
+    [
+        (np.zeros((2, 2)), 1.0, ValueError, "1-D array"),
+        (np.array([]), 1.0, ValueError, "1-D array"),
+        (np.array([0.0, np.nan]), 1.0, ValueError, "NaN or infinity"),
+        (np.zeros(2), 0.0, ValueError, "finite and > 0"),
+        (np.zeros(2), -1.0, ValueError, "finite and > 0"),
+        (np.zeros(2), math.inf, ValueError, "finite and > 0"),
+        (np.zeros(2), True, TypeError, "must be a number"),
+        (np.zeros(2), "1", TypeError, "must be a number"),
+    ],
+)
+def test_a_ball_is_refused_naming_what_is_wrong(centre, radius, error, message):
+    with pytest.raises(error, match=message):
+        ClipBall(centre, radius)
+
+
+def test_rows_inside_are_kept_rows_outside_go_onto_the_sphere():
+    rng = np.random.default_rng(0)
+    centre = np.array([1e6, -3.0, 2.0])  # far from the origin: clipping is about it
+    ball = ClipBall(centre, 2.5)
+    inside = centre + rng.normal(size=(50, 3)) * 0.3
+    outside = centre + rng.normal(size=(50, 3)) * 40.0
+    rows = np.concatenate([inside, outside, [[np.nan, 0.0, 0.0]]])
+    offsets = ball.offsets(rows)
+    np.testing.assert_array_equal(offsets[:50], inside - centre)
+    v, w = outside - centre, offsets[50:100]
+    norms = np.linalg.norm(w, axis=1)
+    assert np.all(norms <= 2.5) and np.all(norms > 2.5 * (1 - 1e-9))
+    # along the row's own direction from the centre
+    np.testing.assert_allclose(w / norms[:, None], v / np.linalg.norm(v, axis=1)[:, None])
+    assert not np.all(np.isfinite(offsets[100]))  # still a non-finite row, for the E-step
+    # the clipped rows: offsets put back about the centre (rounded to its ulp)
+    np.testing.assert_allclose(ball.clip(rows)[:100], centre + offsets[:100], rtol=1e-15)
+    with pytest.raises(ValueError, match="3 features but the rows have 2"):
+        ball.clip(rows[:, :2])
+
+
+def test_clipping_runs_in_the_rows_namespace():
+    ball = ClipBall(np.zeros(2), 1.0)
+    rows = np.array([[3.0, 4.0], [0.1, 0.2]])
+    got = ball.clip(array_api_strict.asarray(rows))
+    assert array_api_compat_namespace(got) == "array_api_strict"
+    np.testing.assert_allclose(np.asarray(got), [[0.6, 0.8], [0.1, 0.2]], rtol=1e-13)
+
+
+def array_api_compat_namespace(array) -> str:
+    import array_api_compat
+
+    return array_api_compat.array_namespace(array).__name__.split(".")[0]
+
+
+# -- sensitivity ------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    covariance_type=st.sampled_from(COVARIANCE_TYPES),
+    k=st.integers(1, 4),
+    d=st.integers(1, 5),
+    n=st.integers(0, 30),
+    seed=st.integers(0, 2**32 - 1),
+    radius=st.floats(0.01, 1e3),
+    row_scale=st.floats(0.0, 1e4),
+    spread=st.floats(0.0, 1e3),
+)
+def test_one_row_moves_each_field_by_at_most_1_B_and_B_squared(
+    covariance_type, k, d, n, seed, radius, row_scale, spread
+):
+    """Neighbouring datasets (one row added, anywhere: inside, on or far outside the
+    ball) differ by at most (1, B, B²) in each released field, for any parameters."""
+    rng = np.random.default_rng(seed)
+    params = random_params(rng, k, d, covariance_type)
+    ball = ClipBall(rng.normal(scale=5.0, size=d), radius)
+    rows = ball.centre + rng.normal(scale=spread, size=(n, d))
+    extra = ball.centre + rng.normal(size=(1, d)) * row_scale
+    without = private_stats(rows, params, ball) if n else None
+    with_row = private_stats(np.concatenate([rows, extra]), params, ball)
+    change = with_row if without is None else difference(with_row, without)
+    bounds = ball.sensitivities()
+    norms = field_norms(change)
+    for name, bound in bounds.items():
+        scale = 1.0 if without is None else 1.0 + field_norms(with_row)[name] / bound
+        assert norms[name] <= bound * (1.0 + ROUNDING * scale), (name, norms[name], bound)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_the_bounds_are_reached(covariance_type):
+    """One component and a row clipped onto the sphere along an axis: each field moves
+    by its whole bound, so the search above could fail."""
+    rng = np.random.default_rng(1)
+    params = random_params(rng, 1, 3, covariance_type)
+    ball = ClipBall(np.array([1.0, 2.0, 3.0]), 4.0)
+    far = ball.centre + np.array([[0.0, -500.0, 0.0]])
+    norms = field_norms(private_stats(far, params, ball))
+    for name, bound in ball.sensitivities().items():
+        assert norms[name] == pytest.approx(bound, rel=1e-12), name
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_statistics_about_the_centre_recentre_to_the_e_step_of_the_clipped_rows(
+    covariance_type,
+):
+    """Taking the statistics about the centre is exact: moved back to the means, they
+    are the ordinary E-step of the clipped rows (with data far from the origin)."""
+    rng = np.random.default_rng(2)
+    params = random_params(rng, 3, 4, covariance_type)
+    ball = ClipBall(np.full(4, 1e5), 6.0)
+    params = Params.from_covariances(
+        params.weights, params.means + 1e5, params.covariances, covariance_type
+    )
+    rows = ball.centre + rng.normal(scale=4.0, size=(500, 4))
+    weights = rng.uniform(0.0, 1.0, size=500)
+    private = private_stats(rows, params, ball, weights)
+    assert np.array_equal(private.reference, np.broadcast_to(ball.centre, (3, 4)))
+    plain = chunk_stats(ball.clip(rows), params, weights).to_host()
+    assert private.recentre(params.means).allclose(plain, rtol=1e-9, atol=1e-9 * 500)
+
+
+def test_the_centre_must_match_the_features():
+    params = random_params(np.random.default_rng(3), 2, 3, "diag")
+    with pytest.raises(ValueError, match="2 features but the rows have 3"):
+        private_stats(np.zeros((4, 3)), params, ClipBall(np.zeros(2), 1.0))
+
+
+# -- zCDP -------------------------------------------------------------------------------
+@pytest.mark.parametrize("rho", [1e-6, 0.01, 0.5, 1.0, 7.3, 100.0])
+@pytest.mark.parametrize("delta", [1e-12, 1e-6, 1e-3, 0.2])
+def test_epsilon_is_the_closed_form_and_rho_for_epsilon_inverts_it(rho, delta):
+    log_inv = -math.log(delta)
+    # (√ρ + √L)² − L, the same bound written another way
+    assert epsilon_from_rho(rho, delta) == pytest.approx(
+        (math.sqrt(rho) + math.sqrt(log_inv)) ** 2 - log_inv, rel=1e-9
+    )
+    assert rho_for_epsilon(epsilon_from_rho(rho, delta), delta) == pytest.approx(rho, rel=1e-9)
+
+
+def test_gaussian_releases_compose_by_adding_rho():
+    """T releases of a field at σ cost T Δ²/(2σ²); σ for a target ρ inverts it."""
+    radius, sigma, releases = 3.0, 10.0, 25
+    total = sum(gaussian_rho(radius**2, sigma) for _ in range(releases))
+    assert total == pytest.approx(releases * radius**4 / (2 * sigma**2), rel=1e-12)
+    assert gaussian_sigma(radius**2, total / releases) == pytest.approx(sigma, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: epsilon_from_rho(-1.0, 1e-6), "rho must be finite and >= 0"),
+        (lambda: epsilon_from_rho(1.0, 0.0), r"delta must be in \(0, 1\)"),
+        (lambda: epsilon_from_rho(1.0, 1.0), r"delta must be in \(0, 1\)"),
+        (lambda: rho_for_epsilon(0.0, 1e-6), "epsilon must be finite and > 0"),
+        (lambda: gaussian_rho(1.0, 0.0), "sigma must be finite and > 0"),
+        (lambda: gaussian_sigma(0.0, 1.0), "sensitivity must be finite and > 0"),
+    ],
+)
+def test_accounting_refuses_meaningless_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
