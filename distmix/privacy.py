@@ -39,9 +39,10 @@ zCDP
 ----
 The Gaussian mechanism with L2 sensitivity ``Δ`` and noise ``N(0, σ²)`` per entry
 is ``ρ``-zCDP with ``ρ = Δ² / (2σ²)``; releases compose by adding their ``ρ``;
-``ρ``-zCDP implies ``(ε, δ)``-DP for every ``δ > 0`` with
-``ε = ρ + 2 √(ρ log(1/δ))`` (Bun and Steinke 2016, Proposition 1.3), and
-:func:`rho_for_epsilon` inverts that bound.
+``ρ``-zCDP implies ``(ε, δ)``-DP for every ``δ > 0``; :func:`epsilon_from_rho`
+takes ``ε`` from OpenDP (the optional extra ``distmix[privacy]``), whose
+conversion is the optimal one of Canonne, Kamath and Steinke (2020), and
+:func:`rho_for_epsilon` inverts it.
 """
 
 from __future__ import annotations
@@ -203,19 +204,60 @@ def gaussian_sigma(sensitivity: float, rho: float) -> float:
     return delta / math.sqrt(2.0 * _check_positive("rho", rho))
 
 
-def epsilon_from_rho(rho: float, delta: float) -> float:
-    """``ε`` of ``(ε, δ)``-DP implied by ``ρ``-zCDP: ``ρ + 2 √(ρ log(1/δ))``."""
+def _opendp() -> Any:
+    """OpenDP's prelude, with its "contrib" components enabled (the Gaussian
+    mechanisms and the zCDP conversion are among them)."""
+    try:
+        import opendp.prelude as dp
+    except ImportError as error:
+        raise ImportError(
+            "differentially private fits take their noise and their accounting from OpenDP: "
+            "pip install 'distmix[privacy]'"
+        ) from error
+    dp.enable_features("contrib")
+    return dp
+
+
+def _check_rho(rho: float) -> float:
     rho = float(rho)
     if not (math.isfinite(rho) and rho >= 0.0):
         raise ValueError(f"rho must be finite and >= 0, got {rho!r}.")
-    return rho + 2.0 * math.sqrt(rho * math.log(1.0 / _check_delta(delta)))
+    return rho
+
+
+def epsilon_from_rho(rho: float, delta: float) -> float:
+    """``ε`` of the ``(ε, δ)``-DP that ``ρ``-zCDP implies, by OpenDP's conversion (the
+    optimal one of Canonne, Kamath and Steinke 2020, tighter than
+    ``ρ + 2 √(ρ log(1/δ))``)."""
+    rho, delta = _check_rho(rho), _check_delta(delta)
+    if rho == 0.0:
+        return 0.0
+    dp = _opendp()
+    # a Gaussian release of sensitivity 1 and scale 1/√(2ρ) is exactly ρ-zCDP
+    gaussian = dp.m.make_gaussian(
+        dp.vector_domain(dp.atom_domain(T=float, nan=False)),
+        dp.l2_distance(T=float),
+        scale=1.0 / math.sqrt(2.0 * rho),
+    )
+    return float(dp.c.make_zCDP_to_approxDP(gaussian).map(1.0).epsilon(delta))
 
 
 def rho_for_epsilon(epsilon: float, delta: float) -> float:
-    """The largest ``ρ`` whose :func:`epsilon_from_rho` is ``epsilon`` at ``delta``:
-    ``(√(ε + L) − √L)²`` with ``L = log(1/δ)`` (written without the cancellation of
-    that difference)."""
+    """The largest ``ρ`` whose :func:`epsilon_from_rho` at ``delta`` is at most
+    ``epsilon`` (to a relative 1e-12, from below), by bisection: the budget a fit may
+    spend in zCDP."""
     epsilon = _check_positive("epsilon", epsilon)
     log_inv = math.log(1.0 / _check_delta(delta))
+    # ρ + 2 √(ρ L) ≥ the optimal ε: its inverse (√(ε + L) − √L)² is a ρ that fits
     root = epsilon / (math.sqrt(epsilon + log_inv) + math.sqrt(log_inv))
-    return root * root
+    low = root * root
+    high = 2.0 * low
+    while epsilon_from_rho(high, delta) <= epsilon:
+        low, high = high, 2.0 * high
+    while high - low > 1e-12 * low:
+        middle = 0.5 * (low + high)
+        if epsilon_from_rho(middle, delta) <= epsilon:
+            low = middle
+        else:
+            high = middle
+    return low
