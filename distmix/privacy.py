@@ -261,3 +261,87 @@ def rho_for_epsilon(epsilon: float, delta: float) -> float:
         else:
             high = middle
     return low
+
+
+# -- a fit's plan -----------------------------------------------------------------------
+#: the fields a private fit releases at every iteration, in order
+RELEASED_FIELDS: tuple[str, ...] = ("resp_sum", "x_sum", "second")
+#: each field's default share of the zCDP budget of one release
+DEFAULT_SHARES: dict[str, float] = {name: 1.0 / 3.0 for name in RELEASED_FIELDS}
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """How a private fit spends its budget: ``releases`` releases of the statistics
+    (the initialisation's and a fixed number of iterations'), each field's noise
+    scale, and what the whole fit costs.
+
+    Built by :meth:`for_budget` from ``(ε, δ)``: the fit's ``ρ`` is the largest whose
+    ``ε`` at ``δ`` fits (:func:`rho_for_epsilon`); every release gets ``ρ / releases``,
+    split between the fields by ``shares``; a field of sensitivity ``Δ`` given ``ρ_f``
+    gets Gaussian noise of scale ``σ = Δ / √(2 ρ_f)`` per entry. Releases compose by
+    adding their ``ρ``, so the fit is ``ρ``-zCDP and ``(ε, δ)``-DP.
+    """
+
+    ball: ClipBall
+    epsilon: float
+    delta: float
+    rho: float
+    releases: int
+    shares: dict[str, float]
+    sigmas: dict[str, float]
+
+    @classmethod
+    def for_budget(
+        cls,
+        epsilon: float,
+        delta: float,
+        ball: ClipBall,
+        releases: int,
+        shares: dict[str, float] | None = None,
+    ) -> PrivacyPlan:
+        if isinstance(releases, bool) or not isinstance(releases, (int, np.integer)):
+            raise TypeError(f"releases must be an integer, got {type(releases).__name__}.")
+        if releases < 1:
+            raise ValueError(
+                f"a private fit releases its statistics at least once, got {releases}."
+            )
+        shares = dict(DEFAULT_SHARES if shares is None else shares)
+        if set(shares) != set(RELEASED_FIELDS):
+            raise ValueError(
+                f"noise shares must name exactly {', '.join(RELEASED_FIELDS)}, got "
+                f"{', '.join(sorted(shares)) or 'none'}."
+            )
+        if not all(math.isfinite(v) and v > 0.0 for v in shares.values()):
+            raise ValueError(f"noise shares must be finite and > 0, got {shares}.")
+        total = sum(shares.values())
+        shares = {name: shares[name] / total for name in RELEASED_FIELDS}
+        rho = rho_for_epsilon(epsilon, delta)
+        per_release = rho / int(releases)
+        sensitivity = ball.sensitivities()
+        sigmas = {
+            name: gaussian_sigma(sensitivity[name], per_release * shares[name])
+            for name in RELEASED_FIELDS
+        }
+        return cls(ball, float(epsilon), float(delta), rho, int(releases), shares, sigmas)
+
+    def spent(self, releases: int | None = None) -> float:
+        """The ``ρ`` of ``releases`` releases (default: all of them), from the noise
+        scales: what the accountant charges."""
+        count = self.releases if releases is None else int(releases)
+        sensitivity = self.ball.sensitivities()
+        one = sum(gaussian_rho(sensitivity[f], self.sigmas[f]) for f in RELEASED_FIELDS)
+        return count * one
+
+    def report(self) -> dict[str, Any]:
+        """What ``model.privacy_`` shows: the budget, its zCDP and the noise."""
+        rho = self.spent()
+        return {
+            "rho": rho,
+            "epsilon": epsilon_from_rho(rho, self.delta),
+            "delta": self.delta,
+            "releases": self.releases,
+            "clip_radius": self.ball.radius,
+            "noise_sigma": dict(self.sigmas),
+            "noise_shares": dict(self.shares),
+        }

@@ -22,6 +22,7 @@ from distmix.estep import chunk_stats
 from distmix.params import Params
 from distmix.privacy import (
     ClipBall,
+    PrivacyPlan,
     epsilon_from_rho,
     field_norms,
     gaussian_rho,
@@ -251,3 +252,57 @@ def test_gaussian_releases_compose_by_adding_rho():
 def test_accounting_refuses_meaningless_inputs(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# -- a fit's plan -----------------------------------------------------------------------
+def test_a_plan_spends_exactly_its_budget_over_its_releases():
+    """T = 20 iterations and 2 initialisation releases at (ε, δ) = (1, 1e-6), B = 3: the
+    hand computation of the noise, and of ρ and ε composed back from it."""
+    ball = ClipBall(np.zeros(4), 3.0)
+    plan = PrivacyPlan.for_budget(1.0, 1e-6, ball, releases=22)
+    rho = rho_for_epsilon(1.0, 1e-6)
+    # by hand: ρ / 22 per release, a third to each field, σ = Δ / √(2 ρ_f)
+    rho_field = rho / 22 / 3
+    for name, sensitivity in (("resp_sum", 1.0), ("x_sum", 3.0), ("second", 9.0)):
+        assert plan.sigmas[name] == pytest.approx(sensitivity / math.sqrt(2 * rho_field), rel=1e-12)
+    # composed back: 22 releases × 3 fields × Δ²/(2σ²) is the budget's ρ, and its ε
+    hand = 22 * sum(
+        d**2 / (2 * plan.sigmas[f] ** 2)
+        for f, d in zip(("resp_sum", "x_sum", "second"), (1.0, 3.0, 9.0), strict=True)
+    )
+    assert plan.spent() == pytest.approx(hand, rel=1e-12)
+    assert hand == pytest.approx(rho, rel=1e-12)
+    report = plan.report()
+    assert report["epsilon"] == pytest.approx(1.0, rel=1e-9) and report["epsilon"] <= 1.0
+    assert report["rho"] == pytest.approx(rho, rel=1e-12)
+    assert plan.spent(11) == pytest.approx(rho / 2, rel=1e-12)
+
+
+def test_shares_move_noise_between_fields_at_the_same_cost():
+    ball = ClipBall(np.zeros(2), 1.0)
+    even = PrivacyPlan.for_budget(2.0, 1e-6, ball, releases=10)
+    skewed = PrivacyPlan.for_budget(
+        2.0, 1e-6, ball, releases=10, shares={"resp_sum": 1.0, "x_sum": 2.0, "second": 5.0}
+    )
+    # more of the budget to the second moments, less to the counts
+    assert skewed.sigmas["second"] < even.sigmas["second"]
+    assert skewed.sigmas["resp_sum"] > even.sigmas["resp_sum"]
+    assert skewed.spent() == pytest.approx(even.spent(), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"releases": 0}, ValueError, "at least once"),
+        ({"releases": 2.5}, TypeError, "must be an integer"),
+        ({"releases": 5, "shares": {"resp_sum": 1.0}}, ValueError, "must name exactly"),
+        (
+            {"releases": 5, "shares": {"resp_sum": 1.0, "x_sum": 0.0, "second": 1.0}},
+            ValueError,
+            "finite and > 0",
+        ),
+    ],
+)
+def test_a_plan_is_refused_naming_what_is_wrong(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        PrivacyPlan.for_budget(1.0, 1e-6, ClipBall(np.zeros(2), 1.0), **kwargs)
