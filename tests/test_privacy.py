@@ -25,6 +25,7 @@ from distmix.privacy import (
     PrivacyPlan,
     epsilon_from_rho,
     field_norms,
+    gaussian_release,
     gaussian_rho,
     gaussian_sigma,
     private_stats,
@@ -306,3 +307,31 @@ def test_shares_move_noise_between_fields_at_the_same_cost():
 def test_a_plan_is_refused_naming_what_is_wrong(kwargs, error, message):
     with pytest.raises(error, match=message):
         PrivacyPlan.for_budget(1.0, 1e-6, ClipBall(np.zeros(2), 1.0), **kwargs)
+
+
+# -- the noise --------------------------------------------------------------------------
+def test_the_noise_has_its_variance_and_costs_its_rho():
+    """10⁵ draws of the discrete Gaussian: empirical variance within 2 % of the
+    release's σ², centred on the values, the cost what was asked."""
+    values = np.full(100_000, 12.5)
+    release = gaussian_release(values, sensitivity=3.0, rho=0.02)
+    noise = release.values - values
+    # σ of the continuous Gaussian, widened by the grid's rounding (√n steps: 5e-5 here)
+    assert 15.0 <= release.sigma <= 15.0 * (1 + 1e-4)
+    assert np.var(noise) == pytest.approx(release.sigma**2, rel=0.02)
+    assert abs(np.mean(noise)) < 5 * release.sigma / math.sqrt(noise.size)
+    assert release.rho <= 0.02 * (1 + 1e-9) and release.rho == pytest.approx(0.02, rel=1e-4)
+    # on the grid: every value a whole number of steps
+    np.testing.assert_array_equal(
+        np.rint(release.values / release.step), release.values / release.step
+    )
+
+
+def test_two_releases_differ_and_bad_values_are_refused():
+    a = gaussian_release(np.zeros(50), 1.0, 0.5).values
+    b = gaussian_release(np.zeros(50), 1.0, 0.5).values
+    assert not np.array_equal(a, b)  # fresh randomness, no seed
+    with pytest.raises(ValueError, match="x_sum to release contain NaN"):
+        gaussian_release(np.array([1.0, np.nan]), 1.0, 0.5, name="x_sum")
+    with pytest.raises(ValueError, match="too large for the noise grid"):
+        gaussian_release(np.array([1e300]), 1.0, 0.5)
