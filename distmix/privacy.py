@@ -400,3 +400,63 @@ def gaussian_release(values: Any, sensitivity: float, rho: float, name: str = "v
     return Release(
         (noisy.astype(np.float64) * step).reshape(x.shape), step, sigma_units * step, spent
     )
+
+
+# -- post-processing --------------------------------------------------------------------
+#: eigenvalues are floored at ``max(reg_covar, EIGEN_FLOOR × the largest)``: a condition
+#: number of at most 1e10, so that the rebuilt matrix's rounding (~1e-16 of the largest
+#: times D) cannot take an eigenvalue below zero and fail the Cholesky factorisation
+EIGEN_FLOOR = 1e-10
+
+
+def _floored(matrices: np.ndarray, reg_covar: float) -> np.ndarray:
+    """Symmetric matrices (..., D, D) with their eigenvalues floored."""
+    sym = 0.5 * (matrices + np.swapaxes(matrices, -1, -2))
+    values, vectors = np.linalg.eigh(sym)
+    floor = np.maximum(reg_covar, EIGEN_FLOOR * np.max(np.abs(values), axis=-1, keepdims=True))
+    values = np.maximum(values, floor)
+    rebuilt = (vectors * values[..., None, :]) @ np.swapaxes(vectors, -1, -2)
+    return 0.5 * (rebuilt + np.swapaxes(rebuilt, -1, -2))
+
+
+def private_params(
+    stats: SuffStats, ball: ClipBall, reg_covar: float, min_count: float = 1.0
+) -> Params:
+    """Params from noisy statistics about ``ball.centre`` that are always valid: no
+    Cholesky failure and no NaN, whatever the noise did (post-processing: it costs no
+    privacy).
+
+    - counts are clamped to at least ``min_count`` (> 0) rows each;
+    - means are ``centre + S1 / n``, projected into the clipping ball (every row lies
+      in it, so every mean does);
+    - covariances ``S2 / n − δ δᵀ`` are symmetrised and their eigenvalues floored at
+      ``reg_covar`` (and at 1e-10 of the largest); diag and spherical variances at
+      ``reg_covar``.
+    """
+    if not (math.isfinite(float(reg_covar)) and float(reg_covar) > 0.0):
+        raise ValueError(f"a private fit needs reg_covar > 0, got {reg_covar!r}.")
+    if not (math.isfinite(float(min_count)) and float(min_count) > 0.0):
+        raise ValueError(f"min_count must be finite and > 0, got {min_count!r}.")
+    host = stats.to_host()
+    ball.check_features(host.n_features)
+    cov_type = host.covariance_type
+    d = host.n_features
+    counts = np.asarray(host.resp_sum, dtype=np.float64)
+    if not all(np.all(np.isfinite(np.asarray(a))) for a in (counts, host.x_sum, host.second)):
+        raise ValueError("the noisy statistics contain NaN or infinity.")
+    nk = np.maximum(counts, float(min_count))
+    offset = np.asarray(host.x_sum, dtype=np.float64) / nk[:, None]
+    norms = np.linalg.norm(offset, axis=1, keepdims=True)
+    offset = offset * np.minimum(1.0, ball.radius * _INSIDE / np.maximum(norms, 1e-300))
+    means = ball.centre + offset
+    second = np.asarray(host.second, dtype=np.float64)
+    outer = offset[:, :, None] * offset[:, None, :]
+    if cov_type == "full":
+        cov = _floored(second / nk[:, None, None] - outer, reg_covar)
+    elif cov_type == "tied":
+        cov = _floored((second - np.einsum("k,kij->ij", nk, outer)) / nk.sum(), reg_covar)
+    elif cov_type == "diag":
+        cov = np.maximum(second / nk[:, None] - offset**2, reg_covar)
+    else:
+        cov = np.maximum((second / nk - np.sum(offset**2, axis=1)) / d, reg_covar)
+    return Params.from_covariances(nk / nk.sum(), means, cov, cov_type)

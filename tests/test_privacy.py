@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
 from distmix.estep import chunk_stats
+from distmix.mstep import m_step
 from distmix.params import Params
 from distmix.privacy import (
     ClipBall,
@@ -28,9 +29,11 @@ from distmix.privacy import (
     gaussian_release,
     gaussian_rho,
     gaussian_sigma,
+    private_params,
     private_stats,
     rho_for_epsilon,
 )
+from distmix.suffstats import SuffStats
 
 # the statistics are sums of products: their computed norms may pass the bound by
 # rounding, a few ulp of the values summed
@@ -335,3 +338,79 @@ def test_two_releases_differ_and_bad_values_are_refused():
         gaussian_release(np.array([1.0, np.nan]), 1.0, 0.5, name="x_sum")
     with pytest.raises(ValueError, match="too large for the noise grid"):
         gaussian_release(np.array([1e300]), 1.0, 0.5)
+
+
+# -- post-processing --------------------------------------------------------------------
+def noisy_stats(rng, covariance_type, k, d, ball, scale):
+    """Statistics about the centre with arbitrary noise: negative counts, second
+    moments neither symmetric nor positive, means far outside the ball."""
+    shapes = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
+    return SuffStats(
+        covariance_type,
+        np.broadcast_to(ball.centre, (k, d)),
+        rng.normal(scale=scale, size=k) + rng.choice([0.0, 50.0], size=k),
+        rng.normal(scale=scale * ball.radius, size=(k, d)),
+        rng.normal(scale=scale * ball.radius**2, size=shapes[covariance_type]),
+        0.0,
+        0.0,
+        0.0,
+        math.inf,
+    )
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_a_thousand_noisy_iterations_give_valid_params(covariance_type):
+    """Adversarial noise, tiny to huge: every Params is valid (from_covariances runs
+    its Cholesky), finite, its means in the ball, its covariances' eigenvalues at
+    least reg_covar."""
+    rng = np.random.default_rng(7)
+    failures = 0
+    for i in range(1000):
+        k, d = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        ball = ClipBall(rng.normal(scale=1e3, size=d), float(10 ** rng.uniform(-3, 3)))
+        scale = float(10 ** rng.uniform(-6, 6))
+        stats = noisy_stats(rng, covariance_type, k, d, ball, scale)
+        try:
+            params = private_params(stats, ball, reg_covar=1e-6)
+        except Exception:  # counted, so that the assertion names how many
+            failures += 1
+            continue
+        for array in (params.weights, params.means, params.covariances, params.precisions_cholesky):
+            assert np.all(np.isfinite(array)), i
+        # in the ball, to the rounding of the means' coordinates
+        slack = 4 * d * float(np.spacing(np.max(np.abs(ball.centre))))
+        assert np.all(np.linalg.norm(params.means - ball.centre, axis=1) <= ball.radius + slack), i
+        cov = np.asarray(params.covariances)
+        if covariance_type in ("full", "tied"):
+            values = np.linalg.eigvalsh(cov)
+            # floored, then rebuilt: to the rounding of the largest eigenvalue
+            rounding = 16 * d * np.finfo(np.float64).eps * float(np.abs(values).max())
+            assert values.min() >= 1e-6 - rounding, (i, values.min())
+        else:
+            assert cov.min() >= 1e-6, (i, cov.min())
+    assert failures == 0
+
+
+def test_noiseless_statistics_give_the_m_step():
+    """Without noise, post-processing changes nothing the M-step would not: the same
+    Params as the ordinary M-step on the same statistics (means inside the ball)."""
+    rng = np.random.default_rng(8)
+    for covariance_type in COVARIANCE_TYPES:
+        params = random_params(rng, 3, 4, covariance_type)
+        ball = ClipBall(np.zeros(4), 50.0)
+        rows = rng.normal(scale=3.0, size=(2000, 4))
+        stats = private_stats(rows, params, ball)
+        got = private_params(stats, ball, reg_covar=1e-6)
+        want = m_step(stats.recentre(params.means), 1e-6, previous=params)
+        np.testing.assert_allclose(got.weights, want.weights, rtol=1e-9)
+        np.testing.assert_allclose(got.means, want.means, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.covariances, want.covariances, rtol=1e-6, atol=1e-9)
+
+
+def test_post_processing_refuses_what_it_cannot_use():
+    ball = ClipBall(np.zeros(2), 1.0)
+    stats = noisy_stats(np.random.default_rng(9), "diag", 2, 2, ball, 1.0)
+    with pytest.raises(ValueError, match="reg_covar > 0"):
+        private_params(stats, ball, reg_covar=0.0)
+    with pytest.raises(ValueError, match="3 features but the rows have 2"):
+        private_params(stats, ClipBall(np.zeros(3), 1.0), reg_covar=1e-6)
