@@ -48,6 +48,7 @@ conversion is the optimal one of Canonne, Kamath and Steinke (2020), and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -123,8 +124,14 @@ class ClipBall:
         x = xp.astype(block, xp.float64)
         self.check_features(int(x.shape[1]))
         v = x - xp.asarray(self.centre, device=array_api_compat.device(x))
-        norm = xp.sqrt(xp.sum(v * v, axis=1, keepdims=True))
-        outside = norm > self.radius
+        # the norm scaled by the largest entry: no overflow for finite rows however
+        # large; a row with NaN or ±inf keeps them (scale 1), for the E-step to name
+        big = xp.max(xp.abs(v), axis=1, keepdims=True)
+        finite = xp.isfinite(big)
+        unit = xp.where(finite & (big > 0.0), big, 1.0)
+        w = v / unit
+        norm = unit * xp.sqrt(xp.sum(w * w, axis=1, keepdims=True))
+        outside = finite & (norm > self.radius)
         # norm > radius > 0 where the scale is used; elsewhere divide by 1
         scale = xp.where(outside, (self.radius * _INSIDE) / xp.where(outside, norm, 1.0), 1.0)
         return v * scale
@@ -143,6 +150,7 @@ def private_stats(
     ball: ClipBall,
     sample_weight: Any | None = None,
     row_offset: int = 0,
+    e_step: Callable[[Any, Params, Any, int], SuffStats] = chunk_stats,
 ) -> SuffStats:
     """A block's statistics for a private release: its rows clipped to ``ball``, the
     statistics about ``ball.centre`` for every component (host, float64).
@@ -151,11 +159,13 @@ def private_stats(
     the same amount (responsibilities do not change under a common translation),
     and its statistics are moved to the centre (:meth:`SuffStats.recentre`, exact),
     so that one row's contribution is bounded by the ball alone
-    (:meth:`ClipBall.sensitivities`), also for data far from the origin.
+    (:meth:`ClipBall.sensitivities`), also for data far from the origin. ``e_step``
+    is the block kernel (the array-API reference by default; the block task passes
+    the registry's choice).
     """
     ball.check_features(params.n_features)
     moved = replace(params, means=params.means - ball.centre)
-    stats = chunk_stats(ball.offsets(block), moved, sample_weight, row_offset).to_host()
+    stats = e_step(ball.offsets(block), moved, sample_weight, row_offset).to_host()
     about_centre = stats.recentre(np.zeros_like(moved.means))
     return replace(about_centre, reference=np.broadcast_to(ball.centre, params.means.shape))
 

@@ -48,6 +48,7 @@ from distmix.init_kernels import (
 from distmix.kernels import chosen, compiled_kernel, estep_kernel
 from distmix.nonfinite import NonFinite, raise_if_nonfinite
 from distmix.params import Params
+from distmix.privacy import ClipBall, private_stats
 from distmix.results import FingerprintedStats, LogLikelihoodTotal
 from distmix.sources.blocks import default_block_rows
 from distmix.suffstats import SuffStats, _to_numpy
@@ -55,6 +56,7 @@ from distmix.suffstats import SuffStats, _to_numpy
 TaskName = Literal[
     "estep",
     "estep_fingerprint",
+    "private_estep",
     "log_likelihood",
     "fingerprint",
     "nonfinite",
@@ -175,6 +177,22 @@ def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params)
         sample_weight,
         row_offset,
         params,
+    )
+
+
+def private_estep_block(
+    block: Any, sample_weight: Any, row_offset: int, params: Params, ball: ClipBall
+) -> SuffStats:
+    """A private fit's E-step of a block: its rows clipped to ``ball``, its statistics
+    about the ball's centre (:func:`distmix.privacy.private_stats`), by the kernel the
+    registry picks."""
+    return private_stats(
+        block,
+        params,
+        ball,
+        sample_weight,
+        row_offset,
+        lambda x, p, w, offset: estep_block(x, w, offset, p),
     )
 
 
@@ -318,6 +336,7 @@ TASKS: dict[str, BlockTask] = {
     for task in (
         _reduce("estep", estep_block, ("params",), "SuffStats"),
         _reduce("estep_fingerprint", estep_fingerprint_block, ("params",), "FingerprintedStats"),
+        _reduce("private_estep", private_estep_block, ("params", "ball"), "SuffStats"),
         _reduce("log_likelihood", log_likelihood_block, ("params",), "LogLikelihoodTotal"),
         _reduce(
             "fingerprint",

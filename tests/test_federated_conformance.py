@@ -93,5 +93,7 @@ class TestFederatedEngineAllOrNothing(TestFederatedEngine):
 
 
 def test_the_federation_refuses_rows_and_per_row_outputs():
+    """Rows, per-row outputs, and (until the federated private mode) a private fit's
+    E-step, whose statistics carry what a private fit must not release."""
     map_tasks = {name for name, task in TASKS.items() if task.kind == "map"}
-    assert FEDERATION_REFUSED == ROW_MOVING_TASKS | map_tasks
+    assert FEDERATION_REFUSED == ROW_MOVING_TASKS | map_tasks | {"private_estep"}

@@ -414,3 +414,13 @@ def test_post_processing_refuses_what_it_cannot_use():
         private_params(stats, ball, reg_covar=0.0)
     with pytest.raises(ValueError, match="3 features but the rows have 2"):
         private_params(stats, ClipBall(np.zeros(3), 1.0), reg_covar=1e-6)
+
+
+def test_huge_and_non_finite_rows():
+    """A finite row too large to square is still clipped; rows with NaN or ±inf stay
+    non-finite (the E-step names them), without a warning."""
+    ball = ClipBall(np.zeros(3), 2.0)
+    rows = np.array([[1e300, -1e300, 5e299], [np.inf, 0.0, 1.0], [np.nan, 1.0, 1.0]])
+    offsets = ball.offsets(rows)
+    assert np.linalg.norm(offsets[0]) <= 2.0 and np.linalg.norm(offsets[0]) > 1.99
+    assert not np.all(np.isfinite(offsets[1])) and not np.all(np.isfinite(offsets[2]))

@@ -57,6 +57,7 @@ from distmix.engines.base import Engine, block_offsets, rows_at
 from distmix.fingerprint import DataFingerprint
 from distmix.nonfinite import NonFinite, NonFiniteInputError
 from distmix.params import Params
+from distmix.privacy import ClipBall
 from distmix.results import (
     FingerprintedStats,
     KMeansStats,
@@ -168,6 +169,8 @@ class Problem:
 TASK_ARGUMENTS: dict[str, Callable[[Problem], tuple]] = {
     "estep": lambda pb: (pb.params["full"],),
     "estep_fingerprint": lambda pb: (pb.params["spherical"],),
+    # a ball about the first mean that clips some rows (rows far from it)
+    "private_estep": lambda pb: (pb.params["tied"], ClipBall(pb.params["tied"].means[0], 2.0)),
     "log_likelihood": lambda pb: (pb.params["diag"],),
     "fingerprint": lambda pb: (),
     "nonfinite": lambda pb: (),
