@@ -249,7 +249,13 @@ def epsilon_from_rho(rho: float, delta: float) -> float:
         dp.l2_distance(T=float),
         scale=1.0 / math.sqrt(2.0 * rho),
     )
-    return float(dp.c.make_zCDP_to_approxDP(gaussian).map(1.0).epsilon(delta))
+    try:
+        return float(dp.c.make_zCDP_to_approxDP(gaussian).map(1.0).epsilon(delta))
+    except dp.OpenDPException as error:  # its arithmetic overflows for huge rho
+        raise ValueError(
+            f"rho={rho:.6g} is beyond what OpenDP's accountant computes ({error.message}): "
+            "ask for a smaller epsilon."
+        ) from None
 
 
 def rho_for_epsilon(epsilon: float, delta: float) -> float:

@@ -424,3 +424,8 @@ def test_huge_and_non_finite_rows():
     offsets = ball.offsets(rows)
     assert np.linalg.norm(offsets[0]) <= 2.0 and np.linalg.norm(offsets[0]) > 1.99
     assert not np.all(np.isfinite(offsets[1])) and not np.all(np.isfinite(offsets[2]))
+
+
+def test_a_budget_beyond_the_accountant_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="beyond what OpenDP's accountant computes"):
+        rho_for_epsilon(1e8, 1e-6)

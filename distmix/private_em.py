@@ -1,0 +1,153 @@
+"""Differentially private EM over any engine: a fixed number of noisy iterations.
+
+Layer: the loop's side, beside :mod:`distmix.em` (engines and the privacy
+building blocks of :mod:`distmix.privacy`; never the estimator).
+
+Each iteration asks the engine for one ``private_estep`` (every row clipped to
+the public ball, the statistics about its centre), releases the three fields
+with discrete Gaussian noise (:func:`distmix.privacy.gaussian_release`, their
+budget from a :class:`~distmix.privacy.PrivacyPlan`), and turns the noisy
+statistics into Params that are always valid
+(:func:`distmix.privacy.private_params`). Nothing else leaves the rows: no
+row count, no log-likelihood, no convergence test (the number of iterations is
+fixed in advance, so it depends on no data). The start is the user's Params or
+one drawn from the seed inside the ball, never from the rows, so it costs no
+privacy. The noise comes from the operating system's secure source: two private
+fits of the same data differ, by design.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distmix.engines.base import Engine
+from distmix.nonfinite import raise_if_nonfinite
+from distmix.params import Params
+from distmix.privacy import (
+    ClipBall,
+    PrivacyPlan,
+    epsilon_from_rho,
+    gaussian_release,
+    private_params,
+)
+from distmix.suffstats import SuffStats
+
+
+@dataclass(frozen=True)
+class PrivateFit:
+    """What a private fit made: its Params, its plan and what each release cost."""
+
+    params: Params
+    plan: PrivacyPlan
+    rho_spent: float
+    n_iter: int
+    sigmas: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> dict[str, object]:
+        """``model.privacy_``: the budget, what was spent (zCDP and (ε, δ)), the noise."""
+        report = self.plan.report()
+        report.update(
+            rho=self.rho_spent,
+            epsilon=epsilon_from_rho(self.rho_spent, self.plan.delta),
+            epsilon_budget=self.plan.epsilon,
+            iterations=self.n_iter,
+            noise_sigma=dict(self.sigmas),
+        )
+        return report
+
+
+def data_free_start(ball: ClipBall, n_components: int, covariance_type: str, seed: int) -> Params:
+    """Params drawn from ``seed`` alone: means uniform in half the ball, equal weights,
+    covariances ``(B² / 4D)·I`` (a quarter of the ball's spread per feature)."""
+    rng = np.random.default_rng(seed)
+    d = ball.n_features
+    directions = rng.normal(size=(n_components, d))
+    directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-300)
+    radii = 0.5 * ball.radius * rng.uniform(size=(n_components, 1)) ** (1.0 / d)
+    means = ball.centre + directions * radii
+    variance = ball.radius**2 / (4.0 * d)
+    covariances = {
+        "full": np.broadcast_to(variance * np.eye(d), (n_components, d, d)).copy(),
+        "tied": variance * np.eye(d),
+        "diag": np.full((n_components, d), variance),
+        "spherical": np.full(n_components, variance),
+    }[covariance_type]
+    weights = np.full(n_components, 1.0 / n_components)
+    return Params.from_covariances(weights, means, covariances, covariance_type)
+
+
+def _upper(stats: SuffStats) -> tuple[np.ndarray, np.ndarray] | None:
+    if stats.covariance_type in ("full", "tied"):
+        return np.triu_indices(stats.n_features)
+    return None
+
+
+def release(stats: SuffStats, plan: PrivacyPlan) -> tuple[SuffStats, float, dict[str, float]]:
+    """The statistics with each field's noise, the ``ρ`` the release cost and each
+    field's noise scale. The symmetric second moments go out once, as their upper
+    triangle; the row count and log-likelihood not at all."""
+    host = stats.to_host()
+    per_field = plan.rho / plan.releases
+    sensitivity = plan.ball.sensitivities()
+    spent = 0.0
+    noisy: dict[str, np.ndarray] = {}
+    sigmas: dict[str, float] = {}
+    for name in ("resp_sum", "x_sum"):
+        out = gaussian_release(
+            getattr(host, name), sensitivity[name], per_field * plan.shares[name], name
+        )
+        noisy[name], spent, sigmas[name] = out.values, spent + out.rho, out.sigma
+    second = np.asarray(host.second, dtype=np.float64)
+    upper = _upper(host)
+    values = second[..., upper[0], upper[1]] if upper is not None else second
+    out = gaussian_release(
+        values, sensitivity["second"], per_field * plan.shares["second"], "second"
+    )
+    spent, sigmas["second"] = spent + out.rho, out.sigma
+    if upper is not None:
+        rebuilt = np.zeros_like(second)
+        rebuilt[..., upper[0], upper[1]] = out.values
+        rebuilt[..., upper[1], upper[0]] = out.values
+        noisy["second"] = rebuilt
+    else:
+        noisy["second"] = out.values
+    released = SuffStats(
+        host.covariance_type,
+        host.reference,
+        noisy["resp_sum"],
+        noisy["x_sum"],
+        noisy["second"],
+        0.0,  # not released
+        0.0,  # not released
+        0.0,
+        math.inf,
+    )
+    return released, spent, sigmas
+
+
+def fit_private(
+    engine: Engine,
+    plan: PrivacyPlan,
+    start: Params,
+    reg_covar: float,
+    min_count: float = 1.0,
+) -> PrivateFit:
+    """``plan.releases`` private EM iterations from ``start`` (public Params)."""
+    ball = plan.ball
+    ball.check_features(engine.n_features)
+    if start.n_features != engine.n_features:
+        raise ValueError(
+            f"the start has {start.n_features} features but the rows have {engine.n_features}."
+        )
+    params, spent, sigmas = start, 0.0, dict(plan.sigmas)
+    for _ in range(plan.releases):
+        stats: SuffStats = engine.reduce("private_estep", params, ball).to_host()
+        # the data owner's own error (it releases nothing): rows that are not numbers
+        raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
+        noisy, cost, sigmas = release(stats, plan)
+        spent += cost
+        params = private_params(noisy, ball, reg_covar, min_count)
+    return PrivateFit(params, plan, spent, plan.releases, sigmas)
