@@ -11,6 +11,7 @@ from distmix.estep import chunk_stats
 from distmix.estimator import GaussianMixture, fit_stream, load
 from distmix.mstep import EmptyComponentWarning, m_step
 from distmix.params import Params
+from distmix.privacy import Privacy
 from distmix.suffstats import SuffStats
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "GaussianMixture",
     "LocalEngine",
     "Params",
+    "Privacy",
     "SuffStats",
     "chunk_stats",
     "fit_stream",

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from distmix.mixture import BaseMixture
 from distmix.params import Params, check_initial_parameters, sample_mixture
 from distmix.persist import ModelFileError, read_model
+from distmix.privacy import Privacy
 from distmix.stepwise import StreamRecord
 
 
@@ -107,6 +108,16 @@ class GaussianMixture(BaseMixture):
         of whichever process runs the blocks (``DISTMIX_KERNEL``, default
         ``"auto"``). The choice travels with each block task, to the local
         engine's threads and to Dask workers alike; results agree to ~1e-12.
+    privacy : distmix.Privacy or None, default=None
+        Fit with differential privacy for the individuals whose rows are fitted: every
+        row clipped to the public ball, ``max_iter`` noisy EM iterations (fixed in
+        advance: no convergence test), from ``means_init`` (with ``weights_init`` and
+        ``precisions_init`` where given) or a start drawn from ``random_state`` alone,
+        never from the rows. The fit releases only the noisy statistics: its
+        log-likelihood is not computed (``lower_bound_`` is NaN). One start
+        (``n_init=1``), unit row weights, no checkpoint; the noise comes from the
+        operating system's secure source, so two private fits differ. Needs the
+        optional extra ``distmix[privacy]`` (OpenDP).
 
     Attributes
     ----------
@@ -120,6 +131,9 @@ class GaussianMixture(BaseMixture):
     lower_bounds_ : list of float
         Its value at every iteration of the best run.
     n_features_in_ : int
+    privacy_ : dict
+        Private fits only: the budget, what the fit spent (``rho``, ``epsilon`` at
+        ``delta``), the releases and each field's noise scale.
     n_steps_ : int
         Streaming only: online-EM updates made (one per batch).
     n_samples_seen_ : int
@@ -160,6 +174,7 @@ class GaussianMixture(BaseMixture):
         forgetting_factor: float | None = None,
         average_after: int | None = None,
         kernel: str | None = None,
+        privacy: Privacy | None = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -186,6 +201,7 @@ class GaussianMixture(BaseMixture):
         self.forgetting_factor = forgetting_factor
         self.average_after = average_after
         self.kernel = kernel
+        self.privacy = privacy
 
     def _check_initial_parameters(self, n_features: int) -> dict[str, Any]:
         return check_initial_parameters(

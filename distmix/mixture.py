@@ -32,6 +32,7 @@ from distmix import online
 from distmix.em import FitSettings, fit_em, mean_log_likelihood_of
 from distmix.engines.factory import make_engine
 from distmix.online import OnlineSettings, StreamOptions
+from distmix.params import Params
 from distmix.persist import (
     CHECKPOINT_FORMAT,
     STREAM_CHECKPOINT_FORMAT,
@@ -39,13 +40,13 @@ from distmix.persist import (
     check_file_target,
     write_model,
 )
+from distmix.private_em import data_free_start, fit_private
 from distmix.progress import verbose_logging
 from distmix.settings import check_settings
 from distmix.stepwise import Stream, StreamRecord
 
 if TYPE_CHECKING:  # types only
     from distmix.engines.base import WindowedEngine
-    from distmix.params import Params
     from distmix.tasks import TaskName
 
 #: seeds of the runs are drawn below this bound (scikit-learn's)
@@ -164,6 +165,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _fit(self, X: Any, sample_weight: Any) -> None:
         self._check_parameters()
+        if getattr(self, "privacy", None) is not None:
+            self._fit_private(X, sample_weight)
+            return
         if self.checkpoint is not None:  # before any pass: a path it can write, no model there
             check_file_target(
                 self.checkpoint, what="checkpoint", kinds=(CHECKPOINT_FORMAT,), replace=True
@@ -201,6 +205,69 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = list(best.lower_bounds)
         self._forget_stream()
 
+    def _fit_private(self, X: Any, sample_weight: Any) -> None:
+        """A differentially private fit (``privacy=``): see :mod:`distmix.private_em`."""
+        privacy = self.privacy  # type: ignore[attr-defined]
+        if sample_weight is not None:
+            raise ValueError(
+                "a private fit takes no sample_weight: its sensitivities are for rows of "
+                "weight 1 (a row of weight w moves the statistics w times as far)."
+            )
+        if self.n_init != 1:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"a private fit runs one start, got n_init={self.n_init}: "  # type: ignore[attr-defined]
+                "every start would spend the budget again."
+            )
+        if self.checkpoint is not None:  # type: ignore[attr-defined]
+            raise ValueError("checkpoint= is not supported for private fits yet.")
+        if self.max_iter < 1:  # type: ignore[attr-defined]
+            raise ValueError(
+                "a private fit needs max_iter >= 1: the number of its noisy iterations, "
+                f"fixed in advance; got {self.max_iter}."  # type: ignore[attr-defined]
+            )
+        fitted_before = hasattr(self, self._fitted_attribute)
+        engine = self._engine(X, None, reset=True)
+        ball = privacy.ball
+        if ball.n_features != engine.n_features:
+            raise ValueError(
+                f"privacy.centre has {ball.n_features} features but X has {engine.n_features}."
+            )
+        n_components = int(self.n_components)  # type: ignore[attr-defined]
+        covariance_type = str(self.covariance_type)  # type: ignore[attr-defined]
+        if self.warm_start and fitted_before:  # type: ignore[attr-defined]
+            start = self._params()  # a released model: public
+        else:
+            user = self._check_initial_parameters(engine.n_features)
+            seed = int(check_random_state(self.random_state).randint(SEEDS))  # type: ignore[attr-defined]
+            drawn = data_free_start(ball, n_components, covariance_type, seed)
+            weights = user.get("weights_init", drawn.weights)
+            means = user.get("means_init", drawn.means)
+            if "precisions_init" in user:
+                start = Params.from_precisions(
+                    weights, means, user["precisions_init"], covariance_type
+                )
+            else:
+                start = Params.from_covariances(weights, means, drawn.covariances, covariance_type)
+        fit = fit_private(
+            engine,
+            privacy.plan(int(self.max_iter)),  # type: ignore[attr-defined]
+            start,
+            float(self.reg_covar),  # type: ignore[attr-defined]
+            privacy.min_count,
+        )
+        # every attribute is assigned only now, after the whole fit succeeded
+        self._set_params(fit.params)
+        self.converged_ = False  # no convergence test: it would look at the rows
+        self.n_iter_ = fit.n_iter
+        self.lower_bound_ = math.nan  # not released
+        self.lower_bounds_ = []
+        self.privacy_ = fit.report()
+        self._forget_stream()
+
+    def _refuse_private(self, what: str) -> None:
+        if getattr(self, "privacy", None) is not None:
+            raise ValueError(f"{what} is not supported for private fits (privacy=) yet.")
+
     # -- streaming ----------------------------------------------------------
     def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Self:
         """One stepwise online-EM update with the batch ``X``.
@@ -231,6 +298,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _partial_fit(self, X: Any, sample_weight: Any) -> None:
         self._check_parameters()
+        self._refuse_private("partial_fit")
         fitted = self._params() if hasattr(self, self._fitted_attribute) else None
         engine = self._engine(X, sample_weight, reset=fitted is None, many_passes=False)
         stream = self.__dict__.get("_stream")
@@ -275,6 +343,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         """Stepwise online EM over ``source`` in batches: see :func:`distmix.fit_stream`."""
         with self._unchanged_on_error(), verbose_logging(self.verbose):
             self._check_parameters()
+            self._refuse_private("fit_stream")
             if self.checkpoint is not None:
                 check_file_target(
                     self.checkpoint,
@@ -316,6 +385,11 @@ class BaseMixture(DensityMixin, BaseEstimator):
         An existing file at ``path`` is refused unless ``overwrite=True`` (and
         then only a distmix model file is replaced, atomically).
         """
+        if hasattr(self, "privacy_"):
+            raise ValueError(
+                "a private model cannot be saved yet: its file would lose its privacy "
+                "report and its privacy settings."
+            )
         write_model(
             path,
             ModelFile(

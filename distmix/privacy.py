@@ -286,6 +286,21 @@ RELEASED_FIELDS: tuple[str, ...] = ("resp_sum", "x_sum", "second")
 DEFAULT_SHARES: dict[str, float] = {name: 1.0 / 3.0 for name in RELEASED_FIELDS}
 
 
+def _check_shares(shares: Any) -> dict[str, float]:
+    """The shares of the fields, normalised to sum to 1; raises naming what is wrong."""
+    shares = dict(shares)
+    if set(shares) != set(RELEASED_FIELDS):
+        raise ValueError(
+            f"noise shares must name exactly {', '.join(RELEASED_FIELDS)}, got "
+            f"{', '.join(sorted(map(str, shares))) or 'none'}."
+        )
+    values = {name: float(shares[name]) for name in RELEASED_FIELDS}
+    if not all(math.isfinite(v) and v > 0.0 for v in values.values()):
+        raise ValueError(f"noise shares must be finite and > 0, got {shares}.")
+    total = sum(values.values())
+    return {name: values[name] / total for name in RELEASED_FIELDS}
+
+
 @dataclass(frozen=True)
 class PrivacyPlan:
     """How a private fit spends its budget: ``releases`` releases of the statistics
@@ -322,16 +337,7 @@ class PrivacyPlan:
             raise ValueError(
                 f"a private fit releases its statistics at least once, got {releases}."
             )
-        shares = dict(DEFAULT_SHARES if shares is None else shares)
-        if set(shares) != set(RELEASED_FIELDS):
-            raise ValueError(
-                f"noise shares must name exactly {', '.join(RELEASED_FIELDS)}, got "
-                f"{', '.join(sorted(shares)) or 'none'}."
-            )
-        if not all(math.isfinite(v) and v > 0.0 for v in shares.values()):
-            raise ValueError(f"noise shares must be finite and > 0, got {shares}.")
-        total = sum(shares.values())
-        shares = {name: shares[name] / total for name in RELEASED_FIELDS}
+        shares = _check_shares(DEFAULT_SHARES if shares is None else shares)
         rho = rho_for_epsilon(epsilon, delta)
         per_release = rho / int(releases)
         sensitivity = ball.sensitivities()
@@ -476,3 +482,53 @@ def private_params(
     else:
         cov = np.maximum((second / nk - np.sum(offset**2, axis=1)) / d, reg_covar)
     return Params.from_covariances(nk / nk.sum(), means, cov, cov_type)
+
+
+# -- the estimator's setting -----------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Privacy:
+    """The public settings of a differentially private fit:
+    ``GaussianMixture(privacy=distmix.Privacy(epsilon=1.0, delta=1e-6, clip_radius=B,
+    centre=x0))``.
+
+    Parameters
+    ----------
+    epsilon, delta : float
+        The whole fit's budget: it is ``(ε, δ)``-DP (and ``ρ``-zCDP for the largest
+        ``ρ`` that implies it), for adding or removing one row.
+    clip_radius, centre : float, array of shape (n_features,)
+        The public ball every row is clipped to (:class:`ClipBall`). Choose them from
+        what is known without these rows (the instrument's range, a public dataset,
+        last year's data); distmix never looks at the rows for them.
+    noise_shares : mapping of "resp_sum", "x_sum", "second" to float, optional
+        How each release's budget is split between the fields (default: equally).
+    min_count : float, default=1.0
+        Noisy per-component counts are clamped to at least this many rows.
+    """
+
+    epsilon: float
+    delta: float
+    clip_radius: float
+    centre: Any
+    noise_shares: dict[str, float] | None = None
+    min_count: float = 1.0
+
+    def __post_init__(self) -> None:
+        ball = ClipBall(self.centre, self.clip_radius)  # validates both
+        object.__setattr__(self, "centre", ball.centre)
+        object.__setattr__(self, "clip_radius", ball.radius)
+        _check_positive("epsilon", self.epsilon)
+        _check_delta(self.delta)
+        _check_positive("min_count", self.min_count)
+        if self.noise_shares is not None:
+            _check_shares(self.noise_shares)
+
+    @property
+    def ball(self) -> ClipBall:
+        return ClipBall(self.centre, self.clip_radius)
+
+    def plan(self, releases: int) -> PrivacyPlan:
+        """The budget spread over ``releases`` releases (:meth:`PrivacyPlan.for_budget`)."""
+        return PrivacyPlan.for_budget(
+            self.epsilon, self.delta, self.ball, releases, self.noise_shares
+        )

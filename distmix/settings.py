@@ -16,6 +16,7 @@ import numpy as np
 
 from distmix._typing import INIT_PARAMS, check_covariance_type
 from distmix.kernels import check_kernel
+from distmix.privacy import Privacy
 from distmix.reduce import check_split_every
 from distmix.stepwise import StepSchedule
 
@@ -74,3 +75,6 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     check_count("average_after", settings["average_after"], 0, none_ok=True)
     if settings.get("kernel") is not None:
         check_kernel(settings["kernel"])
+    privacy = settings.get("privacy")
+    if privacy is not None and not isinstance(privacy, Privacy):
+        raise TypeError(f"privacy must be a distmix.Privacy or None, got {type(privacy).__name__}.")

@@ -1,0 +1,121 @@
+"""GaussianMixture(privacy=distmix.Privacy(...)): a private fit through the estimator
+(issue 13). What it releases, what it refuses, and that a refused call changes nothing."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+import distmix
+from distmix import GaussianMixture, Privacy
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    centres = np.array([[-6.0, 0.0], [6.0, 0.0]]) + 100.0
+    labels = rng.integers(2, size=30_000)
+    return centres[labels] + rng.normal(size=(30_000, 2))
+
+
+def privacy(**kw) -> Privacy:
+    options = dict(epsilon=50.0, delta=1e-6, clip_radius=12.0, centre=[100.0, 100.0])
+    return Privacy(**{**options, **kw})
+
+
+def state(model) -> dict:
+    return copy.deepcopy({k: v for k, v in vars(model).items()})
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
+def test_a_private_fit_finds_the_components_and_reports_its_budget(rows, kind):
+    X = rows if kind == "numpy" else da.from_array(rows, chunks=(5_000, 2))
+    model = GaussianMixture(
+        2,
+        max_iter=15,
+        means_init=[[95.0, 100.0], [105.0, 101.0]],
+        privacy=privacy(),
+        random_state=0,
+    ).fit(X)
+    np.testing.assert_allclose(np.sort(model.means_[:, 0]), [94.0, 106.0], atol=0.1)
+    assert model.n_iter_ == 15 and model.converged_ is False
+    assert math.isnan(model.lower_bound_) and model.lower_bounds_ == []
+    report = model.privacy_
+    assert report["epsilon"] <= 50.0 * (1 + 1e-9) and report["epsilon"] > 49.0
+    assert report["releases"] == 15 and report["clip_radius"] == 12.0
+    assert set(report["noise_sigma"]) == {"resp_sum", "x_sum", "second"}
+    assert model.predict(rows[:5]).shape == (5,)  # the usual surface works on a private model
+
+
+def test_a_data_free_start_and_the_settings_round_trip(rows):
+    """Without means_init the start comes from random_state alone; the estimator clones."""
+    model = GaussianMixture(2, max_iter=5, privacy=privacy(epsilon=5.0), random_state=3)
+    twin = clone(model)
+    assert twin.privacy is not model.privacy
+    np.testing.assert_array_equal(twin.privacy.centre, model.privacy.centre)
+    model.fit(rows[:2000])
+    assert np.all(np.isfinite(model.means_))
+    assert np.all(np.linalg.norm(model.means_ - 100.0, axis=1) <= 12.0 * (1 + 1e-9))
+
+
+@pytest.mark.parametrize(
+    ("settings", "call", "message"),
+    [
+        ({"n_init": 2}, "fit", "runs one start, got n_init=2"),
+        ({"max_iter": 0}, "fit", "needs max_iter >= 1"),
+        ({"checkpoint": "c.npz"}, "fit", "checkpoint= is not supported"),
+        ({}, "weights", "takes no sample_weight"),
+        ({"privacy": privacy(centre=[0.0, 0.0, 0.0])}, "fit", "3 features but X has 2"),
+        ({}, "partial_fit", "partial_fit is not supported for private fits"),
+        ({}, "fit_stream", "fit_stream is not supported for private fits"),
+    ],
+)
+def test_what_a_private_fit_refuses_leaves_the_model_as_it_was(rows, settings, call, message):
+    model = GaussianMixture(2, max_iter=3, privacy=privacy(), random_state=0).fit(rows[:1000])
+    model.set_params(**settings)
+    before = state(model)
+    with pytest.raises(ValueError, match=message):
+        if call == "fit":
+            model.fit(rows[:1000])
+        elif call == "weights":
+            model.fit(rows[:1000], sample_weight=np.ones(1000))
+        elif call == "partial_fit":
+            model.partial_fit(rows[:1000])
+        else:
+            distmix.fit_stream(rows[:1000], model)
+    after = state(model)
+    assert after.keys() == before.keys()
+    np.testing.assert_array_equal(after["means_"], before["means_"])
+
+
+def test_a_private_model_is_not_saved_yet(rows, tmp_path):
+    model = GaussianMixture(2, max_iter=2, privacy=privacy(), random_state=0).fit(rows[:500])
+    with pytest.raises(ValueError, match="private model cannot be saved yet"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"epsilon": 0.0}, ValueError, "epsilon must be finite and > 0"),
+        ({"delta": 1.0}, ValueError, r"delta must be in \(0, 1\)"),
+        ({"clip_radius": -1.0}, ValueError, "clipping radius must be finite and > 0"),
+        ({"centre": [np.nan, 1.0]}, ValueError, "clipping centre contains NaN"),
+        ({"noise_shares": {"x_sum": 1.0}}, ValueError, "must name exactly"),
+        ({"min_count": 0.0}, ValueError, "min_count must be finite and > 0"),
+    ],
+)
+def test_bad_privacy_settings_are_refused_naming_them(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        privacy(**kwargs)
+
+
+def test_privacy_must_be_a_privacy(rows):
+    with pytest.raises(TypeError, match="privacy must be a distmix.Privacy or None, got dict"):
+        GaussianMixture(2, privacy={"epsilon": 1.0}).fit(rows[:100])
