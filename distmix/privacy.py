@@ -431,18 +431,24 @@ def gaussian_release(values: Any, sensitivity: float, rho: float, name: str = "v
 EIGEN_FLOOR = 1e-10
 
 
-def _floored(matrices: np.ndarray, reg_covar: float) -> np.ndarray:
-    """Symmetric matrices (..., D, D) with their eigenvalues floored."""
+def _floored(matrices: np.ndarray, minimum: Any) -> np.ndarray:
+    """Symmetric matrices (..., D, D) with their eigenvalues floored at ``minimum``
+    (broadcast against the leading axes)."""
     sym = 0.5 * (matrices + np.swapaxes(matrices, -1, -2))
     values, vectors = np.linalg.eigh(sym)
-    floor = np.maximum(reg_covar, EIGEN_FLOOR * np.max(np.abs(values), axis=-1, keepdims=True))
+    relative = EIGEN_FLOOR * np.max(np.abs(values), axis=-1, keepdims=True)
+    floor = np.maximum(np.asarray(minimum, dtype=np.float64)[..., None], relative)
     values = np.maximum(values, floor)
     rebuilt = (vectors * values[..., None, :]) @ np.swapaxes(vectors, -1, -2)
     return 0.5 * (rebuilt + np.swapaxes(rebuilt, -1, -2))
 
 
 def private_params(
-    stats: SuffStats, ball: ClipBall, reg_covar: float, min_count: float = 1.0
+    stats: SuffStats,
+    ball: ClipBall,
+    reg_covar: float,
+    min_count: float = 1.0,
+    second_sigma: float = 0.0,
 ) -> Params:
     """Params from noisy statistics about ``ball.centre`` that are always valid: no
     Cholesky failure and no NaN, whatever the noise did (post-processing: it costs no
@@ -452,8 +458,10 @@ def private_params(
     - means are ``centre + S1 / n``, projected into the clipping ball (every row lies
       in it, so every mean does);
     - covariances ``S2 / n − δ δᵀ`` are symmetrised and their eigenvalues floored at
-      ``reg_covar`` (and at 1e-10 of the largest); diag and spherical variances at
-      ``reg_covar``.
+      ``reg_covar``, at the scale of the noise the second moments carry
+      (``second_sigma / n`` per entry: below it an eigenvalue is noise, and a variance
+      floored at 1e-6 there gives held-out rows a likelihood of ~e^-10⁶), and at 1e-10
+      of the largest; diag and spherical variances likewise.
     """
     if not (math.isfinite(float(reg_covar)) and float(reg_covar) > 0.0):
         raise ValueError(f"a private fit needs reg_covar > 0, got {reg_covar!r}.")
@@ -473,14 +481,21 @@ def private_params(
     means = ball.centre + offset
     second = np.asarray(host.second, dtype=np.float64)
     outer = offset[:, :, None] * offset[:, None, :]
+    if not (math.isfinite(float(second_sigma)) and float(second_sigma) >= 0.0):
+        raise ValueError(f"second_sigma must be finite and >= 0, got {second_sigma!r}.")
+    noise = float(second_sigma) / nk  # the noise of a covariance entry, per component
     if cov_type == "full":
-        cov = _floored(second / nk[:, None, None] - outer, reg_covar)
+        cov = _floored(second / nk[:, None, None] - outer, np.maximum(reg_covar, noise))
     elif cov_type == "tied":
-        cov = _floored((second - np.einsum("k,kij->ij", nk, outer)) / nk.sum(), reg_covar)
+        total = nk.sum()
+        floor = max(float(reg_covar), float(second_sigma) / total)
+        cov = _floored((second - np.einsum("k,kij->ij", nk, outer)) / total, floor)
     elif cov_type == "diag":
-        cov = np.maximum(second / nk[:, None] - offset**2, reg_covar)
+        cov = np.maximum(second / nk[:, None] - offset**2, np.maximum(reg_covar, noise)[:, None])
     else:
-        cov = np.maximum((second / nk - np.sum(offset**2, axis=1)) / d, reg_covar)
+        cov = np.maximum(
+            (second / nk - np.sum(offset**2, axis=1)) / d, np.maximum(reg_covar, noise / d)
+        )
     return Params.from_covariances(nk / nk.sum(), means, cov, cov_type)
 
 

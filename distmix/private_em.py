@@ -149,5 +149,5 @@ def fit_private(
         raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
         noisy, cost, sigmas = release(stats, plan)
         spent += cost
-        params = private_params(noisy, ball, reg_covar, min_count)
+        params = private_params(noisy, ball, reg_covar, min_count, sigmas["second"])
     return PrivateFit(params, plan, spent, plan.releases, sigmas)

@@ -429,3 +429,33 @@ def test_huge_and_non_finite_rows():
 def test_a_budget_beyond_the_accountant_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="beyond what OpenDP's accountant computes"):
         rho_for_epsilon(1e8, 1e-6)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_eigenvalues_below_the_noise_are_floored_at_it(covariance_type):
+    """Noise of scale σ on the second moments makes a covariance entry uncertain by
+    σ / n: variances are floored there, never at 1e-6 below a noise that large."""
+    rng = np.random.default_rng(10)
+    ball = ClipBall(np.zeros(3), 5.0)
+    stats = noisy_stats(rng, covariance_type, 3, 3, ball, 1e3)
+    sigma = 400.0
+    params = private_params(stats, ball, reg_covar=1e-6, second_sigma=sigma)
+    nk = np.maximum(np.asarray(stats.resp_sum), 1.0)
+    floors = {
+        "full": sigma / nk,
+        "tied": np.full(1, sigma / nk.sum()),
+        "diag": sigma / nk,
+        "spherical": sigma / nk / 3,
+    }[covariance_type]
+    cov = np.asarray(params.covariances)
+    if covariance_type == "full":
+        smallest = np.linalg.eigvalsh(cov).min(axis=1)
+    elif covariance_type == "tied":
+        smallest = np.linalg.eigvalsh(cov).min(keepdims=True)
+    elif covariance_type == "diag":
+        smallest = cov.min(axis=1)
+    else:
+        smallest = cov
+    assert np.all(smallest >= floors * (1 - 1e-9)), (smallest, floors)
+    with pytest.raises(ValueError, match="second_sigma must be finite and >= 0"):
+        private_params(stats, ball, reg_covar=1e-6, second_sigma=-1.0)
