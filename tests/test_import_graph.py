@@ -38,6 +38,12 @@ ALLOWED_FUNCTION_IMPORTS = {
     ("distmix.cli", "distmix.examples"): "the examples may be missing from an editable "
     "install made before they existed; `distmix demo` says so instead of failing",
     ("distmix.cluster", "dask_jobqueue"): "optional package, needed only by the slurm/pbs configs",
+    ("distmix.engines.dask", "distmix.kernels"): "the worker probe asks the worker's own "
+    "kernel choice, on the worker",
+    ("distmix.engines.dask", "distmix.fused"): "the worker probe loads the compiled kernels "
+    "(numba) where the worker would run them, so that its memory counts them",
+    ("distmix.privacy", "opendp.prelude"): "optional package (distmix[privacy]), needed only "
+    "by private fits; a missing one is named with the extra to install",
 }
 
 KERNELS = {
@@ -54,8 +60,9 @@ KERNELS = {
     "distmix.stepwise",
     "distmix.kernels",
     "distmix.fused",
+    "distmix.privacy",
 }
-LOOP = {"distmix.em", "distmix.init", "distmix.online"}
+LOOP = {"distmix.em", "distmix.init", "distmix.online", "distmix.private_em"}
 LEAVES = {"distmix.estimator", "distmix.cli"}
 #: the estimator layer's base class (scikit-learn's BaseMixture): only the estimator imports it
 ESTIMATOR_BASE = "distmix.mixture"
