@@ -247,13 +247,15 @@ def _loaded_memory_probe() -> Callable[[], float | str]:
         try:
             import psutil
 
-            import distmix.kernels
+            # distmix.tasks first: a worker without distmix names the module that every
+            # block task needs
             import distmix.tasks  # noqa: F401  (with NumPy, SciPy, scikit-learn: ~110 MiB)
+            from distmix import kernels
 
             # the compiled kernels, where this worker's blocks would run them: numba and
             # llvmlite take ~54 MiB more on import (~100 MiB once a kernel is loaded)
-            choice = distmix.kernels.kernel_choice()
-            if choice == "compiled" or (choice == "auto" and distmix.kernels.compiled_available()):
+            choice = kernels.kernel_choice()
+            if choice == "compiled" or (choice == "auto" and kernels.compiled_available()):
                 import distmix.fused  # noqa: F401
 
             return float(psutil.Process().memory_info().rss)
