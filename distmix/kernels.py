@@ -32,6 +32,7 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -123,6 +124,15 @@ COMPILED_TASKS: dict[str, str] = {
 }
 
 
+def compiled_module() -> ModuleType | None:
+    """:mod:`distmix.fused`, imported (numba with it), where this process's choice runs
+    NumPy blocks on the compiled kernels; ``None`` where it does not."""
+    choice = kernel_choice()
+    if choice == "compiled" or (choice == "auto" and compiled_available()):
+        return importlib.import_module("distmix.fused")
+    return None
+
+
 def compiled_kernel(task: str, block: Any) -> Callable[..., Any] | None:
     """The compiled kernel of the block task ``task`` for ``block``, or ``None`` for
     the array-API one (by this process's choice; see the module's docstring)."""
@@ -135,9 +145,9 @@ def compiled_kernel(task: str, block: Any) -> Callable[..., Any] | None:
             f"kernel='compiled' runs on NumPy blocks only, not {type(block).__module__}."
             f"{type(block).__name__}: use kernel='auto' (the array-API kernel for others)."
         )
-    if not numpy_block or not (choice == "compiled" or compiled_available()):
+    fused = compiled_module() if numpy_block else None
+    if fused is None:
         return None
-    fused = importlib.import_module("distmix.fused")
     return getattr(fused, COMPILED_TASKS[task])  # type: ignore[no-any-return]
 
 

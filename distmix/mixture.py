@@ -207,23 +207,23 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _fit_private(self, X: Any, sample_weight: Any) -> None:
         """A differentially private fit (``privacy=``): see :mod:`distmix.private_em`."""
-        privacy = self.privacy  # type: ignore[attr-defined]
+        privacy = self.privacy
         if sample_weight is not None:
             raise ValueError(
                 "a private fit takes no sample_weight: its sensitivities are for rows of "
                 "weight 1 (a row of weight w moves the statistics w times as far)."
             )
-        if self.n_init != 1:  # type: ignore[attr-defined]
+        if self.n_init != 1:
             raise ValueError(
-                f"a private fit runs one start, got n_init={self.n_init}: "  # type: ignore[attr-defined]
+                f"a private fit runs one start, got n_init={self.n_init}: "
                 "every start would spend the budget again."
             )
-        if self.checkpoint is not None:  # type: ignore[attr-defined]
+        if self.checkpoint is not None:
             raise ValueError("checkpoint= is not supported for private fits yet.")
-        if self.max_iter < 1:  # type: ignore[attr-defined]
+        if self.max_iter < 1:
             raise ValueError(
                 "a private fit needs max_iter >= 1: the number of its noisy iterations, "
-                f"fixed in advance; got {self.max_iter}."  # type: ignore[attr-defined]
+                f"fixed in advance; got {self.max_iter}."
             )
         fitted_before = hasattr(self, self._fitted_attribute)
         engine = self._engine(X, None, reset=True)
@@ -232,13 +232,13 @@ class BaseMixture(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"privacy.centre has {ball.n_features} features but X has {engine.n_features}."
             )
-        n_components = int(self.n_components)  # type: ignore[attr-defined]
-        covariance_type = str(self.covariance_type)  # type: ignore[attr-defined]
-        if self.warm_start and fitted_before:  # type: ignore[attr-defined]
+        n_components = int(self.n_components)
+        covariance_type = str(self.covariance_type)
+        if self.warm_start and fitted_before:
             start = self._params()  # a released model: public
         else:
             user = self._check_initial_parameters(engine.n_features)
-            seed = int(check_random_state(self.random_state).randint(SEEDS))  # type: ignore[attr-defined]
+            seed = int(check_random_state(self.random_state).randint(SEEDS))
             drawn = data_free_start(ball, n_components, covariance_type, seed)
             weights = user.get("weights_init", drawn.weights)
             means = user.get("means_init", drawn.means)
@@ -250,9 +250,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 start = Params.from_covariances(weights, means, drawn.covariances, covariance_type)
         fit = fit_private(
             engine,
-            privacy.plan(int(self.max_iter)),  # type: ignore[attr-defined]
+            privacy.plan(int(self.max_iter)),
             start,
-            float(self.reg_covar),  # type: ignore[attr-defined]
+            float(self.reg_covar),
             privacy.min_count,
         )
         # every attribute is assigned only now, after the whole fit succeeded

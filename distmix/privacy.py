@@ -171,19 +171,13 @@ def private_stats(
 
 
 def field_norms(stats: SuffStats) -> dict[str, float]:
-    """The L2 (Frobenius) norm of each released field of ``stats``; ``full``'s second
-    moment as released, its upper triangle once."""
+    """The L2 (Frobenius) norm of each released field of ``stats``; the second moment
+    as released (:meth:`SuffStats.second_values`: full and tied once, upper triangle)."""
     host = stats.to_host()
-    second = np.asarray(host.second)
-    if stats.covariance_type == "full":
-        upper = np.triu(np.ones(second.shape[1:], dtype=bool))
-        second = second[:, upper]
-    elif stats.covariance_type == "tied":
-        second = second[np.triu(np.ones(second.shape, dtype=bool))]
     return {
         "resp_sum": float(np.linalg.norm(np.ravel(host.resp_sum))),
         "x_sum": float(np.linalg.norm(np.ravel(host.x_sum))),
-        "second": float(np.linalg.norm(np.ravel(second))),
+        "second": float(np.linalg.norm(host.second_values())),
     }
 
 

@@ -48,15 +48,18 @@ class PrivateFit:
 
     def report(self) -> dict[str, object]:
         """``model.privacy_``: the budget, what was spent (zCDP and (ε, δ)), the noise."""
-        report = self.plan.report()
-        report.update(
-            rho=self.rho_spent,
-            epsilon=epsilon_from_rho(self.rho_spent, self.plan.delta),
-            epsilon_budget=self.plan.epsilon,
-            iterations=self.n_iter,
-            noise_sigma=dict(self.sigmas),
-        )
-        return report
+        plan = self.plan
+        return {
+            "rho": self.rho_spent,
+            "epsilon": epsilon_from_rho(self.rho_spent, plan.delta),
+            "delta": plan.delta,
+            "epsilon_budget": plan.epsilon,
+            "releases": plan.releases,
+            "iterations": self.n_iter,
+            "clip_radius": plan.ball.radius,
+            "noise_sigma": dict(self.sigmas),
+            "noise_shares": dict(plan.shares),
+        }
 
 
 def data_free_start(ball: ClipBall, n_components: int, covariance_type: str, seed: int) -> Params:
@@ -79,12 +82,6 @@ def data_free_start(ball: ClipBall, n_components: int, covariance_type: str, see
     return Params.from_covariances(weights, means, covariances, covariance_type)
 
 
-def _upper(stats: SuffStats) -> tuple[np.ndarray, np.ndarray] | None:
-    if stats.covariance_type in ("full", "tied"):
-        return np.triu_indices(stats.n_features)
-    return None
-
-
 def release(stats: SuffStats, plan: PrivacyPlan) -> tuple[SuffStats, float, dict[str, float]]:
     """The statistics with each field's noise, the ``ρ`` the release cost and each
     field's noise scale. The symmetric second moments go out once, as their upper
@@ -95,31 +92,16 @@ def release(stats: SuffStats, plan: PrivacyPlan) -> tuple[SuffStats, float, dict
     spent = 0.0
     noisy: dict[str, np.ndarray] = {}
     sigmas: dict[str, float] = {}
-    for name in ("resp_sum", "x_sum"):
-        out = gaussian_release(
-            getattr(host, name), sensitivity[name], per_field * plan.shares[name], name
-        )
+    fields = {"resp_sum": host.resp_sum, "x_sum": host.x_sum, "second": host.second_values()}
+    for name, values in fields.items():
+        out = gaussian_release(values, sensitivity[name], per_field * plan.shares[name], name)
         noisy[name], spent, sigmas[name] = out.values, spent + out.rho, out.sigma
-    second = np.asarray(host.second, dtype=np.float64)
-    upper = _upper(host)
-    values = second[..., upper[0], upper[1]] if upper is not None else second
-    out = gaussian_release(
-        values, sensitivity["second"], per_field * plan.shares["second"], "second"
-    )
-    spent, sigmas["second"] = spent + out.rho, out.sigma
-    if upper is not None:
-        rebuilt = np.zeros_like(second)
-        rebuilt[..., upper[0], upper[1]] = out.values
-        rebuilt[..., upper[1], upper[0]] = out.values
-        noisy["second"] = rebuilt
-    else:
-        noisy["second"] = out.values
     released = SuffStats(
         host.covariance_type,
         host.reference,
         noisy["resp_sum"],
         noisy["x_sum"],
-        noisy["second"],
+        host.second_from_values(noisy["second"]),
         0.0,  # not released
         0.0,  # not released
         0.0,

@@ -170,6 +170,28 @@ class SuffStats:
         return replace(host, reference=new, x_sum=x_sum, second=host.second + extra)
 
     # -- host / wire --------------------------------------------------------
+    def second_values(self) -> np.ndarray:
+        """The second moment as it is sent (host, float64, flat): the symmetric
+        ``full`` and ``tied`` matrices once, as their upper triangles (row by row)."""
+        second = np.asarray(self.to_host().second, dtype=np.float64)
+        if self.covariance_type in ("full", "tied"):
+            i, j = np.triu_indices(self.n_features)
+            return second[..., i, j].reshape(-1)
+        return second.reshape(-1)
+
+    def second_from_values(self, values: np.ndarray) -> np.ndarray:
+        """A second moment of this one's shape from :meth:`second_values`'s layout
+        (``full`` and ``tied`` rebuilt symmetric from their upper triangles)."""
+        shape = np.shape(self.second)
+        if self.covariance_type in ("full", "tied"):
+            i, j = np.triu_indices(self.n_features)
+            out = np.zeros(shape)
+            upper = np.asarray(values, dtype=np.float64).reshape(shape[:-2] + (i.size,))
+            out[..., i, j] = upper
+            out[..., j, i] = upper
+            return out
+        return np.asarray(values, dtype=np.float64).reshape(shape).copy()
+
     def to_host(self) -> SuffStats:
         """The same statistics as float64 NumPy arrays and Python floats.
 

@@ -45,7 +45,7 @@ from distmix.init_kernels import (
     sample_block,
     take_rows_block,
 )
-from distmix.kernels import chosen, compiled_kernel, estep_kernel
+from distmix.kernels import chosen, compiled_kernel, compiled_module, estep_kernel
 from distmix.nonfinite import NonFinite, raise_if_nonfinite
 from distmix.params import Params
 from distmix.privacy import ClipBall, private_stats
@@ -164,6 +164,13 @@ def rowwise_in_pieces(block_fn: Callable[[Any, Params], Any], block: Any, params
 # --------------------------------------------------------------------------- #
 # the block functions of the reduce tasks: fn(block, w, row_offset, *args)    #
 # --------------------------------------------------------------------------- #
+def load_kernels() -> None:
+    """Load the block kernels this process's tasks would run: the compiled ones (numba
+    and llvmlite, ~54 MiB on import) where the kernel choice runs them. A Dask worker's
+    memory probe calls it, so that the blocks are checked against what is left."""
+    compiled_module()
+
+
 def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params) -> SuffStats:
     """The E-step's SuffStats of a block: the compiled kernel where the kernel registry
     picks it (it tiles the block itself), else the array-API kernel, in pieces where

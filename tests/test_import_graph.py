@@ -38,10 +38,6 @@ ALLOWED_FUNCTION_IMPORTS = {
     ("distmix.cli", "distmix.examples"): "the examples may be missing from an editable "
     "install made before they existed; `distmix demo` says so instead of failing",
     ("distmix.cluster", "dask_jobqueue"): "optional package, needed only by the slurm/pbs configs",
-    ("distmix.engines.dask", "distmix"): "the worker probe asks the worker's own kernel "
-    "choice, on the worker (``from distmix import kernels``, after ``distmix.tasks``)",
-    ("distmix.engines.dask", "distmix.fused"): "the worker probe loads the compiled kernels "
-    "(numba) where the worker would run them, so that its memory counts them",
     ("distmix.privacy", "opendp.prelude"): "optional package (distmix[privacy]), needed only "
     "by private fits; a missing one is named with the extra to install",
 }

@@ -247,16 +247,10 @@ def _loaded_memory_probe() -> Callable[[], float | str]:
         try:
             import psutil
 
-            # distmix.tasks first: a worker without distmix names the module that every
-            # block task needs
-            import distmix.tasks  # noqa: F401  (with NumPy, SciPy, scikit-learn: ~110 MiB)
-            from distmix import kernels
+            import distmix.tasks  # (with NumPy, SciPy, scikit-learn: ~110 MiB)
 
-            # the compiled kernels, where this worker's blocks would run them: numba and
-            # llvmlite take ~54 MiB more on import (~100 MiB once a kernel is loaded)
-            choice = kernels.kernel_choice()
-            if choice == "compiled" or (choice == "auto" and kernels.compiled_available()):
-                import distmix.fused  # noqa: F401
+            # the compiled kernels too, where this worker's blocks would run them
+            distmix.tasks.load_kernels()
 
             return float(psutil.Process().memory_info().rss)
         except MemoryError:

@@ -59,37 +59,12 @@ def template(task: str, n_features: int, args: tuple) -> Any:
     return run_block(task, np.empty((0, n_features)), None, 0, args)
 
 
-def _upper(n: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.triu_indices(n)
-
-
-def _second_values(stats: SuffStats) -> np.ndarray:
-    second = np.asarray(stats.second, dtype=np.float64)
-    if stats.covariance_type in ("full", "tied"):
-        i, j = _upper(stats.n_features)
-        return second[..., i, j].reshape(-1)
-    return second.reshape(-1)
-
-
-def _second_from(values: np.ndarray, like: SuffStats) -> np.ndarray:
-    shape = np.shape(like.second)
-    if like.covariance_type in ("full", "tied"):
-        d = like.n_features
-        i, j = _upper(d)
-        out = np.zeros(shape)
-        upper = values.reshape(shape[:-2] + (i.size,))
-        out[..., i, j] = upper
-        out[..., j, i] = upper
-        return out
-    return values.reshape(shape).copy()
-
-
 def _stats_slots(stats: SuffStats, prefix: str = "") -> list[Slot]:
     k, d = stats.n_components, stats.n_features
     return [
         Slot(prefix + "resp_sum", k, "weight"),
         Slot(prefix + "x_sum", k * d, "first"),
-        Slot(prefix + "second", _second_values(stats).size, "second"),
+        Slot(prefix + "second", stats.second_values().size, "second"),
         Slot(prefix + "n_rows", 1, "count"),
         Slot(prefix + "log_lik", 1, "log_lik"),
     ]
@@ -100,7 +75,7 @@ def _stats_values(stats: SuffStats) -> list[np.ndarray]:
     return [
         np.ravel(host.resp_sum),
         np.ravel(host.x_sum),
-        _second_values(host),
+        host.second_values(),
         np.asarray([host.n_rows]),
         np.asarray([host.log_lik]),
     ]
@@ -108,14 +83,14 @@ def _stats_values(stats: SuffStats) -> list[np.ndarray]:
 
 def _stats_from(values: np.ndarray, like: SuffStats) -> tuple[SuffStats, np.ndarray]:
     k, d = like.n_components, like.n_features
-    n_second = _second_values(like).size
+    n_second = like.second_values().size
     parts = np.split(values, np.cumsum([k, k * d, n_second, 1, 1]))
     stats = SuffStats(
         like.covariance_type,
         like.reference,
         parts[0].copy(),
         parts[1].reshape(k, d).copy(),
-        _second_from(parts[2], like),
+        like.second_from_values(parts[2]),
         float(parts[3][0]),
         float(parts[4][0]),
         0.0,
