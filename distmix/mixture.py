@@ -15,6 +15,7 @@ parameters, their documentation, and how its fitted attributes map to and from
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import warnings
@@ -40,6 +41,7 @@ from distmix.persist import (
     check_file_target,
     write_model,
 )
+from distmix.privacy import Privacy
 from distmix.private_em import data_free_start, fit_private
 from distmix.progress import verbose_logging
 from distmix.settings import check_settings
@@ -165,7 +167,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _fit(self, X: Any, sample_weight: Any) -> None:
         self._check_parameters()
-        if getattr(self, "privacy", None) is not None:
+        if getattr(self, "privacy", None) is not None or _private_input(X):
             self._fit_private(X, sample_weight)
             return
         if self.checkpoint is not None:  # before any pass: a path it can write, no model there
@@ -227,6 +229,16 @@ class BaseMixture(DensityMixin, BaseEstimator):
             )
         fitted_before = hasattr(self, self._fitted_attribute)
         engine = self._engine(X, None, reset=True)
+        plan = getattr(engine, "privacy_plan", None)
+        if plan is not None:  # a private federation: its manifest's budget
+            privacy = _same_privacy(privacy, X.__distmix_privacy__)
+            if self.max_iter > plan.releases:
+                raise ValueError(
+                    f"max_iter={self.max_iter} is more private iterations than the "
+                    f"federation's manifest allows (dp_iterations={plan.releases})."
+                )
+        else:
+            plan = privacy.plan(int(self.max_iter))
         ball = privacy.ball
         if ball.n_features != engine.n_features:
             raise ValueError(
@@ -249,11 +261,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             else:
                 start = Params.from_covariances(weights, means, drawn.covariances, covariance_type)
         fit = fit_private(
-            engine,
-            privacy.plan(int(self.max_iter)),
-            start,
-            float(self.reg_covar),
-            privacy.min_count,
+            engine, plan, start, float(self.reg_covar), privacy.min_count, int(self.max_iter)
         )
         # every attribute is assigned only now, after the whole fit succeeded
         self._set_params(fit.params)
@@ -264,8 +272,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self.privacy_ = fit.report()
         self._forget_stream()
 
-    def _refuse_private(self, what: str) -> None:
-        if getattr(self, "privacy", None) is not None:
+    def _refuse_private(self, what: str, X: Any = None) -> None:
+        if getattr(self, "privacy", None) is not None or _private_input(X):
             raise ValueError(f"{what} is not supported for private fits (privacy=) yet.")
 
     # -- streaming ----------------------------------------------------------
@@ -298,7 +306,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _partial_fit(self, X: Any, sample_weight: Any) -> None:
         self._check_parameters()
-        self._refuse_private("partial_fit")
+        self._refuse_private("partial_fit", X)
         fitted = self._params() if hasattr(self, self._fitted_attribute) else None
         engine = self._engine(X, sample_weight, reset=fitted is None, many_passes=False)
         stream = self.__dict__.get("_stream")
@@ -343,7 +351,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         """Stepwise online EM over ``source`` in batches: see :func:`distmix.fit_stream`."""
         with self._unchanged_on_error(), verbose_logging(self.verbose):
             self._check_parameters()
-            self._refuse_private("fit_stream")
+            self._refuse_private("fit_stream", source)
             if self.checkpoint is not None:
                 check_file_target(
                     self.checkpoint,
@@ -437,3 +445,27 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def aic(self, X: Any) -> float:
         """Akaike information criterion on ``X`` (lower is better)."""
         return -2 * self.score(X) * X.shape[0] + 2 * self._params().n_parameters()
+
+
+def _private_input(X: Any) -> bool:
+    """Whether ``X`` asks for a private fit itself (a private federation)."""
+    return getattr(X, "__distmix_privacy__", None) is not None
+
+
+def _same_privacy(given: Privacy | None, pinned: Privacy) -> Privacy:
+    """The settings of a private federation's manifest; ``given`` (the estimator's
+    ``privacy=``), if any, must be the same budget and ball."""
+    if given is None:
+        return pinned
+    for name in ("epsilon", "delta", "clip_radius"):
+        if float(getattr(given, name)) != float(getattr(pinned, name)):
+            raise ValueError(
+                f"privacy.{name}={getattr(given, name)!r} differs from the federation "
+                f"manifest's ({getattr(pinned, name)!r}): its sites enforce their manifest's."
+            )
+    if not np.array_equal(given.centre, pinned.centre):
+        raise ValueError(
+            "privacy.centre differs from the federation manifest's centre: its sites clip "
+            "about their manifest's."
+        )
+    return dataclasses.replace(pinned, min_count=given.min_count)

@@ -382,6 +382,41 @@ class Release:
     rho: float
 
 
+def noise_step(sigma: float) -> float:
+    """The grid a field of noise scale ``sigma`` is released on: ``2**(⌊log2 σ⌋ − 24)``."""
+    return 2.0 ** (math.floor(math.log2(_check_positive("sigma", sigma))) - GRID_BITS)
+
+
+def units_moved(sensitivity: float, step: float, size: int) -> int:
+    """How far one row moves a field of ``size`` values rounded to ``step``, in whole
+    steps (L2): ``sensitivity / step`` and at most one step per rounded value."""
+    return math.ceil(sensitivity / step + math.sqrt(max(int(size), 1)))
+
+
+def _grid_units(values: Any, step: float, name: str, limit: int = _INT64_LIMIT) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"the {name} to release contain NaN or infinity.")
+    units = np.rint(x / step)
+    if x.size and float(np.max(np.abs(units))) >= limit:
+        raise ValueError(
+            f"the {name} to release are too large for the noise grid ({step:.3g}): "
+            f"|value| up to {float(np.max(np.abs(x))):.3g}."
+        )
+    return units.astype(np.int64)
+
+
+def _discrete_gaussian(units: np.ndarray, sigma_units: float) -> tuple[np.ndarray, Any]:
+    """``units`` plus OpenDP's exact discrete Gaussian noise of scale ``sigma_units``
+    (int64), and the mechanism (its ``map`` is the zCDP of a sensitivity)."""
+    dp = _opendp()
+    mechanism = dp.m.make_gaussian(
+        dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64"), scale=sigma_units
+    )
+    noisy = np.asarray(mechanism(units.ravel().tolist()), dtype=np.int64)
+    return noisy.reshape(units.shape), mechanism
+
+
 def gaussian_release(values: Any, sensitivity: float, rho: float, name: str = "values") -> Release:
     """``values`` with discrete Gaussian noise that costs ``rho`` (zCDP) for a field of
     L2 ``sensitivity`` (OpenDP's exact sampler, from the operating system's
@@ -392,30 +427,77 @@ def gaussian_release(values: Any, sensitivity: float, rho: float, name: str = "v
     rounded integers by at most ``sensitivity / step + √n`` in L2 (each rounding
     moves by at most one), and the noise is calibrated to that, in whole steps.
     """
-    x = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"the {name} to release contain NaN or infinity.")
-    sigma = gaussian_sigma(sensitivity, rho)
-    step = 2.0 ** (math.floor(math.log2(sigma)) - GRID_BITS)
-    units = np.rint(x / step)
-    if x.size and float(np.max(np.abs(units))) >= _INT64_LIMIT:
-        raise ValueError(
-            f"the {name} to release are too large for the noise grid ({step:.3g}): "
-            f"|value| up to {float(np.max(np.abs(x))):.3g}."
-        )
-    moved = math.ceil(sensitivity / step + math.sqrt(max(x.size, 1)))  # whole steps, L2
+    step = noise_step(gaussian_sigma(sensitivity, rho))
+    units = _grid_units(values, step, name)
+    moved = units_moved(sensitivity, step, units.size)
     sigma_units = moved / math.sqrt(2.0 * _check_positive("rho", rho))
-    dp = _opendp()
-    mechanism = dp.m.make_gaussian(
-        dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64"), scale=sigma_units
-    )
+    noisy, mechanism = _discrete_gaussian(units, sigma_units)
     spent = float(mechanism.map(moved))
     if spent > rho * (1.0 + 1e-9):
         raise RuntimeError(f"the noise of the {name} costs rho {spent}, more than {rho}.")
-    noisy = np.asarray(mechanism(units.astype(np.int64).ravel().tolist()), dtype=np.int64)
-    return Release(
-        (noisy.astype(np.float64) * step).reshape(x.shape), step, sigma_units * step, spent
-    )
+    return Release(noisy.astype(np.float64) * step, step, sigma_units * step, spent)
+
+
+# -- distributed noise: every site adds a share ------------------------------------------
+def distributed_rho(moved: float, sigma_units: float, parts: int, size: int) -> float:
+    """zCDP of a sum to which ``parts`` parties each added independent discrete
+    Gaussian noise of scale ``sigma_units`` (in grid steps), for a change of at most
+    ``moved`` steps (L2) in ``size`` values.
+
+    A sum of discrete Gaussians is not itself one, but it is close: by Kairouz, Liu
+    and Steinke (2021, "The distributed discrete Gaussian mechanism", Theorem 1) the
+    sum is ``ε²/2``-zCDP with ``ε = min(√(Δ²/(mσ²) + 2τd), Δ/(√m σ) + τ√d)``,
+    ``τ = 10 Σ_{k<m} exp(−2π²σ² k/(k+1))``. At the scales used here (``σ`` of
+    ``2**24`` steps and more) ``τ`` is zero in float64, and the cost is that of one
+    Gaussian of variance ``m σ²``.
+    """
+    m = int(parts)
+    if m < 1:
+        raise ValueError(f"parts must be at least 1, got {parts!r}.")
+    sigma = _check_positive("sigma", sigma_units)
+    tau = 10.0 * sum(math.exp(-2.0 * math.pi**2 * sigma**2 * k / (k + 1)) for k in range(1, m))
+    base = float(moved) ** 2 / (m * sigma**2)
+    d = max(int(size), 1)
+    eps = min(math.sqrt(base + 2.0 * tau * d), math.sqrt(base) + tau * math.sqrt(d))
+    return 0.5 * eps * eps
+
+
+@dataclass(frozen=True)
+class SiteShare:
+    """What each of ``parts`` sites adds to a field so that their sum costs ``rho``:
+    the grid ``step``, each site's noise scale ``sigma_units`` (steps), and the
+    whole sum's noise scale ``sigma`` (values' units) and cost ``rho`` (zCDP)."""
+
+    step: float
+    sigma_units: float
+    sigma: float
+    rho: float
+    parts: int
+
+    @classmethod
+    def plan(cls, sensitivity: float, rho: float, parts: int, size: int) -> SiteShare:
+        """The shares that make a field of ``size`` values and L2 ``sensitivity`` cost
+        at most ``rho`` once ``parts`` or more sites have added theirs."""
+        if isinstance(parts, bool) or int(parts) < 1:
+            raise ValueError(f"parts must be a positive integer, got {parts!r}.")
+        step = noise_step(gaussian_sigma(sensitivity, rho))
+        moved = units_moved(sensitivity, step, size)
+        total = moved / math.sqrt(2.0 * _check_positive("rho", rho))
+        each = total / math.sqrt(int(parts))
+        spent = distributed_rho(moved, each, int(parts), size)
+        if spent > rho * (1.0 + 1e-9):
+            raise RuntimeError(f"site shares cost rho {spent}, more than {rho}.")
+        return cls(step, each, total * step, spent, int(parts))
+
+    def add(self, values: Any, name: str = "values") -> np.ndarray:
+        """``values`` on the grid with one site's share of the noise (float64, every
+        value an exact multiple of the step, so that exact secure sums add them
+        without rounding)."""
+        units = _grid_units(values, self.step, name, limit=2**53)
+        noisy, _ = _discrete_gaussian(units, self.sigma_units)
+        if noisy.size and int(np.max(np.abs(noisy))) >= 2**53:
+            raise ValueError(f"the noisy {name} do not fit the noise grid exactly.")
+        return noisy.astype(np.float64) * self.step
 
 
 # -- post-processing --------------------------------------------------------------------

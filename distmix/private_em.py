@@ -29,6 +29,7 @@ from distmix.params import Params
 from distmix.privacy import (
     ClipBall,
     PrivacyPlan,
+    SiteShare,
     epsilon_from_rho,
     gaussian_release,
     private_params,
@@ -110,26 +111,66 @@ def release(stats: SuffStats, plan: PrivacyPlan) -> tuple[SuffStats, float, dict
     return released, spent, sigmas
 
 
+def site_shares(plan: PrivacyPlan, parts: int, stats: SuffStats) -> dict[str, SiteShare]:
+    """The noise shares that ``parts`` or more sites add to each field of one release
+    (distributed noise): what every site computes from the manifest alone."""
+    sensitivity = plan.ball.sensitivities()
+    per_field = plan.rho / plan.releases
+    return {
+        name: SiteShare.plan(sensitivity[name], per_field * plan.shares[name], parts, size)
+        for name, size in _field_sizes(stats).items()
+    }
+
+
+def _field_sizes(stats: SuffStats) -> dict[str, int]:
+    host = stats.to_host()
+    return {
+        "resp_sum": int(np.size(host.resp_sum)),
+        "x_sum": int(np.size(host.x_sum)),
+        "second": int(host.second_values().size),
+    }
+
+
 def fit_private(
     engine: Engine,
     plan: PrivacyPlan,
     start: Params,
     reg_covar: float,
     min_count: float = 1.0,
+    iterations: int | None = None,
 ) -> PrivateFit:
-    """``plan.releases`` private EM iterations from ``start`` (public Params)."""
+    """``iterations`` (default: ``plan.releases``, at most that) private EM iterations
+    from ``start`` (public Params).
+
+    An engine whose ``noise_at_sites`` is true (a federation with distributed noise)
+    returns sums its sites have already noised, in shares that add up to the plan's
+    noise over at least ``engine.noise_parts`` sites; any other engine's sums are
+    noised here (:func:`release`).
+    """
     ball = plan.ball
     ball.check_features(engine.n_features)
     if start.n_features != engine.n_features:
         raise ValueError(
             f"the start has {start.n_features} features but the rows have {engine.n_features}."
         )
+    count = plan.releases if iterations is None else int(iterations)
+    if not 1 <= count <= plan.releases:
+        raise ValueError(
+            f"a private fit under this plan runs 1 to {plan.releases} iterations, got {count}."
+        )
+    at_sites = bool(getattr(engine, "noise_at_sites", False))
     params, spent, sigmas = start, 0.0, dict(plan.sigmas)
-    for _ in range(plan.releases):
+    for _ in range(count):
         stats: SuffStats = engine.reduce("private_estep", params, ball).to_host()
         # the data owner's own error (it releases nothing): rows that are not numbers
         raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
-        noisy, cost, sigmas = release(stats, plan)
-        spent += cost
+        if at_sites:
+            shares = site_shares(plan, int(engine.noise_parts), stats)  # type: ignore[attr-defined]
+            noisy = stats
+            spent += sum(share.rho for share in shares.values())
+            sigmas = {name: share.sigma for name, share in shares.items()}
+        else:
+            noisy, cost, sigmas = release(stats, plan)
+            spent += cost
         params = private_params(noisy, ball, reg_covar, min_count, sigmas["second"])
-    return PrivateFit(params, plan, spent, plan.releases, sigmas)
+    return PrivateFit(params, plan, spent, count, sigmas)

@@ -18,6 +18,7 @@ from distmix.engines.base import block_offsets
 from distmix.engines.local import LocalEngine
 from distmix.federated import Federation, Site
 from distmix.federated.engine import FEDERATION_REFUSED
+from distmix.federated.wire import PRIVATE_TASKS
 from distmix.tasks import ROW_MOVING_TASKS, TASKS
 from distmix.testing import EngineTests
 from distmix.testing.engines import ComputeCount
@@ -56,7 +57,7 @@ def federation_of(
 
 
 class TestFederatedEngine(EngineTests):
-    refused = FEDERATION_REFUSED
+    refused = FEDERATION_REFUSED | PRIVATE_TASKS  # a private E-step: private federations
     accepts_empty_blocks = False  # each site is a local engine: block lengths are positive
     exposes_blocks = False
     names_bad_rows = False
@@ -93,7 +94,8 @@ class TestFederatedEngineAllOrNothing(TestFederatedEngine):
 
 
 def test_the_federation_refuses_rows_and_per_row_outputs():
-    """Rows, per-row outputs, and (until the federated private mode) a private fit's
-    E-step, whose statistics carry what a private fit must not release."""
+    """Rows and per-row outputs; a private E-step is for private federations only, which
+    run nothing else (tests/test_private_federation.py)."""
     map_tasks = {name for name, task in TASKS.items() if task.kind == "map"}
-    assert FEDERATION_REFUSED == ROW_MOVING_TASKS | map_tasks | {"private_estep"}
+    assert FEDERATION_REFUSED == ROW_MOVING_TASKS | map_tasks
+    assert PRIVATE_TASKS == {"private_estep"}

@@ -84,7 +84,7 @@ class FederatedEngine:
     """
 
     split_every = 2
-    refused_tasks = FEDERATION_REFUSED
+    refused_tasks: frozenset[str] = FEDERATION_REFUSED
 
     def __init__(
         self,
@@ -108,12 +108,29 @@ class FederatedEngine:
         self.dropped: list[str] = []
         self._session = new_session()
         self._n_rows: int | None = None
+        #: a private federation's plan (its manifest's budget over ``dp_iterations``), and
+        #: whether its sites add the noise (else the private fit adds it to the sums)
+        self.privacy_plan = manifest.privacy_plan()
+        self.noise_at_sites = manifest.private and manifest.dp_noise == "distributed"
+        self.noise_parts = manifest.noise_parts
+        # a private federation runs private E-steps only; any other, none of them
+        # (its sites enforce the same)
+        if manifest.private:
+            self.refused_tasks = frozenset(TASKS) - wire.PRIVATE_TASKS
+        else:
+            self.refused_tasks = FEDERATION_REFUSED | wire.PRIVATE_TASKS
+        self._by = "a private federation" if manifest.private else "a federation"
         self._set_up()
 
     # -- the engine protocol ----------------------------------------------------
     @property
     def n_rows(self) -> int:
         """The federation's rows: a secure sum (one round, on first use)."""
+        if self.manifest.private:
+            raise ValueError(
+                "a private federation does not release its row count (its sites answer "
+                "only private E-steps)."
+            )
         if self._n_rows is None:
             self._n_rows = int(self.reduce("fingerprint").n_rows)
         return self._n_rows
@@ -133,12 +150,12 @@ class FederatedEngine:
         return tuple(self._roster)
 
     def map_blocks(self, task: TaskName, *args: Any) -> Any:
-        get_task(task, "map", self.refused_tasks, by="a federation")
+        get_task(task, "map", self.refused_tasks, by=self._by)
         raise AssertionError("unreachable: a federation refuses every map task")
 
     def reduce(self, task: TaskName, *args: Any) -> Any:
         """The exact secure sum over the sites of ``task``'s results (one round)."""
-        spec = get_task(task, "reduce", self.refused_tasks, by="a federation")
+        spec = get_task(task, "reduce", self.refused_tasks, by=self._by)
         check_arguments(spec, args)
         like = wire.template(task, self.n_features, args)
         n_values = sum(f.size for f in wire.slots(task, like))
@@ -198,7 +215,7 @@ class FederatedEngine:
             summed = codec.decode(
                 total.reshape(n_values, self.manifest.words_per_value), self.manifest.digit_bits
             )
-            return wire.rebuild(like, summed)
+            return wire.rebuild(like, summed, task)
         raise FederationAbort(
             f"round {self._round}: {', '.join(repr(m) for m in missing)} did not answer in "
             f"{self.max_attempts} attempts; an all-or-nothing federation releases no sum "

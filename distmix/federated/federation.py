@@ -14,6 +14,7 @@ from distmix.federated.engine import FederatedEngine
 from distmix.federated.manifest import Manifest
 from distmix.federated.site import Site
 from distmix.federated.transport import InProcessTransport, Transport
+from distmix.privacy import RELEASED_FIELDS, Privacy
 
 
 class Federation:
@@ -42,6 +43,11 @@ class Federation:
         fitted ``weights_`` are then the federation's average proportions.
     drop, arrival : callable, optional
         In-process tests only: see :class:`~distmix.federated.transport.InProcessTransport`.
+    privacy : distmix.Privacy, optional
+        In-process sites: a differentially private federation (the manifest's ``dp_``
+        fields, its ``centre`` the clipping centre), at most ``dp_iterations`` private
+        iterations, the noise added where ``dp_noise`` says ("distributed": by the
+        sites, in shares; "central": by the coordinator).
     """
 
     def __init__(
@@ -59,6 +65,9 @@ class Federation:
         personal_weights: bool = False,
         drop: Callable[[str, Any], bool] | None = None,
         arrival: Callable[[list[str]], list[str]] | None = None,
+        privacy: Privacy | None = None,
+        dp_iterations: int | None = None,
+        dp_noise: str = "distributed",
     ) -> None:
         if isinstance(sites, Sequence):
             sites = list(sites)
@@ -66,15 +75,35 @@ class Federation:
                 raise TypeError("a Federation takes Site objects or a transport.")
             if manifest is None:
                 largest = max(site.engine.n_rows for site in sites)
+                if privacy is not None:
+                    if dp_iterations is None:
+                        raise ValueError(
+                            "a private Federation needs dp_iterations: the most private "
+                            "iterations a fit under its manifest may run."
+                        )
+                    centre = tuple(float(c) for c in privacy.centre)
+                    dp: dict[str, Any] = {
+                        "dp_epsilon": privacy.epsilon,
+                        "dp_delta": privacy.delta,
+                        "dp_clip_radius": privacy.clip_radius,
+                        "dp_iterations": dp_iterations,
+                        "dp_noise": dp_noise,
+                    }
+                    if privacy.noise_shares is not None:
+                        shares = privacy.plan(1).shares
+                        dp["dp_shares"] = tuple(shares[name] for name in RELEASED_FIELDS)
+                else:
+                    dp = {}
                 manifest = Manifest(
                     sites=tuple(site.name for site in sites),
                     n_features=sites[0].engine.n_features,
                     max_rows_per_site=max_rows_per_site or 1 << max(0, largest - 1).bit_length(),
                     radius=radius,
-                    centre=tuple(centre) if isinstance(centre, Sequence) else centre,
+                    centre=tuple(centre) if isinstance(centre, Sequence) else float(centre),
                     max_weight=max_weight,
                     mode=mode,  # type: ignore[arg-type]
                     threshold=threshold,
+                    **dp,
                 )
             for site in sites:
                 if site.manifest is None or site.manifest.digest != manifest.digest:
@@ -92,6 +121,11 @@ class Federation:
 
     def __repr__(self) -> str:
         return f"Federation({', '.join(self.manifest.sites)}; {self.manifest.mode})"
+
+    @property
+    def __distmix_privacy__(self) -> Privacy | None:
+        """A private federation's settings (from its manifest): a fit on it is private."""
+        return self.manifest.privacy()
 
     def engine(self) -> FederatedEngine:
         """A new session over the sites (fresh keys): the engine a fit runs on."""
@@ -119,7 +153,12 @@ class Federation:
         if check_features is not None:
             check_features(self.manifest.n_features, None)
         engine = self.engine()
-        if min_components is not None and engine.n_rows < min_components:
+        # a private federation releases no row count
+        if (
+            min_components is not None
+            and not engine.manifest.private
+            and (engine.n_rows < min_components)
+        ):
             raise ValueError(
                 f"n_samples={engine.n_rows} should be >= n_components={min_components}."
             )

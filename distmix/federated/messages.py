@@ -22,6 +22,7 @@ shape. Anything else is refused, naming the field (:class:`RequestError`).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from distmix._typing import COVARIANCE_TYPES
 from distmix.federated.manifest import Manifest
 from distmix.federated.wire import SITE_TASKS
 from distmix.params import Params, covariance_shape, covariances_from_precision_cholesky
+from distmix.privacy import ClipBall
 from distmix.tasks import TASKS
 
 NONCE_BYTES = 16
@@ -124,6 +126,7 @@ ARGUMENT_ARRAYS: dict[str, tuple[str, ...]] = {
     "reference": ("reference",),
     "covariance_type": (),
     "seed": (),
+    "ball": ("clip_centre",),
 }
 #: the config values each task argument travels as
 ARGUMENT_CONFIG: dict[str, dict[str, type]] = {
@@ -131,6 +134,7 @@ ARGUMENT_CONFIG: dict[str, dict[str, type]] = {
     "params": {"covariance_type": str, "site_weights": bool},
     "covariance_type": {"covariance_type": str},
     "seed": {"seed": int},
+    "ball": {"clip_radius": float},
 }
 
 
@@ -164,6 +168,9 @@ def encode_arguments(
             config["covariance_type"] = str(value)
         elif name == "seed":
             config["seed"] = int(value)
+        elif name == "ball":
+            arrays["clip_centre"] = np.asarray(value.centre, dtype=np.float64)
+            config["clip_radius"] = float(value.radius)
         else:  # a new task argument needs its wire form here
             raise TypeError(f"no wire form for the task argument {name!r}.")
     return arrays, config
@@ -270,6 +277,12 @@ def decode_arguments(message: Message, manifest: Manifest) -> tuple[str, tuple]:
             if not 0 <= c["seed"] < 2**63:
                 raise RequestError("field 'seed' must be in [0, 2**63).")
             args.append(c["seed"])
+        elif argument == "ball":
+            centre = _array(a, "clip_centre", (d,))
+            radius = c["clip_radius"]
+            if not (math.isfinite(radius) and radius > 0.0):
+                raise RequestError("field 'clip_radius' must be finite and > 0.")
+            args.append(ClipBall(centre, radius))
     return task, tuple(args)
 
 

@@ -23,6 +23,14 @@ learning more than a sum over at least three sites:
   different site sets (its *ledger*: the multi-round difference attack);
 * in an unmasking, no site is unmasked both ways (its round seed and its mask
   key), and a site whose mask key was given up stays out of the session.
+
+Under a private manifest (:attr:`Manifest.private`) a site answers only
+private E-steps, with the manifest's own clipping ball, and at most the
+manifest's ``dp_iterations`` of them (counted in its ledger across sessions
+and retries: a refused or lost round is charged all the same). Where the noise
+is distributed, it adds its share (:class:`~distmix.privacy.SiteShare`) to the
+statistics before masking, so that neither the coordinator nor the sum of any
+``threshold`` sites learns them without the whole noise.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from distmix.federated.messages import (
     request_digest,
 )
 from distmix.params import Params
+from distmix.privacy import SiteShare
 from distmix.tasks import ROW_MOVING_TASKS
 
 logger = logging.getLogger("distmix.federated.site")
@@ -106,7 +115,7 @@ class Site:
         self._rows_ok: bool | None = None
         self.manifest: Manifest | None = None
         self._ledger_path = None if ledger is None else Path(ledger)
-        self._ledger: dict[bytes, frozenset[str]] = _read_ledger(self._ledger_path)
+        self._ledger, self._private_releases = _read_ledger(self._ledger_path)
         # a personalised federation: the weights this site uses with the shared
         # components it was last sent, and the M-step of its last E-step (never sent)
         self._weights: np.ndarray | None = None
@@ -339,9 +348,11 @@ class Site:
                 aad = secagg.share_aad(self._session_id, "key", name, self.name, public)
                 key_shares[name] = self._unseal(name, box, aad, "sealed_keys")
         self._check_nonce(c["nonce"])
+        self._check_private(task, args)
         digest = request_digest(request)
         if aon:
             self._check_ledger(digest, frozenset(sites))
+        self._charge_private(task)
         # every check passed: from here on the round is this site's
         self._last_round = (round_id, attempt)
         self._mask_keys, self._key_shares = keys, key_shares
@@ -356,7 +367,9 @@ class Site:
             if total > 0:  # the M-step of this site's weights, used from the next Params on
                 self._next_weights = stats.resp_sum / total
         like = wire.template(task, self.manifest.n_features, args)
-        values = wire.values(result)
+        values = wire.values(result, task)
+        if task in wire.PRIVATE_TASKS and self.manifest.dp_noise == "distributed":
+            values = self._noised(values, task, like)
         codec.check_bounds(
             values, wire.bounded_fields(task, like, self.manifest), f"site {self.name!r}"
         )
@@ -497,6 +510,69 @@ class Site:
                 f"field {field!r}: the share from {sender!r} failed authentication."
             ) from None
 
+    # -- privacy ------------------------------------------------------------------
+    def _check_private(self, task: str, args: tuple) -> None:
+        """A private manifest: only private E-steps, about its own ball; otherwise none."""
+        assert self.manifest is not None
+        if not self.manifest.private:
+            if task in wire.PRIVATE_TASKS:
+                raise SiteRefusal(
+                    f"field 'task': {task!r} needs a private manifest (its dp_ fields); "
+                    "this site accepted a federation without differential privacy."
+                )
+            return
+        if task not in wire.PRIVATE_TASKS:
+            raise SiteRefusal(
+                f"field 'task': this federation is private (its manifest's dp_ fields); its "
+                f"sites answer only {', '.join(sorted(wire.PRIVATE_TASKS))}, not {task!r}."
+            )
+        ball = self.manifest.privacy().ball
+        sent = args[1]
+        if sent.radius != ball.radius or not np.array_equal(sent.centre, ball.centre):
+            raise SiteRefusal(
+                "fields 'clip_centre'/'clip_radius' are not the manifest's clipping ball "
+                "(its centre and dp_clip_radius)."
+            )
+
+    def _charge_private(self, task: str) -> None:
+        """Count one private release against the manifest's ``dp_iterations`` (before
+        computing: a round that is lost or retried is charged all the same)."""
+        assert self.manifest is not None
+        if task not in wire.PRIVATE_TASKS:
+            return
+        key = self.manifest.digest
+        spent = self._private_releases.get(key, 0)
+        allowed = int(self.manifest.dp_iterations or 0)
+        if spent >= allowed:
+            raise SiteRefusal(
+                f"site {self.name!r} has answered the {allowed} private E-steps its manifest "
+                "allows (dp_iterations): its privacy budget under this manifest is spent. "
+                "Another fit needs a new manifest, with a budget every site agrees to."
+            )
+        self._private_releases[key] = spent + 1
+        if self._ledger_path is not None:
+            _write_ledger(self._ledger_path, self._ledger, self._private_releases)
+
+    def _noised(self, values: np.ndarray, task: str, like: Any) -> np.ndarray:
+        """``values`` with this site's share of each field's noise (distributed noise)."""
+        assert self.manifest is not None
+        plan = self.manifest.privacy_plan()
+        sensitivity = plan.ball.sensitivities()
+        per_release = plan.rho / plan.releases
+        parts = []
+        start = 0
+        for slot in wire.slots(task, like):
+            part = values[start : start + slot.size]
+            start += slot.size
+            share = SiteShare.plan(
+                sensitivity[slot.name],
+                per_release * plan.shares[slot.name],
+                self.manifest.noise_parts,
+                slot.size,
+            )
+            parts.append(share.add(part, slot.name))
+        return np.concatenate(parts)
+
     def _check_round(self, round_id: int, attempt: int) -> None:
         if not 1 <= round_id < 2**63:
             raise RequestError("field 'round' must be in [1, 2**63).")
@@ -525,7 +601,7 @@ class Site:
         if before is None:
             self._ledger[digest] = sites
             if self._ledger_path is not None:
-                _write_ledger(self._ledger_path, self._ledger)
+                _write_ledger(self._ledger_path, self._ledger, self._private_releases)
 
     def _check_size(self, sites: list[str], what: str) -> None:
         need = max(MIN_SITES, self._t())
@@ -562,12 +638,16 @@ class Site:
         )
 
 
-def _read_ledger(path: Path | None) -> dict[bytes, frozenset[str]]:
+def _read_ledger(path: Path | None) -> tuple[dict[bytes, frozenset[str]], dict[bytes, int]]:
+    """The requests a site aggregated (and over which sites), and the private releases
+    it answered under each private manifest (by digest)."""
     if path is None or not path.exists():
-        return {}
+        return {}, {}
     try:
         record = json.loads(path.read_text())
-        return {bytes.fromhex(k): frozenset(v) for k, v in record["released"].items()}
+        released = {bytes.fromhex(k): frozenset(v) for k, v in record["released"].items()}
+        private = {bytes.fromhex(k): int(v) for k, v in record.get("private", {}).items()}
+        return released, private
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(
             f"site ledger {path} is unreadable ({error}); a site must not forget what it "
@@ -575,9 +655,14 @@ def _read_ledger(path: Path | None) -> dict[bytes, frozenset[str]]:
         ) from None
 
 
-def _write_ledger(path: Path, ledger: dict[bytes, frozenset[str]]) -> None:
-    record = {"format": "distmix-site-ledger/1"}
-    text = json.dumps({**record, "released": {k.hex(): sorted(v) for k, v in ledger.items()}})
+def _write_ledger(
+    path: Path, ledger: dict[bytes, frozenset[str]], private: dict[bytes, int]
+) -> None:
+    record: dict[str, Any] = {"format": "distmix-site-ledger/1"}
+    record["released"] = {k.hex(): sorted(v) for k, v in ledger.items()}
+    if private:
+        record["private"] = {k.hex(): n for k, n in private.items()}
+    text = json.dumps(record)
     staged = path.with_name(path.name + ".tmp")
     staged.write_text(text)
     os.replace(staged, path)

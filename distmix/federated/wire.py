@@ -32,16 +32,14 @@ from distmix.results import FingerprintedStats, KMeansStats, LogLikelihoodTotal,
 from distmix.suffstats import SuffStats
 from distmix.tasks import TASKS, run_block
 
-#: tasks a federation does not run yet: a private E-step's statistics would carry the
-#: row count and log-likelihood a private fit must not release, and its noise belongs
-#: at the sites (issue 13's federated mode)
-_NOT_YET = frozenset({"private_estep"})
 #: the tasks a site runs: every reduce task of the registry that moves no rows
 SITE_TASKS: tuple[str, ...] = tuple(
-    name
-    for name, task in TASKS.items()
-    if task.kind == "reduce" and not task.moves_rows and name not in _NOT_YET
+    name for name, task in TASKS.items() if task.kind == "reduce" and not task.moves_rows
 )
+#: the tasks of a private federation: only their clipped, noised fields travel (no row
+#: count, no log-likelihood), each bounded with room for its noise
+PRIVATE_TASKS = frozenset({"private_estep"})
+_PRIVATE_KINDS = {"resp_sum": "dp_weight", "x_sum": "dp_first", "second": "dp_second"}
 #: the field kind of a Totals result, by task
 _TOTALS_KIND = {"kmeans_cost": "second", "nearest_weight": "weight"}
 
@@ -113,6 +111,8 @@ _FINGERPRINT_SLOTS = [Slot("fingerprint_limbs", 4, "limb"), Slot("fingerprint_ro
 # -- per result type: slots, values, rebuild ------------------------------------
 def slots(task: str, like: Any) -> list[Slot]:
     """The named runs of values a site sends for ``task`` (``like``: its template)."""
+    if task in PRIVATE_TASKS:
+        return [Slot(s.name, s.size, _PRIVATE_KINDS[s.name]) for s in _stats_slots(like)[:3]]
     if isinstance(like, SuffStats):
         return _stats_slots(like)
     if isinstance(like, KMeansStats):
@@ -147,9 +147,11 @@ def nonfinite_count(result: Any) -> float:
     return 0.0
 
 
-def values(result: Any) -> np.ndarray:
+def values(result: Any, task: str = "") -> np.ndarray:
     """The flat float64 vector of a result's fields, in :func:`slots` order."""
-    if isinstance(result, SuffStats):
+    if task in PRIVATE_TASKS:
+        parts = _stats_values(result)[:3]
+    elif isinstance(result, SuffStats):
         parts = _stats_values(result)
     elif isinstance(result, KMeansStats):
         parts = [*_stats_values(result.stats), np.asarray([float(result.inertia)])]
@@ -170,9 +172,12 @@ def values(result: Any) -> np.ndarray:
     return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
 
 
-def rebuild(like: Any, summed: np.ndarray) -> Any:
-    """The result of ``like``'s type whose field values are ``summed`` (no non-finite rows)."""
+def rebuild(like: Any, summed: np.ndarray, task: str = "") -> Any:
+    """The result of ``like``'s type whose field values are ``summed`` (no non-finite
+    rows; a private task's without row count or log-likelihood: both zero)."""
     summed = np.asarray(summed, dtype=np.float64)
+    if task in PRIVATE_TASKS:
+        summed = np.concatenate([summed, np.zeros(2)])
     if isinstance(like, (KMeansStats, FingerprintedStats)):
         stats, rest = _stats_from(summed, like.stats)
         if isinstance(like, KMeansStats):
