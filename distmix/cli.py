@@ -136,6 +136,16 @@ _STREAM_ONLY = {
     "report_every": "--report-every",
     "validation": "--validation",
 }
+#: the flags of a private fit (``dest`` → flag): all four, or none
+_PRIVACY_FLAGS = {
+    "epsilon": "--epsilon",
+    "delta": "--delta",
+    "clip_radius": "--clip-radius",
+    "centre": "--centre",
+}
+#: a private fit's iterations when --max-iter is not given: each one spends its share of
+#: the budget, so a private fit runs few (benchmarks/README.md, bench_privacy)
+PRIVATE_MAX_ITER = 10
 #: estimator parameters whose flag is not ``--`` + the name with dashes
 _FLAG_OF_PARAMETER = {"n_components": "--components", "block_size": "--block-rows"}
 
@@ -200,9 +210,83 @@ def _check_fit_flags(args: argparse.Namespace) -> None:
                 if dest == "shuffle":
                     flag = "--shuffle" if args.shuffle else "--no-shuffle"
                 raise ValueError(f"{flag} applies only to online EM: add --stream, or drop {flag}.")
+        if _private(args) and args.max_iter is None:
+            args.max_iter = PRIVATE_MAX_ITER
         for dest, default in _BATCH_DEFAULTS.items():
             if getattr(args, dest) is None:
                 setattr(args, dest, default)
+    _check_privacy_flags(args)
+
+
+def _private(args: argparse.Namespace) -> bool:
+    return any(getattr(args, dest, None) is not None for dest in _PRIVACY_FLAGS)
+
+
+def _check_privacy_flags(args: argparse.Namespace) -> None:
+    """A private fit needs all four flags (distmix never derives the ball from the
+    rows), batch EM from one start, and no checkpoint (not yet)."""
+    if not _private(args):
+        return
+    missing = [flag for dest, flag in _PRIVACY_FLAGS.items() if getattr(args, dest) is None]
+    if missing:
+        raise ValueError(
+            f"a private fit needs {', '.join(_PRIVACY_FLAGS.values())}; {', '.join(missing)} "
+            "missing. The clipping centre and radius must be public (known without these "
+            "rows: the instrument's range, a public sample); distmix never derives them "
+            "from the data."
+        )
+    if args.stream:
+        raise ValueError("--epsilon does not apply with --stream: private fits are batch EM.")
+    if args.checkpoint:
+        raise ValueError("--checkpoint is not supported for private fits (--epsilon) yet.")
+    if args.n_init != 1:
+        raise ValueError(
+            f"--n-init {args.n_init}: a private fit runs one start (every start would "
+            "spend the budget again)."
+        )
+
+
+def _centre(text: str, n_features: int) -> np.ndarray:
+    """``--centre``: one number for every feature, D comma-separated numbers, or a .npy."""
+    if text.endswith(".npy"):
+        centre = np.load(text, allow_pickle=False)
+    else:
+        try:
+            centre = np.array([float(v) for v in text.split(",")])
+        except ValueError:
+            raise ValueError(
+                f"--centre {text!r}: give one number, {n_features} comma-separated numbers, "
+                "or a .npy file."
+            ) from None
+    centre = np.asarray(centre, dtype=np.float64).reshape(-1)
+    if centre.size == 1:
+        centre = np.full(n_features, centre[0])
+    if centre.size != n_features:
+        raise ValueError(f"--centre has {centre.size} values but DATA has {n_features} features.")
+    return centre
+
+
+def _privacy_for(args: argparse.Namespace, n_features: int) -> Any:
+    """The ``distmix.Privacy`` of ``--epsilon --delta --clip-radius --centre``, its
+    errors naming the flags."""
+    try:
+        return distmix.Privacy(
+            epsilon=args.epsilon,
+            delta=args.delta,
+            clip_radius=args.clip_radius,
+            centre=_centre(args.centre, n_features),
+        )
+    except ValueError as error:
+        message = str(error)
+        for words, flag in (
+            ("epsilon", "--epsilon"),
+            ("delta", "--delta"),
+            ("the clipping radius", "--clip-radius"),
+            ("the clipping centre", "--centre"),
+        ):
+            if message.startswith(words):
+                message = flag + message[len(words) :]
+        raise ValueError(message) from None
 
 
 def _model_for(args: argparse.Namespace) -> Any:
@@ -253,6 +337,14 @@ def _fit(args: argparse.Namespace) -> int:
     X = open_dataset(args.data, block_rows=args.block_rows)
     rows, features = X.shape
     print(f"{args.data}: {rows:,} rows × {features} features in {X.numblocks[0]} blocks")
+    if _private(args):
+        model.set_params(privacy=_privacy_for(args, features))
+        plan = model.privacy.plan(int(args.max_iter))
+        print(
+            f"private fit: {args.max_iter} noisy iterations for epsilon={args.epsilon:g}, "
+            f"delta={args.delta:g} (zCDP rho={plan.rho:.4g}); rows clipped to radius "
+            f"{args.clip_radius:g} about --centre"
+        )
     if args.resume and Path(args.checkpoint).is_file():
         state = load_checkpoint(args.checkpoint)
         if state.finished:
@@ -275,11 +367,19 @@ def _fit(args: argparse.Namespace) -> int:
         with progress:
             model.fit(args.data)
         seconds = time.perf_counter() - start
-    status = "converged" if model.converged_ else "did not converge"
-    print(
-        f"{status} after {model.n_iter_} iterations in {seconds:.1f}s; "
-        f"mean log-likelihood {model.lower_bound_:.6f}"
-    )
+    if _private(args):
+        report = model.privacy_
+        print(
+            f"{model.n_iter_} private iterations in {seconds:.1f}s; spent epsilon="
+            f"{report['epsilon']:.6g} at delta={report['delta']:g} (rho={report['rho']:.4g}); "
+            "no log-likelihood or row count is released"
+        )
+    else:
+        status = "converged" if model.converged_ else "did not converge"
+        print(
+            f"{status} after {model.n_iter_} iterations in {seconds:.1f}s; "
+            f"mean log-likelihood {model.lower_bound_:.6f}"
+        )
     if args.out:
         model.save(args.out, overwrite=args.overwrite)
         print(f"model written to {args.out}")
@@ -419,6 +519,13 @@ def _info(args: argparse.Namespace) -> int:
         print(
             f"online EM: {model.n_steps_:,} updates over {model.n_samples_seen_:,} rows, "
             f"running mean log-likelihood {model.lower_bound_:.6f}"
+        )
+    elif hasattr(model, "privacy_"):
+        report = model.privacy_
+        print(
+            f"private fit: {model.n_iter_} noisy iterations, epsilon={report['epsilon']:.6g} "
+            f"at delta={report['delta']:g} (rho={report['rho']:.4g}), rows clipped to "
+            f"radius {report['clip_radius']:g}; no log-likelihood was released"
         )
     else:
         print(
@@ -562,6 +669,30 @@ all of DATA and prints a line. With --stream by online EM: see "streaming" below
     )
     fit.add_argument(
         "--quiet", "-q", action="store_true", help="no per-iteration (per-update) lines"
+    )
+
+    private = fit.add_argument_group(
+        "differential privacy (batch EM)",
+        description=f"""\
+With all four flags the fit is (epsilon, delta)-differentially private for the
+individuals whose rows are fitted: every row is clipped to the public ball of
+--clip-radius about --centre, and each of --max-iter (default
+{PRIVATE_MAX_ITER} here) noisy iterations spends its share of the budget. It starts from a
+draw in the ball seeded by --random-state (never from the rows), has no
+convergence test and releases no log-likelihood.""",
+    )
+    private.add_argument("--epsilon", type=float, help="the whole fit's epsilon (> 0)")
+    private.add_argument(
+        "--delta", type=float, help="the whole fit's delta (well below 1 / the number of rows)"
+    )
+    private.add_argument(
+        "--clip-radius", type=float, metavar="B", help="public radius rows are clipped to"
+    )
+    private.add_argument(
+        "--centre",
+        metavar="X0",
+        help="public clipping centre: one number for every feature, D comma-separated "
+        "numbers, or a .npy file",
     )
 
     batch = fit.add_argument_group("batch EM (not with --stream)")

@@ -323,8 +323,14 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
     with a :class:`distmix.persist.ModelFileError` naming the file and the array.
     """
     stored = read_model(path)
+    settings = dict(stored.settings)
+    if settings.get("privacy") is not None:
+        try:
+            settings["privacy"] = Privacy.from_record(settings["privacy"])
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(f"{path}: invalid privacy settings ({error})") from None
     try:
-        model = GaussianMixture(**stored.settings)
+        model = GaussianMixture(**settings)
     except TypeError as error:
         raise ModelFileError(f"{path}: unknown estimator setting ({error}).") from error
     params = stored.params
@@ -337,4 +343,6 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
     if stored.stream is not None:
         model._set_stream(stored.stream)
         model._set_params(params)  # the stored bits
+    if stored.privacy_report is not None:
+        model.privacy_ = dict(stored.privacy_report)
     return model

@@ -393,11 +393,6 @@ class BaseMixture(DensityMixin, BaseEstimator):
         An existing file at ``path`` is refused unless ``overwrite=True`` (and
         then only a distmix model file is replaced, atomically).
         """
-        if hasattr(self, "privacy_"):
-            raise ValueError(
-                "a private model cannot be saved yet: its file would lose its privacy "
-                "report and its privacy settings."
-            )
         write_model(
             path,
             ModelFile(
@@ -408,6 +403,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 lower_bound=float(self.lower_bound_),
                 lower_bounds=tuple(self.lower_bounds_),
                 stream=self.__dict__.get("_stream"),
+                privacy_report=getattr(self, "privacy_", None),
             ),
             overwrite=overwrite,
         )

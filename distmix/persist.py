@@ -618,6 +618,8 @@ class ModelFile:
     lower_bound: float
     lower_bounds: tuple[float, ...]
     stream: Stream | None = None
+    #: a private model's ``privacy_`` report (JSON values): what its fit spent
+    privacy_report: dict[str, Any] | None = None
 
 
 def _setting_value(value: Any) -> Any:
@@ -652,6 +654,9 @@ def write_model(path: str | os.PathLike[str], model: ModelFile, *, overwrite: bo
             if value is not None:
                 arrays["init_" + name] = value
             continue
+        if name == "privacy" and value is not None:  # distmix.Privacy: its public record
+            settings[name] = value.record()
+            continue
         stored = _setting_value(value)
         if stored is not NotImplemented:
             settings[name] = stored
@@ -665,6 +670,8 @@ def write_model(path: str | os.PathLike[str], model: ModelFile, *, overwrite: bo
         "lower_bound": float(model.lower_bound),
         "n_features_in": int(params.n_features),
     }
+    if model.privacy_report is not None:
+        meta["privacy_report"] = model.privacy_report
     if model.stream is not None:
         # a streamed model carries its stream: loaded with warm_start=True, it continues it
         stream_meta, stream_arrays_ = stream_arrays(model.stream.state, model.stream.position)
@@ -706,7 +713,10 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
     settings["covariance_type"] = covariance_type
     history = np.asarray(arrays.get("lower_bounds", np.empty(0)), dtype=np.float64)
     stream = meta.get("stream")
-    expected = meta.get("n_iter")
+    report = meta.get("privacy_report")
+    if report is not None and not isinstance(report, dict):
+        raise ModelFileError(f"{path}: privacy_report is not a record.")
+    expected = 0 if report is not None else meta.get("n_iter")  # a private fit: no bounds
     if isinstance(stream, dict):  # a streamed model keeps the history of its newest updates
         expected = np.asarray(arrays.get("stream_history", np.empty((0, 0)))).shape[0]
     if history.ndim != 1 or history.size != expected:
@@ -730,4 +740,5 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
         lower_bound=float(meta["lower_bound"]),
         lower_bounds=tuple(history.tolist()),
         stream=kept,
+        privacy_report=report,
     )

@@ -576,6 +576,9 @@ def private_params(
 
 
 # -- the estimator's setting -----------------------------------------------------------
+_RECORD_KEYS = ("epsilon", "delta", "clip_radius", "centre", "noise_shares", "min_count")
+
+
 @dataclass(frozen=True, eq=False)
 class Privacy:
     """The public settings of a differentially private fit:
@@ -617,6 +620,24 @@ class Privacy:
     @property
     def ball(self) -> ClipBall:
         return ClipBall(self.centre, self.clip_radius)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as JSON values (a model file's, a CLI's)."""
+        return {
+            "epsilon": float(self.epsilon),
+            "delta": float(self.delta),
+            "clip_radius": float(self.clip_radius),
+            "centre": [float(c) for c in self.centre],
+            "noise_shares": None if self.noise_shares is None else dict(self.noise_shares),
+            "min_count": float(self.min_count),
+        }
+
+    @classmethod
+    def from_record(cls, record: Any) -> Privacy:
+        """The settings of :meth:`record` (validated as any ``Privacy``)."""
+        if not isinstance(record, dict) or set(record) != set(_RECORD_KEYS):
+            raise ValueError(f"a privacy record has exactly the keys {', '.join(_RECORD_KEYS)}.")
+        return cls(**record)
 
     def plan(self, releases: int) -> PrivacyPlan:
         """The budget spread over ``releases`` releases (:meth:`PrivacyPlan.for_budget`)."""

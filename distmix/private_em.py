@@ -58,6 +58,7 @@ class PrivateFit:
             "releases": plan.releases,
             "iterations": self.n_iter,
             "clip_radius": plan.ball.radius,
+            "clip_centre": [float(c) for c in plan.ball.centre],
             "noise_sigma": dict(self.sigmas),
             "noise_shares": dict(plan.shares),
         }

@@ -193,3 +193,14 @@ def cluster_client() -> Iterator:
     that kill workers or need other memory limits start a cluster of their own."""
     with local_cluster(2, set_as_default=False) as client:
         yield client
+
+
+def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m distmix ARGS`` in a fresh process (warnings silenced), its output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "distmix", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )

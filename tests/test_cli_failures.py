@@ -14,23 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mixture_data
+from conftest import mixture_data, run_cli
 
 import distmix
 from distmix.persist import atomic_write_bytes, load_checkpoint
 from distmix.sources.dataset import open_dataset
 
 NAN_ERROR = "contains NaN"
-
-
-def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "distmix", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
 
 
 @pytest.fixture(scope="module")

@@ -93,11 +93,24 @@ def test_what_a_private_fit_refuses_leaves_the_model_as_it_was(rows, settings, c
     np.testing.assert_array_equal(after["means_"], before["means_"])
 
 
-def test_a_private_model_is_not_saved_yet(rows, tmp_path):
-    model = GaussianMixture(2, max_iter=2, privacy=privacy(), random_state=0).fit(rows[:500])
-    with pytest.raises(ValueError, match="private model cannot be saved yet"):
-        model.save(tmp_path / "m.npz")
-    assert not (tmp_path / "m.npz").exists()
+def test_a_private_model_is_saved_with_its_settings_and_its_report(rows, tmp_path):
+    shares = {"resp_sum": 1.0, "x_sum": 1.0, "second": 2.0}
+    model = GaussianMixture(
+        2, max_iter=2, privacy=privacy(noise_shares=shares, min_count=3.0), random_state=0
+    ).fit(rows[:500])
+    model.save(tmp_path / "m.npz")
+    loaded = distmix.load(tmp_path / "m.npz")
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name))
+    assert loaded.privacy_ == model.privacy_
+    assert loaded.privacy_["clip_centre"] == [100.0, 100.0]
+    assert loaded.privacy.record() == model.privacy.record()
+    assert loaded.privacy.noise_shares == shares and loaded.privacy.min_count == 3.0
+    assert loaded.lower_bounds_ == [] and math.isnan(loaded.lower_bound_)
+    assert not loaded.converged_ and loaded.n_iter_ == 2
+    # the loaded model's fit is private again, with the same settings
+    again = loaded.fit(rows[:500])
+    assert again.privacy_["epsilon_budget"] == 50.0
 
 
 @pytest.mark.parametrize(
