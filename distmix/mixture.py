@@ -261,7 +261,13 @@ class BaseMixture(DensityMixin, BaseEstimator):
             else:
                 start = Params.from_covariances(weights, means, drawn.covariances, covariance_type)
         fit = fit_private(
-            engine, plan, start, float(self.reg_covar), privacy.min_count, int(self.max_iter)
+            engine,
+            plan,
+            start,
+            float(self.reg_covar),
+            privacy.min_count,
+            int(self.max_iter),
+            privacy.averaged(int(self.max_iter)),
         )
         # every attribute is assigned only now, after the whole fit succeeded
         self._set_params(fit.params)
@@ -464,4 +470,4 @@ def _same_privacy(given: Privacy | None, pinned: Privacy) -> Privacy:
             "privacy.centre differs from the federation manifest's centre: its sites clip "
             "about their manifest's."
         )
-    return dataclasses.replace(pinned, min_count=given.min_count)
+    return dataclasses.replace(pinned, min_count=given.min_count, average_last=given.average_last)

@@ -576,7 +576,15 @@ def private_params(
 
 
 # -- the estimator's setting -----------------------------------------------------------
-_RECORD_KEYS = ("epsilon", "delta", "clip_radius", "centre", "noise_shares", "min_count")
+_RECORD_KEYS = (
+    "epsilon",
+    "delta",
+    "clip_radius",
+    "centre",
+    "noise_shares",
+    "min_count",
+    "average_last",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -598,6 +606,12 @@ class Privacy:
         How each release's budget is split between the fields (default: equally).
     min_count : float, default=1.0
         Noisy per-component counts are clamped to at least this many rows.
+    average_last : int, optional
+        The fitted parameters come from the average of the last ``average_last``
+        releases' noisy statistics (post-processing: free), which divides their
+        noise's variance by as much; default: the last half of the iterations.
+        Near EM's fixed point consecutive iterations' statistics differ by far less
+        than their noise.
     """
 
     epsilon: float
@@ -606,6 +620,7 @@ class Privacy:
     centre: Any
     noise_shares: dict[str, float] | None = None
     min_count: float = 1.0
+    average_last: int | None = None
 
     def __post_init__(self) -> None:
         ball = ClipBall(self.centre, self.clip_radius)  # validates both
@@ -614,6 +629,9 @@ class Privacy:
         _check_positive("epsilon", self.epsilon)
         _check_delta(self.delta)
         _check_positive("min_count", self.min_count)
+        m = self.average_last
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1):
+            raise ValueError(f"average_last must be a positive integer or None, got {m!r}.")
         if self.noise_shares is not None:
             _check_shares(self.noise_shares)
 
@@ -630,6 +648,7 @@ class Privacy:
             "centre": [float(c) for c in self.centre],
             "noise_shares": None if self.noise_shares is None else dict(self.noise_shares),
             "min_count": float(self.min_count),
+            "average_last": None if self.average_last is None else int(self.average_last),
         }
 
     @classmethod
@@ -638,6 +657,11 @@ class Privacy:
         if not isinstance(record, dict) or set(record) != set(_RECORD_KEYS):
             raise ValueError(f"a privacy record has exactly the keys {', '.join(_RECORD_KEYS)}.")
         return cls(**record)
+
+    def averaged(self, iterations: int) -> int:
+        """How many final releases a fit of ``iterations`` averages (at most all)."""
+        m = (iterations + 1) // 2 if self.average_last is None else int(self.average_last)
+        return max(1, min(m, int(iterations)))
 
     def plan(self, releases: int) -> PrivacyPlan:
         """The budget spread over ``releases`` releases (:meth:`PrivacyPlan.for_budget`)."""

@@ -18,6 +18,7 @@ fits of the same data differ, by design.
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ class PrivateFit:
     rho_spent: float
     n_iter: int
     sigmas: dict[str, float] = field(default_factory=dict)
+    averaged: int = 1
 
     def report(self) -> dict[str, object]:
         """``model.privacy_``: the budget, what was spent (zCDP and (ε, δ)), the noise."""
@@ -57,6 +59,7 @@ class PrivateFit:
             "epsilon_budget": plan.epsilon,
             "releases": plan.releases,
             "iterations": self.n_iter,
+            "averaged_last": self.averaged,
             "clip_radius": plan.ball.radius,
             "clip_centre": [float(c) for c in plan.ball.centre],
             "noise_sigma": dict(self.sigmas),
@@ -139,9 +142,11 @@ def fit_private(
     reg_covar: float,
     min_count: float = 1.0,
     iterations: int | None = None,
+    average_last: int = 1,
 ) -> PrivateFit:
     """``iterations`` (default: ``plan.releases``, at most that) private EM iterations
-    from ``start`` (public Params).
+    from ``start`` (public Params); the fitted Params come from the average of the
+    last ``average_last`` noisy statistics (post-processing).
 
     An engine whose ``noise_at_sites`` is true (a federation with distributed noise)
     returns sums its sites have already noised, in shares that add up to the plan's
@@ -161,6 +166,7 @@ def fit_private(
         )
     at_sites = bool(getattr(engine, "noise_at_sites", False))
     params, spent, sigmas = start, 0.0, dict(plan.sigmas)
+    kept: collections.deque[SuffStats] = collections.deque(maxlen=max(1, int(average_last)))
     for _ in range(count):
         stats: SuffStats = engine.reduce("private_estep", params, ball).to_host()
         # the data owner's own error (it releases nothing): rows that are not numbers
@@ -174,4 +180,24 @@ def fit_private(
             noisy, cost, sigmas = release(stats, plan)
             spent += cost
         params = private_params(noisy, ball, reg_covar, min_count, sigmas["second"])
-    return PrivateFit(params, plan, spent, count, sigmas)
+        kept.append(noisy)
+    if len(kept) > 1:
+        noise = sigmas["second"] / math.sqrt(len(kept))
+        params = private_params(mean_stats(list(kept)), ball, reg_covar, min_count, noise)
+    return PrivateFit(params, plan, spent, count, sigmas, len(kept))
+
+
+def mean_stats(released: list[SuffStats]) -> SuffStats:
+    """The average of released statistics (about the same reference)."""
+    first, m = released[0], float(len(released))
+    return SuffStats(
+        first.covariance_type,
+        first.reference,
+        sum((s.resp_sum for s in released), np.zeros_like(first.resp_sum)) / m,
+        sum((s.x_sum for s in released), np.zeros_like(first.x_sum)) / m,
+        sum((s.second for s in released), np.zeros_like(first.second)) / m,
+        0.0,
+        0.0,
+        0.0,
+        math.inf,
+    )
