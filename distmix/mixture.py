@@ -246,20 +246,24 @@ class BaseMixture(DensityMixin, BaseEstimator):
             )
         n_components = int(self.n_components)
         covariance_type = str(self.covariance_type)
+        seed = int(check_random_state(self.random_state).randint(SEEDS))
+        start: Params | None = None
         if self.warm_start and fitted_before:
             start = self._params()  # a released model: public
         else:
             user = self._check_initial_parameters(engine.n_features)
-            seed = int(check_random_state(self.random_state).randint(SEEDS))
-            drawn = data_free_start(ball, n_components, covariance_type, seed)
-            weights = user.get("weights_init", drawn.weights)
-            means = user.get("means_init", drawn.means)
-            if "precisions_init" in user:
-                start = Params.from_precisions(
-                    weights, means, user["precisions_init"], covariance_type
-                )
-            else:
-                start = Params.from_covariances(weights, means, drawn.covariances, covariance_type)
+            if user:  # what the user gave, the rest drawn from the seed
+                drawn = data_free_start(ball, n_components, covariance_type, seed)
+                weights = user.get("weights_init", drawn.weights)
+                means = user.get("means_init", drawn.means)
+                if "precisions_init" in user:
+                    start = Params.from_precisions(
+                        weights, means, user["precisions_init"], covariance_type
+                    )
+                else:
+                    start = Params.from_covariances(
+                        weights, means, drawn.covariances, covariance_type
+                    )
         fit = fit_private(
             engine,
             plan,
@@ -268,6 +272,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
             privacy.min_count,
             int(self.max_iter),
             privacy.averaged(int(self.max_iter)),
+            n_components=n_components,
+            covariance_type=covariance_type,
+            seed=seed,
         )
         # every attribute is assigned only now, after the whole fit succeeded
         self._set_params(fit.params)

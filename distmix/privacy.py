@@ -295,16 +295,23 @@ def _check_shares(shares: Any) -> dict[str, float]:
     return {name: values[name] / total for name in RELEASED_FIELDS}
 
 
+#: the share of a fit's budget its first release takes (the rows' count and moments:
+#: the start, and whether the budget can give a usable fit)
+INIT_SHARE = 0.05
+
+
 @dataclass(frozen=True)
 class PrivacyPlan:
-    """How a private fit spends its budget: ``releases`` releases of the statistics
-    (the initialisation's and a fixed number of iterations'), each field's noise
-    scale, and what the whole fit costs.
+    """How a private fit spends its budget: a first release of the rows' count and
+    moments (``init_share`` of it; none when 0), then ``releases`` releases of the
+    statistics (a fixed number of iterations), each field's noise scale, and what
+    the whole fit costs.
 
     Built by :meth:`for_budget` from ``(ε, δ)``: the fit's ``ρ`` is the largest whose
-    ``ε`` at ``δ`` fits (:func:`rho_for_epsilon`); every release gets ``ρ / releases``,
-    split between the fields by ``shares``; a field of sensitivity ``Δ`` given ``ρ_f``
-    gets Gaussian noise of scale ``σ = Δ / √(2 ρ_f)`` per entry. Releases compose by
+    ``ε`` at ``δ`` fits (:func:`rho_for_epsilon`); the first release gets
+    ``init_share · ρ``, every iteration ``(1 − init_share) ρ / releases``, split
+    between the fields by ``shares``; a field of sensitivity ``Δ`` given ``ρ_f`` gets
+    Gaussian noise of scale ``σ = Δ / √(2 ρ_f)`` per entry. Releases compose by
     adding their ``ρ``, so the fit is ``ρ``-zCDP and ``(ε, δ)``-DP.
     """
 
@@ -315,6 +322,8 @@ class PrivacyPlan:
     releases: int
     shares: dict[str, float]
     sigmas: dict[str, float]
+    init_share: float = 0.0
+    init_sigmas: dict[str, float] | None = None
 
     @classmethod
     def for_budget(
@@ -324,6 +333,7 @@ class PrivacyPlan:
         ball: ClipBall,
         releases: int,
         shares: dict[str, float] | None = None,
+        init_share: float = 0.0,
     ) -> PrivacyPlan:
         if isinstance(releases, bool) or not isinstance(releases, (int, np.integer)):
             raise TypeError(f"releases must be an integer, got {type(releases).__name__}.")
@@ -331,23 +341,61 @@ class PrivacyPlan:
             raise ValueError(
                 f"a private fit releases its statistics at least once, got {releases}."
             )
+        if not 0.0 <= float(init_share) < 1.0:
+            raise ValueError(f"init_share must be in [0, 1), got {init_share!r}.")
         shares = _check_shares(DEFAULT_SHARES if shares is None else shares)
         rho = rho_for_epsilon(epsilon, delta)
-        per_release = rho / int(releases)
         sensitivity = ball.sensitivities()
-        sigmas = {
-            name: gaussian_sigma(sensitivity[name], per_release * shares[name])
-            for name in RELEASED_FIELDS
-        }
-        return cls(ball, float(epsilon), float(delta), rho, int(releases), shares, sigmas)
 
-    def spent(self, releases: int | None = None) -> float:
-        """The ``ρ`` of ``releases`` releases (default: all of them), from the noise
-        scales: what the accountant charges."""
+        def sigmas_for(rho_release: float) -> dict[str, float]:
+            return {
+                name: gaussian_sigma(sensitivity[name], rho_release * shares[name])
+                for name in RELEASED_FIELDS
+            }
+
+        init = float(init_share)
+        return cls(
+            ball,
+            float(epsilon),
+            float(delta),
+            rho,
+            int(releases),
+            shares,
+            sigmas_for(rho * (1.0 - init) / int(releases)),
+            init,
+            sigmas_for(rho * init) if init > 0.0 else None,
+        )
+
+    @property
+    def iteration_rho(self) -> float:
+        """The ``ρ`` of one iteration's release."""
+        return self.rho * (1.0 - self.init_share) / self.releases
+
+    @property
+    def init_rho(self) -> float:
+        """The ``ρ`` of the first release (the rows' count and moments)."""
+        return self.rho * self.init_share
+
+    @property
+    def largest_sigmas(self) -> dict[str, float]:
+        """Each field's largest noise scale over the plan's releases."""
+        init = self.init_sigmas or {}
+        return {f: max(self.sigmas[f], init.get(f, 0.0)) for f in RELEASED_FIELDS}
+
+    def spent(self, releases: int | None = None, init: bool | None = None) -> float:
+        """The ``ρ`` of the first release (if ``init``, default: if planned) and
+        ``releases`` iterations (default: all of them), from the noise scales: what
+        the accountant charges."""
         count = self.releases if releases is None else int(releases)
         sensitivity = self.ball.sensitivities()
-        one = sum(gaussian_rho(sensitivity[f], self.sigmas[f]) for f in RELEASED_FIELDS)
-        return count * one
+
+        def cost(sigmas: dict[str, float]) -> float:
+            return sum(gaussian_rho(sensitivity[f], sigmas[f]) for f in RELEASED_FIELDS)
+
+        total = count * cost(self.sigmas)
+        if (self.init_sigmas is not None) if init is None else init:
+            total += cost(self.init_sigmas or {})
+        return total
 
     def report(self) -> dict[str, Any]:
         """What ``model.privacy_`` shows: the budget, its zCDP and the noise."""
@@ -357,6 +405,7 @@ class PrivacyPlan:
             "epsilon": epsilon_from_rho(rho, self.delta),
             "delta": self.delta,
             "releases": self.releases,
+            "init_share": self.init_share,
             "clip_radius": self.ball.radius,
             "noise_sigma": dict(self.sigmas),
             "noise_shares": dict(self.shares),
@@ -664,7 +713,8 @@ class Privacy:
         return max(1, min(m, int(iterations)))
 
     def plan(self, releases: int) -> PrivacyPlan:
-        """The budget spread over ``releases`` releases (:meth:`PrivacyPlan.for_budget`)."""
+        """The budget spread over a first release (:data:`INIT_SHARE` of it) and
+        ``releases`` iterations (:meth:`PrivacyPlan.for_budget`)."""
         return PrivacyPlan.for_budget(
-            self.epsilon, self.delta, self.ball, releases, self.noise_shares
+            self.epsilon, self.delta, self.ball, releases, self.noise_shares, INIT_SHARE
         )

@@ -60,6 +60,7 @@ class PrivateFit:
             "releases": plan.releases,
             "iterations": self.n_iter,
             "averaged_last": self.averaged,
+            "init_share": plan.init_share,
             "clip_radius": plan.ball.radius,
             "clip_centre": [float(c) for c in plan.ball.centre],
             "noise_sigma": dict(self.sigmas),
@@ -87,12 +88,15 @@ def data_free_start(ball: ClipBall, n_components: int, covariance_type: str, see
     return Params.from_covariances(weights, means, covariances, covariance_type)
 
 
-def release(stats: SuffStats, plan: PrivacyPlan) -> tuple[SuffStats, float, dict[str, float]]:
-    """The statistics with each field's noise, the ``ρ`` the release cost and each
-    field's noise scale. The symmetric second moments go out once, as their upper
-    triangle; the row count and log-likelihood not at all."""
+def release(
+    stats: SuffStats, plan: PrivacyPlan, rho: float | None = None
+) -> tuple[SuffStats, float, dict[str, float]]:
+    """The statistics with each field's noise for a release of ``rho`` (default: one
+    iteration's), the ``ρ`` the release cost and each field's noise scale. The
+    symmetric second moments go out once, as their upper triangle; the row count
+    and log-likelihood not at all."""
     host = stats.to_host()
-    per_field = plan.rho / plan.releases
+    per_field = plan.iteration_rho if rho is None else float(rho)
     sensitivity = plan.ball.sensitivities()
     spent = 0.0
     noisy: dict[str, np.ndarray] = {}
@@ -115,11 +119,14 @@ def release(stats: SuffStats, plan: PrivacyPlan) -> tuple[SuffStats, float, dict
     return released, spent, sigmas
 
 
-def site_shares(plan: PrivacyPlan, parts: int, stats: SuffStats) -> dict[str, SiteShare]:
-    """The noise shares that ``parts`` or more sites add to each field of one release
-    (distributed noise): what every site computes from the manifest alone."""
+def site_shares(
+    plan: PrivacyPlan, parts: int, stats: SuffStats, rho: float | None = None
+) -> dict[str, SiteShare]:
+    """The noise shares that ``parts`` or more sites add to each field of a release
+    of ``rho`` (default: one iteration's; distributed noise): what every site
+    computes from the manifest alone."""
     sensitivity = plan.ball.sensitivities()
-    per_field = plan.rho / plan.releases
+    per_field = plan.iteration_rho if rho is None else float(rho)
     return {
         name: SiteShare.plan(sensitivity[name], per_field * plan.shares[name], parts, size)
         for name, size in _field_sizes(stats).items()
@@ -135,18 +142,140 @@ def _field_sizes(stats: SuffStats) -> dict[str, int]:
     }
 
 
+class PrivacyBudgetError(ValueError):
+    """The budget cannot give a usable fit of these rows (said after the first release)."""
+
+
+def _noised(
+    engine: Engine, plan: PrivacyPlan, rho: float, task: str, *args: object
+) -> tuple[SuffStats, float, dict[str, float]]:
+    """One release: ``task``'s statistics over the rows with the noise of ``rho`` (added
+    here, or already by the sites of an engine whose ``noise_at_sites`` is true)."""
+    stats: SuffStats = engine.reduce(task, *args).to_host()  # type: ignore[arg-type]
+    # the data owner's own error (it releases nothing): rows that are not numbers
+    raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
+    if getattr(engine, "noise_at_sites", False):
+        shares = site_shares(plan, int(engine.noise_parts), stats, rho)  # type: ignore[attr-defined]
+        cost = sum(share.rho for share in shares.values())
+        return stats, cost, {name: share.sigma for name, share in shares.items()}
+    return release(stats, plan, rho)
+
+
+@dataclass(frozen=True)
+class FirstRelease:
+    """What a private fit's first release says: the rows' noisy count, their moments
+    (one component, about the ball's centre, valid Params) and what it cost."""
+
+    count: float
+    moments: Params
+    rho: float
+
+
+def first_release(
+    engine: Engine, plan: PrivacyPlan, covariance_type: str, reg_covar: float
+) -> FirstRelease:
+    """Release the rows' count and moments with ``plan.init_share`` of the budget."""
+    noisy, cost, sigmas = _noised(
+        engine, plan, plan.init_rho, "private_moments", plan.ball, covariance_type
+    )
+    moments = private_params(noisy, plan.ball, reg_covar, 1.0, sigmas["second"])
+    return FirstRelease(float(np.sum(noisy.resp_sum)), moments, cost)
+
+
+def check_usable(plan: PrivacyPlan, first: FirstRelease, n_components: int, averaged: int) -> None:
+    """Refuse a fit whose iterations' noise would swamp what they estimate: with the
+    noisy count's rows shared equally by the components, a component's mean would
+    carry noise beyond the rows' spread per feature, or its covariance entries noise
+    beyond their variance per feature. Says why, and what the first release spent."""
+    d = plan.ball.n_features
+    per_component = first.count / n_components
+    variance = float(np.trace(np.atleast_2d(full_covariance(first.moments))) / d)
+    problems = []
+    if per_component < 1.0:
+        problems.append(
+            f"the noisy row count ({first.count:,.0f}) leaves less than one row per component"
+        )
+    else:
+        scale = math.sqrt(float(averaged)) * per_component
+        mean_noise = plan.sigmas["x_sum"] / scale
+        cov_noise = plan.sigmas["second"] / scale
+        if mean_noise > math.sqrt(variance):
+            problems.append(
+                f"each component's mean would carry noise of {mean_noise:.3g} per feature, "
+                f"more than the rows' spread ({math.sqrt(variance):.3g})"
+            )
+        if cov_noise > variance:
+            problems.append(
+                f"each component's covariance entries would carry noise of {cov_noise:.3g}, "
+                f"more than the rows' variance per feature ({variance:.3g})"
+            )
+    if problems:
+        spent = epsilon_from_rho(first.rho, plan.delta)
+        raise PrivacyBudgetError(
+            f"epsilon={plan.epsilon:g} (delta={plan.delta:g}) over {plan.releases} iterations "
+            f"cannot give a usable fit of {n_components} components to about "
+            f"{max(first.count, 0.0):,.0f} rows (a noisy count): {'; '.join(problems)}. "
+            "Raise epsilon, or fit fewer components or iterations, more rows, or a smaller "
+            f"clip radius. The first release spent epsilon={spent:.3g} (rho={first.rho:.3g}) "
+            "of the budget: the rows' count and moments, nothing else."
+        )
+
+
+def full_covariance(params: Params) -> np.ndarray:
+    """The one component's covariance of ``params`` as a (D, D) matrix."""
+    d = params.n_features
+    cov = np.asarray(params.covariances, dtype=np.float64)
+    if params.covariance_type == "full":
+        return cov[0]
+    if params.covariance_type == "tied":
+        return cov
+    if params.covariance_type == "diag":
+        return np.diag(cov[0])
+    return float(cov[0]) * np.eye(d)
+
+
+def moments_start(
+    first: FirstRelease, ball: ClipBall, n_components: int, covariance_type: str, seed: int
+) -> Params:
+    """A start from the first release alone: means drawn from the rows' noisy
+    Gaussian (seeded), projected into the ball; every component with their covariance
+    and an equal weight."""
+    rng = np.random.default_rng(seed)
+    mean = first.moments.means[0]
+    cov = full_covariance(first.moments)
+    offsets = rng.multivariate_normal(mean - ball.centre, cov, size=n_components)
+    norms = np.linalg.norm(offsets, axis=1, keepdims=True)
+    offsets *= np.minimum(1.0, 0.5 * ball.radius / np.maximum(norms, 1e-300))
+    means = ball.centre + offsets
+    covariances = {
+        "full": np.broadcast_to(cov, (n_components, *cov.shape)).copy(),
+        "tied": cov,
+        "diag": np.broadcast_to(np.diag(cov), (n_components, cov.shape[0])).copy(),
+        "spherical": np.full(n_components, float(np.trace(cov)) / cov.shape[0]),
+    }[covariance_type]
+    weights = np.full(n_components, 1.0 / n_components)
+    return Params.from_covariances(weights, means, covariances, covariance_type)
+
+
 def fit_private(
     engine: Engine,
     plan: PrivacyPlan,
-    start: Params,
+    start: Params | None,
     reg_covar: float,
     min_count: float = 1.0,
     iterations: int | None = None,
     average_last: int = 1,
+    *,
+    n_components: int | None = None,
+    covariance_type: str | None = None,
+    seed: int = 0,
 ) -> PrivateFit:
-    """``iterations`` (default: ``plan.releases``, at most that) private EM iterations
-    from ``start`` (public Params); the fitted Params come from the average of the
-    last ``average_last`` noisy statistics (post-processing).
+    """A private fit: the first release (if the plan has one: the rows' count and
+    moments, refusing a budget that cannot give a usable fit), then ``iterations``
+    (default: ``plan.releases``, at most that) private EM iterations from ``start``
+    (public Params; default: drawn from the first release, or without one from the
+    seed alone); the fitted Params come from the average of the last
+    ``average_last`` noisy statistics (post-processing).
 
     An engine whose ``noise_at_sites`` is true (a federation with distributed noise)
     returns sums its sites have already noised, in shares that add up to the plan's
@@ -155,30 +284,36 @@ def fit_private(
     """
     ball = plan.ball
     ball.check_features(engine.n_features)
-    if start.n_features != engine.n_features:
-        raise ValueError(
-            f"the start has {start.n_features} features but the rows have {engine.n_features}."
-        )
+    if start is not None:
+        n_components, covariance_type = start.n_components, start.covariance_type
+        if start.n_features != engine.n_features:
+            raise ValueError(
+                f"the start has {start.n_features} features but the rows have {engine.n_features}."
+            )
+    if n_components is None or covariance_type is None:
+        raise TypeError("give fit_private a start, or n_components and covariance_type.")
     count = plan.releases if iterations is None else int(iterations)
     if not 1 <= count <= plan.releases:
         raise ValueError(
             f"a private fit under this plan runs 1 to {plan.releases} iterations, got {count}."
         )
-    at_sites = bool(getattr(engine, "noise_at_sites", False))
-    params, spent, sigmas = start, 0.0, dict(plan.sigmas)
-    kept: collections.deque[SuffStats] = collections.deque(maxlen=max(1, int(average_last)))
+    averaged = max(1, min(int(average_last), count))
+    spent = 0.0
+    if plan.init_share > 0.0:
+        first = first_release(engine, plan, covariance_type, reg_covar)
+        spent += first.rho
+        check_usable(plan, first, n_components, averaged)
+        if start is None:
+            start = moments_start(first, ball, n_components, covariance_type, seed)
+    if start is None:
+        start = data_free_start(ball, n_components, covariance_type, seed)
+    params, sigmas = start, dict(plan.sigmas)
+    kept: collections.deque[SuffStats] = collections.deque(maxlen=averaged)
     for _ in range(count):
-        stats: SuffStats = engine.reduce("private_estep", params, ball).to_host()
-        # the data owner's own error (it releases nothing): rows that are not numbers
-        raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
-        if at_sites:
-            shares = site_shares(plan, int(engine.noise_parts), stats)  # type: ignore[attr-defined]
-            noisy = stats
-            spent += sum(share.rho for share in shares.values())
-            sigmas = {name: share.sigma for name, share in shares.items()}
-        else:
-            noisy, cost, sigmas = release(stats, plan)
-            spent += cost
+        noisy, cost, sigmas = _noised(
+            engine, plan, plan.iteration_rho, "private_estep", params, ball
+        )
+        spent += cost
         params = private_params(noisy, ball, reg_covar, min_count, sigmas["second"])
         kept.append(noisy)
     if len(kept) > 1:

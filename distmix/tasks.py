@@ -57,6 +57,7 @@ TaskName = Literal[
     "estep",
     "estep_fingerprint",
     "private_estep",
+    "private_moments",
     "log_likelihood",
     "fingerprint",
     "nonfinite",
@@ -203,6 +204,26 @@ def private_estep_block(
     )
 
 
+def private_moments_block(
+    block: Any, sample_weight: Any, row_offset: int, ball: ClipBall, covariance_type: str
+) -> SuffStats:
+    """A private fit's first release of a block: its rows clipped to ``ball``, their
+    count and moments about the centre (the statistics of one component)."""
+    d = ball.n_features
+    one = Params.from_covariances(
+        np.ones(1),
+        ball.centre[None, :],
+        {
+            "full": np.eye(d)[None],
+            "tied": np.eye(d),
+            "diag": np.ones((1, d)),
+            "spherical": np.ones(1),
+        }[covariance_type],
+        covariance_type,  # type: ignore[arg-type]
+    )
+    return private_estep_block(block, sample_weight, row_offset, one, ball)
+
+
 def estep_fingerprint_block(
     block: Any, sample_weight: Any, row_offset: int, params: Params
 ) -> FingerprintedStats:
@@ -344,6 +365,7 @@ TASKS: dict[str, BlockTask] = {
         _reduce("estep", estep_block, ("params",), "SuffStats"),
         _reduce("estep_fingerprint", estep_fingerprint_block, ("params",), "FingerprintedStats"),
         _reduce("private_estep", private_estep_block, ("params", "ball"), "SuffStats"),
+        _reduce("private_moments", private_moments_block, ("ball", "covariance_type"), "SuffStats"),
         _reduce("log_likelihood", log_likelihood_block, ("params",), "LogLikelihoodTotal"),
         _reduce(
             "fingerprint",

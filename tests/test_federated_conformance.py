@@ -98,4 +98,4 @@ def test_the_federation_refuses_rows_and_per_row_outputs():
     run nothing else (tests/test_private_federation.py)."""
     map_tasks = {name for name, task in TASKS.items() if task.kind == "map"}
     assert FEDERATION_REFUSED == ROW_MOVING_TASKS | map_tasks
-    assert PRIVATE_TASKS == {"private_estep"}
+    assert PRIVATE_TASKS == {"private_estep", "private_moments"}

@@ -282,6 +282,26 @@ def test_a_plan_spends_exactly_its_budget_over_its_releases():
     assert plan.spent(11) == pytest.approx(rho / 2, rel=1e-12)
 
 
+def test_the_first_release_and_the_iterations_compose_to_the_budget():
+    """A first release of 5 % and T = 10 iterations at (ε, δ) = (2, 1e-6), B = 4: by
+    hand, ρ_init = 0.05 ρ and every iteration 0.095 ρ; they add up to ρ, whose ε is 2."""
+    ball = ClipBall(np.zeros(3), 4.0)
+    plan = PrivacyPlan.for_budget(2.0, 1e-6, ball, releases=10, init_share=0.05)
+    rho = rho_for_epsilon(2.0, 1e-6)
+    assert plan.init_rho == pytest.approx(0.05 * rho, rel=1e-12)
+    assert plan.iteration_rho == pytest.approx(0.095 * rho, rel=1e-12)
+    for name, sensitivity in (("resp_sum", 1.0), ("x_sum", 4.0), ("second", 16.0)):
+        by_hand = sensitivity / math.sqrt(2 * 0.05 * rho / 3)
+        assert plan.init_sigmas[name] == pytest.approx(by_hand, rel=1e-12)
+        assert plan.largest_sigmas[name] == plan.init_sigmas[name]  # 5 % < 9.5 %
+    assert plan.spent() == pytest.approx(rho, rel=1e-12)
+    assert plan.spent(init=False) == pytest.approx(0.95 * rho, rel=1e-12)
+    assert plan.spent(4) == pytest.approx(0.05 * rho + 4 * 0.095 * rho, rel=1e-12)
+    assert epsilon_from_rho(plan.spent(), 1e-6) == pytest.approx(2.0, rel=1e-9)
+    with pytest.raises(ValueError, match=r"init_share must be in \[0, 1\)"):
+        PrivacyPlan.for_budget(2.0, 1e-6, ball, releases=10, init_share=1.0)
+
+
 def test_shares_move_noise_between_fields_at_the_same_cost():
     ball = ClipBall(np.zeros(2), 1.0)
     even = PrivacyPlan.for_budget(2.0, 1e-6, ball, releases=10)

@@ -143,3 +143,38 @@ def test_a_data_free_start_depends_on_the_seed_only():
     assert not np.array_equal(a.means, data_free_start(ball, 4, "tied", 8).means)
     assert np.all(np.linalg.norm(a.means - ball.centre, axis=1) <= 0.5 * ball.radius + 1e-12)
     assert math.isclose(float(np.asarray(a.covariances)[0, 0]), 9.0 / 8.0)
+
+
+def test_the_first_release_starts_the_fit_and_refuses_a_useless_budget(data):
+    """The first release (the rows' count and moments) gives the start when none is
+    given; a budget whose iterations' noise would swamp what they estimate is refused
+    after it, saying why and what it spent, and nothing else is released."""
+    from distmix.private_em import PrivacyBudgetError, first_release, moments_start
+
+    ball = ball_for(data)
+    engine = LocalEngine(data)
+    plan = PrivacyPlan.for_budget(5.0, 1e-6, ball, releases=6, init_share=0.05)
+    first = first_release(engine, plan, "full", 1e-6)
+    assert first.count == pytest.approx(len(data), rel=0.01)
+    np.testing.assert_allclose(first.moments.means[0], data.mean(axis=0), atol=0.5)
+    start = moments_start(first, ball, 3, "full", seed=1)
+    again = moments_start(first, ball, 3, "full", seed=1)
+    np.testing.assert_array_equal(start.means, again.means)  # the seed decides the draw
+    assert np.all(np.linalg.norm(start.means - ball.centre, axis=1) <= ball.radius / 2 + 1e-9)
+    fit = fit_private(engine, plan, None, 1e-6, n_components=3, covariance_type="full")
+    assert fit.rho_spent == pytest.approx(plan.spent(), rel=1e-6)
+    assert epsilon_from_rho(fit.rho_spent, 1e-6) <= 5.0 * (1 + 1e-9)
+
+    few = data[:300]
+    tight = PrivacyPlan.for_budget(0.05, 1e-6, ball, releases=20, init_share=0.05)
+    asked = []
+
+    class Counting(LocalEngine):
+        def reduce(self, task, *args):
+            asked.append(task)
+            return super().reduce(task, *args)
+
+    with pytest.raises(PrivacyBudgetError, match="cannot give a usable fit of 3 components") as e:
+        fit_private(Counting(few), tight, None, 1e-6, n_components=3, covariance_type="full")
+    assert "The first release spent epsilon=" in str(e.value)
+    assert asked == ["private_moments"]  # refused before any iteration

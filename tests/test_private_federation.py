@@ -175,6 +175,16 @@ def test_every_answered_release_is_charged_across_sessions_and_restarts(tmp_path
         fed.engine().reduce("private_estep", params, ball)
 
 
+def test_a_site_answers_one_first_release_per_manifest():
+    fed = federation("distributed")
+    ball = privacy().ball
+    first = fed.engine().reduce("private_moments", ball, "full")
+    assert first.n_components == 1 and first.n_rows == 0.0  # no row count on the wire
+    assert abs(float(first.resp_sum[0]) - 12_000) < 200  # noisy, about the rows' count
+    with pytest.raises(SiteError, match="first release .* spent"):
+        fed.engine().reduce("private_moments", ball, "full")
+
+
 def test_too_many_iterations_are_refused_before_any_round():
     fed = federation("distributed", iterations=3)
     model = distmix.GaussianMixture(2, max_iter=4, means_init=start_params().means)
@@ -238,7 +248,8 @@ def test_distributed_noise_reaches_its_target_with_the_allowed_dropouts():
     assert set(engine.dropped) == dropped
     z = np.concatenate(residuals)  # 12 rounds × 2 components × 78 entries (upper triangles)
     # the shares' total scale is the plan's (to its grid rounding) ...
-    share = SiteShare.plan(ball.radius**2, plan.rho / 12 / 3, 3, exact.second_values().size)
+    rho = plan.iteration_rho * plan.shares["second"]
+    share = SiteShare.plan(ball.radius**2, rho, 3, exact.second_values().size)
     assert share.sigma == pytest.approx(plan.sigmas["second"], rel=1e-3)
     # ... and three shares give it: a variance ≥ target (within the estimate's noise)
     assert z.size == 1872 and np.var(z) == pytest.approx(1.0, abs=0.15)

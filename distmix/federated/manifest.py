@@ -326,7 +326,7 @@ class Manifest:
                 return 0
             power = {"weight": 0, "first": 1, "second": 2}[kind[3:]]
             name = {"weight": "resp_sum", "first": "x_sum", "second": "second"}[kind[3:]]
-            value = n * plan.ball.radius**power + NOISE_HEADROOM * plan.sigmas[name]
+            value = n * plan.ball.radius**power + NOISE_HEADROOM * plan.largest_sigmas[name]
         if value is None:
             raise ValueError(f"unknown field kind {kind!r}; known: {', '.join(FIELD_KINDS)}.")
         if not math.isfinite(value) or value >= 2.0**1023:

@@ -59,7 +59,7 @@ from distmix.federated.messages import (
     request_digest,
 )
 from distmix.params import Params
-from distmix.privacy import SiteShare
+from distmix.privacy import ClipBall, SiteShare
 from distmix.tasks import ROW_MOVING_TASKS
 
 logger = logging.getLogger("distmix.federated.site")
@@ -527,7 +527,7 @@ class Site:
                 f"sites answer only {', '.join(sorted(wire.PRIVATE_TASKS))}, not {task!r}."
             )
         ball = self.manifest.privacy().ball
-        sent = args[1]
+        sent = next(arg for arg in args if isinstance(arg, ClipBall))
         if sent.radius != ball.radius or not np.array_equal(sent.centre, ball.centre):
             raise SiteRefusal(
                 "fields 'clip_centre'/'clip_radius' are not the manifest's clipping ball "
@@ -535,19 +535,26 @@ class Site:
             )
 
     def _charge_private(self, task: str) -> None:
-        """Count one private release against the manifest's ``dp_iterations`` (before
-        computing: a round that is lost or retried is charged all the same)."""
+        """Count one private release against the manifest's plan (before computing: a
+        round that is lost or retried is charged all the same): one first release of
+        the rows' moments, ``dp_iterations`` private E-steps."""
         assert self.manifest is not None
         if task not in wire.PRIVATE_TASKS:
             return
-        key = self.manifest.digest
+        key = f"{self.manifest.digest.hex()}/{task}"
         spent = self._private_releases.get(key, 0)
-        allowed = int(self.manifest.dp_iterations or 0)
+        first = task == "private_moments"
+        allowed = 1 if first else int(self.manifest.dp_iterations or 0)
         if spent >= allowed:
+            what = (
+                "first release (the rows' count and moments)"
+                if first
+                else f"{allowed} private E-steps (dp_iterations)"
+            )
             raise SiteRefusal(
-                f"site {self.name!r} has answered the {allowed} private E-steps its manifest "
-                "allows (dp_iterations): its privacy budget under this manifest is spent. "
-                "Another fit needs a new manifest, with a budget every site agrees to."
+                f"site {self.name!r} has answered the {what} its manifest allows: its "
+                "privacy budget under this manifest is spent. Another fit needs a new "
+                "manifest, with a budget every site agrees to."
             )
         self._private_releases[key] = spent + 1
         if self._ledger_path is not None:
@@ -558,7 +565,7 @@ class Site:
         assert self.manifest is not None
         plan = self.manifest.privacy_plan()
         sensitivity = plan.ball.sensitivities()
-        per_release = plan.rho / plan.releases
+        per_release = plan.init_rho if task == "private_moments" else plan.iteration_rho
         parts = []
         start = 0
         for slot in wire.slots(task, like):
@@ -638,15 +645,15 @@ class Site:
         )
 
 
-def _read_ledger(path: Path | None) -> tuple[dict[bytes, frozenset[str]], dict[bytes, int]]:
+def _read_ledger(path: Path | None) -> tuple[dict[bytes, frozenset[str]], dict[str, int]]:
     """The requests a site aggregated (and over which sites), and the private releases
-    it answered under each private manifest (by digest)."""
+    it answered under each private manifest (by digest and task)."""
     if path is None or not path.exists():
         return {}, {}
     try:
         record = json.loads(path.read_text())
         released = {bytes.fromhex(k): frozenset(v) for k, v in record["released"].items()}
-        private = {bytes.fromhex(k): int(v) for k, v in record.get("private", {}).items()}
+        private = {str(k): int(v) for k, v in record.get("private", {}).items()}
         return released, private
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(
@@ -655,13 +662,11 @@ def _read_ledger(path: Path | None) -> tuple[dict[bytes, frozenset[str]], dict[b
         ) from None
 
 
-def _write_ledger(
-    path: Path, ledger: dict[bytes, frozenset[str]], private: dict[bytes, int]
-) -> None:
+def _write_ledger(path: Path, ledger: dict[bytes, frozenset[str]], private: dict[str, int]) -> None:
     record: dict[str, Any] = {"format": "distmix-site-ledger/1"}
     record["released"] = {k.hex(): sorted(v) for k, v in ledger.items()}
     if private:
-        record["private"] = {k.hex(): n for k, n in private.items()}
+        record["private"] = dict(private)
     text = json.dumps(record)
     staged = path.with_name(path.name + ".tmp")
     staged.write_text(text)

@@ -38,7 +38,7 @@ SITE_TASKS: tuple[str, ...] = tuple(
 )
 #: the tasks of a private federation: only their clipped, noised fields travel (no row
 #: count, no log-likelihood), each bounded with room for its noise
-PRIVATE_TASKS = frozenset({"private_estep"})
+PRIVATE_TASKS = frozenset({"private_estep", "private_moments"})
 _PRIVATE_KINDS = {"resp_sum": "dp_weight", "x_sum": "dp_first", "second": "dp_second"}
 #: the field kind of a Totals result, by task
 _TOTALS_KIND = {"kmeans_cost": "second", "nearest_weight": "weight"}
