@@ -7,6 +7,7 @@ predict    write the most probable component (or responsibilities) per row
 score      mean log-likelihood, BIC and AIC of a model on a dataset
 info       what a model file holds
 demo       generate, fit on a local cluster and check recovery, in one go
+manifest   write a federation manifest (bounds, roster, privacy budget)
 site       serve one site of a federation (its rows stay; Flower SuperNode)
 federate   fit over the sites of a federation (Flower; exact secure sums)
 =========  ================================================================
@@ -38,12 +39,14 @@ from distmix.cluster import connect, resolve
 from distmix.datasets import write_zarr
 from distmix.engines.dask import parallel_blocks
 from distmix.federated import deploy
+from distmix.federated.manifest import Manifest
 from distmix.kernels import KERNEL_CHOICES, set_kernel
 from distmix.outputs import check_output_path, staged_directory, write_output
 from distmix.persist import (
     CHECKPOINT_FORMAT,
     MODEL_FORMAT,
     STREAM_CHECKPOINT_FORMAT,
+    atomic_write_bytes,
     check_file_target,
     load_checkpoint,
     load_stream_checkpoint,
@@ -681,19 +684,7 @@ individuals whose rows are fitted: every row is clipped to the public ball of
 draw in the ball seeded by --random-state (never from the rows), has no
 convergence test and releases no log-likelihood.""",
     )
-    private.add_argument("--epsilon", type=float, help="the whole fit's epsilon (> 0)")
-    private.add_argument(
-        "--delta", type=float, help="the whole fit's delta (well below 1 / the number of rows)"
-    )
-    private.add_argument(
-        "--clip-radius", type=float, metavar="B", help="public radius rows are clipped to"
-    )
-    private.add_argument(
-        "--centre",
-        metavar="X0",
-        help="public clipping centre: one number for every feature, D comma-separated "
-        "numbers, or a .npy file",
-    )
+    _add_privacy_flags(private)
 
     batch = fit.add_argument_group("batch EM (not with --stream)")
     batch.add_argument(
@@ -875,7 +866,94 @@ def _site(args: argparse.Namespace) -> int:
         )
 
 
+def _manifest(args: argparse.Namespace) -> int:
+    """``distmix manifest``: the public document every site of a federation accepts."""
+    sites = tuple(name.strip() for name in args.sites.split(",") if name.strip())
+    centre: Any = 0.0
+    if args.centre is not None:
+        values = _centre(args.centre, args.features)
+        centre = float(values[0]) if np.all(values == values[0]) else tuple(values.tolist())
+    dp: dict[str, Any] = {}
+    if _private(args) or args.dp_iterations is not None:
+        missing = [flag for dest, flag in _PRIVACY_FLAGS.items() if getattr(args, dest) is None]
+        if args.dp_iterations is None:
+            missing.append("--dp-iterations")
+        if missing:
+            raise ValueError(
+                "a private manifest needs --epsilon, --delta, --clip-radius, --centre and "
+                f"--dp-iterations; {', '.join(missing)} missing."
+            )
+        dp = {
+            "dp_epsilon": args.epsilon,
+            "dp_delta": args.delta,
+            "dp_clip_radius": args.clip_radius,
+            "dp_iterations": args.dp_iterations,
+            "dp_noise": args.dp_noise,
+        }
+    manifest = Manifest(
+        sites=sites,
+        n_features=args.features,
+        max_rows_per_site=args.max_rows_per_site,
+        radius=args.radius,
+        centre=centre,
+        mode=args.mode,
+        threshold=args.threshold,
+        **dp,
+    )
+    target = Path(args.out)
+    if target.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists: give --overwrite to replace it.")
+    atomic_write_bytes(target, manifest.to_json().encode())
+    kind = "private " if manifest.private else ""
+    print(
+        f"{kind}manifest for {len(sites)} sites ({manifest.mode}) written to {args.out}; "
+        f"SHA-256 {manifest.digest.hex()}"
+    )
+    if manifest.private:
+        plan = manifest.privacy_plan()
+        print(
+            f"privacy: epsilon={plan.epsilon:g}, delta={plan.delta:g} (rho={plan.rho:.4g}) over a "
+            f"first release and {plan.releases} iterations; noise {manifest.dp_noise}"
+            + (
+                f", in shares over any {manifest.noise_parts} sites"
+                if manifest.noise_parts > 1
+                else ""
+            )
+        )
+    return 0
+
+
+def _check_federate_privacy(args: argparse.Namespace) -> int:
+    """The iterations of a federated fit; privacy flags, if given, must be the manifest's
+    (its sites enforce it)."""
+    manifest = Manifest.from_json(Path(args.manifest).read_text())
+    privacy = manifest.privacy()
+    if _private(args):
+        if privacy is None:
+            raise ValueError(
+                f"--epsilon: the manifest {args.manifest} has no privacy budget, and its sites "
+                "enforce the manifest they accepted: write a private one (distmix manifest "
+                "--epsilon ... --dp-iterations ...) and have every site accept it."
+            )
+        given = {
+            "--epsilon": (args.epsilon, privacy.epsilon),
+            "--delta": (args.delta, privacy.delta),
+            "--clip-radius": (args.clip_radius, privacy.clip_radius),
+        }
+        for flag, (value, pinned) in given.items():
+            if value is not None and float(value) != float(pinned):
+                raise ValueError(f"{flag} {value:g} differs from the manifest's ({pinned:g}).")
+        if args.centre is not None and not np.array_equal(
+            _centre(args.centre, manifest.n_features), privacy.centre
+        ):
+            raise ValueError("--centre differs from the manifest's centre.")
+    if privacy is not None and args.max_iter is None:
+        return int(manifest.dp_iterations or 1)
+    return 100 if args.max_iter is None else int(args.max_iter)
+
+
 def _federate(args: argparse.Namespace) -> int:
+    max_iter = _check_federate_privacy(args)
     deploy.run_federation(
         args.manifest,
         args.superlink,
@@ -885,7 +963,7 @@ def _federate(args: argparse.Namespace) -> int:
         covariance_type=args.covariance_type,
         init_params=args.init_params,
         means_init=args.means_init,
-        max_iter=args.max_iter,
+        max_iter=max_iter,
         tol=args.tol,
         reg_covar=args.reg_covar,
         random_state=args.random_state,
@@ -950,7 +1028,11 @@ def _add_federation_commands(commands: Any) -> None:
         "--init-params", default="moments", help="'moments' (default: moves no row)"
     )
     federate.add_argument("--means-init", help=".npy file of starting means (K, D)")
-    federate.add_argument("--max-iter", type=int, default=100)
+    federate.add_argument(
+        "--max-iter",
+        type=int,
+        help="EM iterations at most (default 100; a private manifest's dp_iterations)",
+    )
     federate.add_argument("--tol", type=float, default=1e-3)
     federate.add_argument("--reg-covar", type=float, default=1e-6)
     federate.add_argument("--random-state", type=int, default=0)
@@ -964,7 +1046,69 @@ def _add_federation_commands(commands: Any) -> None:
         action="store_true",
         help="each site keeps its own mixing weights (never sent; see distmix site --weights-out)",
     )
+    _add_privacy_flags(
+        federate.add_argument_group(
+            "differential privacy",
+            description="A private federation's budget is its manifest's (every site "
+            "enforces it): these flags, if given, must match it.",
+        )
+    )
     federate.set_defaults(run=_federate)
+
+    manifest = commands.add_parser(
+        "manifest",
+        help="write a federation manifest: the public bounds, roster and privacy budget",
+        description="Write the manifest every site of a federation accepts (JSON). Its "
+        "SHA-256, printed, is what the sites and the coordinator agree on.",
+    )
+    manifest.add_argument("out", metavar="OUT.json")
+    manifest.add_argument("--sites", required=True, help="the sites' names, comma-separated")
+    manifest.add_argument("--features", type=int, required=True, help="columns of every site")
+    manifest.add_argument(
+        "--max-rows-per-site", type=int, required=True, help="bound on one site's rows"
+    )
+    manifest.add_argument(
+        "--radius",
+        type=float,
+        default=float(2**32),
+        help="rows and means lie within it of --centre (bounds the sums; default 2**32)",
+    )
+    manifest.add_argument("--mode", default="threshold", choices=["threshold", "all-or-nothing"])
+    manifest.add_argument("--threshold", type=int, help="shares needed to unmask (a majority)")
+    manifest.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    private = manifest.add_argument_group(
+        "differential privacy",
+        description="With these, the federation is private: its sites answer only private "
+        "E-steps about the ball of --clip-radius around --centre, at most --dp-iterations "
+        "of them and one first release, under the budget (--epsilon, --delta).",
+    )
+    _add_privacy_flags(private)
+    private.add_argument(
+        "--dp-iterations", type=int, help="the most private iterations a fit may run"
+    )
+    private.add_argument(
+        "--dp-noise",
+        default="distributed",
+        choices=["distributed", "central"],
+        help="who adds the noise: every site a share (default), or the coordinator",
+    )
+    manifest.set_defaults(run=_manifest)
+
+
+def _add_privacy_flags(group: Any) -> None:
+    group.add_argument("--epsilon", type=float, help="the whole fit's epsilon (> 0)")
+    group.add_argument(
+        "--delta", type=float, help="the whole fit's delta (well below 1 / the number of rows)"
+    )
+    group.add_argument(
+        "--clip-radius", type=float, metavar="B", help="public radius rows are clipped to"
+    )
+    group.add_argument(
+        "--centre",
+        metavar="X0",
+        help="public clipping centre: one number for every feature, D comma-separated "
+        "numbers, or a .npy file",
+    )
 
 
 def _file_state(path: str | None) -> tuple[int, int] | None:

@@ -69,3 +69,50 @@ def test_bad_privacy_flags_fail_in_one_line_and_write_nothing(data, tmp_path, fl
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not out.exists()
+
+
+def test_a_private_manifest_from_the_command_line_drives_a_private_federation(tmp_path):
+    from distmix.federated import Federation, Manifest, Site
+
+    path = tmp_path / "manifest.json"
+    result = run_cli(
+        "manifest", path, "--sites", "a,b,c", "--features", "3", "--max-rows-per-site", "8192",
+        "--centre", "50", "--epsilon", "3", "--delta", "1e-6", "--clip-radius", "40",
+        "--dp-iterations", "4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = Manifest.from_json(path.read_text())
+    assert manifest.digest.hex() in result.stdout and "in shares over any 3 sites" in result.stdout
+    assert manifest.dp_epsilon == 3.0 and manifest.dp_iterations == 4
+    assert manifest.dp_noise == "distributed" and manifest.centre == 50.0
+    X = mixture_data(62, n_rows=9_000, n_features=3, n_components=2, shift=50.0)
+    sites = [Site(part, name) for part, name in zip(np.split(X, 3), "abc", strict=True)]
+    model = distmix.GaussianMixture(2, max_iter=4).fit(Federation(sites, manifest))
+    assert model.privacy_["epsilon"] == pytest.approx(3.0, rel=1e-6)
+    again = run_cli("manifest", path, "--sites", "a,b,c", "--features", "3",
+                    "--max-rows-per-site", "8")  # fmt: skip
+    assert again.returncode == 2 and "exists: give --overwrite" in again.stderr
+    assert Manifest.from_json(path.read_text()) == manifest
+
+
+@pytest.mark.parametrize(
+    ("private", "flags", "message"),
+    [
+        (False, ("--epsilon", "3"), "has no privacy budget"),
+        (True, ("--epsilon", "2"), "--epsilon 2 differs from the manifest's (3)"),
+        (True, ("--centre", "49"), "--centre differs from the manifest's centre"),
+    ],
+)
+def test_federate_privacy_flags_must_be_the_manifests(tmp_path, private, flags, message):
+    budget = ("--centre", "50", "--epsilon", "3", "--delta", "1e-6", "--clip-radius", "40",
+              "--dp-iterations", "4") if private else ()  # fmt: skip
+    path = tmp_path / "manifest.json"
+    made = run_cli("manifest", path, "--sites", "a,b,c", "--features", "3",
+                   "--max-rows-per-site", "8", *budget)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    result = run_cli(
+        "federate", "--manifest", path, "--superlink", "127.0.0.1:9", "--root-certificates",
+        tmp_path / "none.pem", "--components", "2", "--out", tmp_path / "m.npz", *flags,
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "m.npz").exists()

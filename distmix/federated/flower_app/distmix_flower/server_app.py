@@ -53,8 +53,18 @@ def main(grid: Grid, context: Context) -> None:
             for kind, times in by_kind.items()
         )
     )
+    if hasattr(model, "privacy_"):  # a private manifest: nothing but the noisy sums left
+        report = model.privacy_
+        outcome = (
+            f"{model.n_iter_} private iterations, epsilon={report['epsilon']:.6g} at "
+            f"delta={report['delta']:g} spent"
+        )
+    else:
+        outcome = (
+            f"{model.n_iter_} iterations, converged={model.converged_}, "
+            f"lower bound {model.lower_bound_:.6f}"
+        )
     print(
-        f"distmix federate: {model.n_iter_} iterations, converged={model.converged_}, "
-        f"lower bound {model.lower_bound_:.6f}, sites {', '.join(transport.site_names)}; "
+        f"distmix federate: {outcome}, sites {', '.join(transport.site_names)}; "
         f"model written to {config['out']}"
     )
