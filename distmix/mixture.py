@@ -271,7 +271,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             float(self.reg_covar),
             privacy.min_count,
             int(self.max_iter),
-            privacy.averaged(int(self.max_iter)),
+            privacy.average_last,
             n_components=n_components,
             covariance_type=covariance_type,
             seed=seed,

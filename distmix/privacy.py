@@ -658,9 +658,10 @@ class Privacy:
     average_last : int, optional
         The fitted parameters come from the average of the last ``average_last``
         releases' noisy statistics (post-processing: free), which divides their
-        noise's variance by as much; default: the last half of the iterations.
-        Near EM's fixed point consecutive iterations' statistics differ by far less
-        than their noise.
+        noise's variance by as much. Default: as many final releases as agree with
+        each other within their noise (near EM's fixed point consecutive
+        iterations' statistics differ by far less than their noise; the first
+        iterations, still moving, stay out).
     """
 
     epsilon: float
@@ -706,11 +707,6 @@ class Privacy:
         if not isinstance(record, dict) or set(record) != set(_RECORD_KEYS):
             raise ValueError(f"a privacy record has exactly the keys {', '.join(_RECORD_KEYS)}.")
         return cls(**record)
-
-    def averaged(self, iterations: int) -> int:
-        """How many final releases a fit of ``iterations`` averages (at most all)."""
-        m = (iterations + 1) // 2 if self.average_last is None else int(self.average_last)
-        return max(1, min(m, int(iterations)))
 
     def plan(self, releases: int) -> PrivacyPlan:
         """The budget spread over a first release (:data:`INIT_SHARE` of it) and

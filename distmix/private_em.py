@@ -234,16 +234,33 @@ def full_covariance(params: Params) -> np.ndarray:
     return float(cov[0]) * np.eye(d)
 
 
+#: candidate means a start from the first release draws per component
+START_CANDIDATES = 20
+
+
 def moments_start(
     first: FirstRelease, ball: ClipBall, n_components: int, covariance_type: str, seed: int
 ) -> Params:
-    """A start from the first release alone: means drawn from the rows' noisy
-    Gaussian (seeded), projected into the ball; every component with their covariance
-    and an equal weight."""
+    """A start from the first release alone (post-processing): ``START_CANDIDATES``
+    points per component drawn from the rows' noisy Gaussian (seeded), of which the
+    means are chosen as k-means++ chooses among rows (each next one with probability
+    proportional to its squared Mahalanobis distance to those chosen, so they spread
+    over the rows' extent), then projected into half the ball; every component gets
+    the rows' covariance and an equal weight."""
     rng = np.random.default_rng(seed)
-    mean = first.moments.means[0]
     cov = full_covariance(first.moments)
-    offsets = rng.multivariate_normal(mean - ball.centre, cov, size=n_components)
+    candidates = rng.multivariate_normal(
+        first.moments.means[0] - ball.centre, cov, size=START_CANDIDATES * n_components
+    )
+    whitened = candidates @ np.linalg.inv(np.linalg.cholesky(cov)).T
+    chosen = [int(rng.integers(len(candidates)))]
+    nearest = np.sum((whitened - whitened[chosen[0]]) ** 2, axis=1)
+    for _ in range(n_components - 1):
+        total = float(nearest.sum())
+        pick = int(rng.choice(len(candidates), p=nearest / total)) if total > 0 else 0
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.sum((whitened - whitened[pick]) ** 2, axis=1))
+    offsets = candidates[chosen]
     norms = np.linalg.norm(offsets, axis=1, keepdims=True)
     offsets *= np.minimum(1.0, 0.5 * ball.radius / np.maximum(norms, 1e-300))
     means = ball.centre + offsets
@@ -264,7 +281,7 @@ def fit_private(
     reg_covar: float,
     min_count: float = 1.0,
     iterations: int | None = None,
-    average_last: int = 1,
+    average_last: int | None = 1,
     *,
     n_components: int | None = None,
     covariance_type: str | None = None,
@@ -275,7 +292,8 @@ def fit_private(
     (default: ``plan.releases``, at most that) private EM iterations from ``start``
     (public Params; default: drawn from the first release, or without one from the
     seed alone); the fitted Params come from the average of the last
-    ``average_last`` noisy statistics (post-processing).
+    ``average_last`` noisy statistics, or (``None``) of the last ones that agree
+    within their noise (:func:`stable_window`; post-processing either way).
 
     An engine whose ``noise_at_sites`` is true (a federation with distributed noise)
     returns sums its sites have already noised, in shares that add up to the plan's
@@ -297,18 +315,18 @@ def fit_private(
         raise ValueError(
             f"a private fit under this plan runs 1 to {plan.releases} iterations, got {count}."
         )
-    averaged = max(1, min(int(average_last), count))
+    window = None if average_last is None else max(1, min(int(average_last), count))
     spent = 0.0
     if plan.init_share > 0.0:
         first = first_release(engine, plan, covariance_type, reg_covar)
         spent += first.rho
-        check_usable(plan, first, n_components, averaged)
+        check_usable(plan, first, n_components, window or (count + 1) // 2)
         if start is None:
             start = moments_start(first, ball, n_components, covariance_type, seed)
     if start is None:
         start = data_free_start(ball, n_components, covariance_type, seed)
     params, sigmas = start, dict(plan.sigmas)
-    kept: collections.deque[SuffStats] = collections.deque(maxlen=averaged)
+    kept: collections.deque[SuffStats] = collections.deque(maxlen=window or count)
     for _ in range(count):
         noisy, cost, sigmas = _noised(
             engine, plan, plan.iteration_rho, "private_estep", params, ball
@@ -316,10 +334,49 @@ def fit_private(
         spent += cost
         params = private_params(noisy, ball, reg_covar, min_count, sigmas["second"])
         kept.append(noisy)
-    if len(kept) > 1:
-        noise = sigmas["second"] / math.sqrt(len(kept))
-        params = private_params(mean_stats(list(kept)), ball, reg_covar, min_count, noise)
-    return PrivateFit(params, plan, spent, count, sigmas, len(kept))
+    released = list(kept)
+    if window is None:
+        released = released[len(released) - stable_window(released, sigmas) :]
+    if len(released) > 1:
+        noise = sigmas["second"] / math.sqrt(len(released))
+        params = private_params(mean_stats(released), ball, reg_covar, min_count, noise)
+    return PrivateFit(params, plan, spent, count, sigmas, len(released))
+
+
+#: how far (in standard errors of its own noise) the mean square difference of a
+#: release from the average of the later ones may go before the window stops
+WINDOW_TOLERANCE = 3.0
+
+
+def stable_window(released: list[SuffStats], sigmas: dict[str, float]) -> int:
+    """How many of the final ``released`` statistics agree with each other within
+    their noise: going back from the last, a release joins while its difference from
+    the average of those after it, in units of the noise (``sigmas`` per field), has
+    a mean square within ``WINDOW_TOLERANCE`` standard errors of what the noise alone
+    gives. EM's early iterations, still moving, stay out; at its fixed point all
+    join. A function of the released values only: post-processing, free."""
+
+    def in_noise_units(stats: SuffStats) -> np.ndarray:
+        return np.concatenate(
+            [
+                np.ravel(stats.resp_sum) / sigmas["resp_sum"],
+                np.ravel(stats.x_sum) / sigmas["x_sum"],
+                stats.second_values() / sigmas["second"],
+            ]
+        )
+
+    units = [in_noise_units(stats) for stats in released]
+    size = units[-1].size
+    limit = 1.0 + WINDOW_TOLERANCE * math.sqrt(2.0 / size)
+    total, count = units[-1].copy(), 1
+    for later in reversed(units[:-1]):
+        # the difference of two noises: variance 1 + 1/count per entry
+        spread = float(np.mean((later - total / count) ** 2)) / (1.0 + 1.0 / count)
+        if spread > limit:
+            break
+        total += later
+        count += 1
+    return count
 
 
 def mean_stats(released: list[SuffStats]) -> SuffStats:

@@ -18,6 +18,7 @@ from distmix.nonfinite import NonFiniteInputError
 from distmix.params import Params
 from distmix.privacy import ClipBall, PrivacyPlan, epsilon_from_rho, private_stats
 from distmix.private_em import data_free_start, fit_private, release
+from distmix.suffstats import SuffStats
 
 
 def mean_log_likelihood(params: Params, X: np.ndarray) -> float:
@@ -178,3 +179,37 @@ def test_the_first_release_starts_the_fit_and_refuses_a_useless_budget(data):
         fit_private(Counting(few), tight, None, 1e-6, n_components=3, covariance_type="full")
     assert "The first release spent epsilon=" in str(e.value)
     assert asked == ["private_moments"]  # refused before any iteration
+
+
+def test_the_window_holds_the_final_releases_that_agree_within_their_noise():
+    """Ten releases: four moving by ten noise scales each, then six at one point with
+    noise only (seeded): the window holds exactly the six."""
+    from distmix.private_em import stable_window
+
+    rng = np.random.default_rng(0)
+    sigmas = {"resp_sum": 2.0, "x_sum": 5.0, "second": 50.0}
+    k, d = 3, 4
+    released = []
+    for t in range(10):
+        shift = 10.0 * max(0, 4 - t)  # in noise scales; zero from the fifth on
+        second = np.zeros((k, d, d))
+        iu = np.triu_indices(d)
+        upper = (shift + rng.normal(size=(k, iu[0].size))) * sigmas["second"]
+        second[:, iu[0], iu[1]] = upper
+        second[:, iu[1], iu[0]] = upper
+        released.append(
+            SuffStats(
+                "full",
+                np.zeros((k, d)),
+                (shift + rng.normal(size=k)) * sigmas["resp_sum"],
+                (shift + rng.normal(size=(k, d))) * sigmas["x_sum"],
+                second,
+                0.0,
+                0.0,
+                0.0,
+                math.inf,
+            )
+        )
+    assert stable_window(released, sigmas) == 6
+    assert stable_window(released[-3:], sigmas) == 3
+    assert stable_window(released[:1], sigmas) == 1
