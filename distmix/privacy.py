@@ -666,14 +666,22 @@ class Privacy:
 
     epsilon: float
     delta: float
-    clip_radius: float
-    centre: Any
+    clip_radius: float | None = None
+    centre: Any = None
     noise_shares: dict[str, float] | None = None
     min_count: float = 1.0
     average_last: int | None = None
 
     def __post_init__(self) -> None:
-        ball = ClipBall(self.centre, self.clip_radius)  # validates both
+        missing = [name for name in ("clip_radius", "centre") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(
+                f"a private fit needs {' and '.join(missing)}: the public ball every row is "
+                "clipped to, chosen from what is known without these rows (an instrument's "
+                "range, public or older data). distmix never derives it from the data: that "
+                "would spend privacy it does not account for."
+            )
+        ball = ClipBall(self.centre, self.clip_radius)  # type: ignore[arg-type]  # validates
         object.__setattr__(self, "centre", ball.centre)
         object.__setattr__(self, "clip_radius", ball.radius)
         _check_positive("epsilon", self.epsilon)
@@ -687,14 +695,14 @@ class Privacy:
 
     @property
     def ball(self) -> ClipBall:
-        return ClipBall(self.centre, self.clip_radius)
+        return ClipBall(self.centre, float(self.clip_radius))  # type: ignore[arg-type]
 
     def record(self) -> dict[str, Any]:
         """The settings as JSON values (a model file's, a CLI's)."""
         return {
             "epsilon": float(self.epsilon),
             "delta": float(self.delta),
-            "clip_radius": float(self.clip_radius),
+            "clip_radius": self.ball.radius,
             "centre": [float(c) for c in self.centre],
             "noise_shares": None if self.noise_shares is None else dict(self.noise_shares),
             "min_count": float(self.min_count),

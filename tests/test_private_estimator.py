@@ -156,6 +156,8 @@ def test_a_private_model_is_saved_with_its_settings_and_its_report(rows, tmp_pat
         ({"centre": [np.nan, 1.0]}, ValueError, "clipping centre contains NaN"),
         ({"noise_shares": {"x_sum": 1.0}}, ValueError, "must name exactly"),
         ({"min_count": 0.0}, ValueError, "min_count must be finite and > 0"),
+        ({"clip_radius": None}, ValueError, "needs clip_radius: the public ball .* never derives"),
+        ({"centre": None}, ValueError, "needs centre: the public ball"),
     ],
 )
 def test_bad_privacy_settings_are_refused_naming_them(kwargs, error, message):
