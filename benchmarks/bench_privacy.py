@@ -203,6 +203,8 @@ def main() -> None:
         ax.axhline(plain, color="k", linestyle="--", label="non-private")
         ax.axhline(plain - TARGET_GAP, color="grey", linestyle=":", label="target")
         ax.set_xscale("log")
+        ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
+        ax.minorticks_off()
         ax.set_xlabel(f"epsilon (delta = {args.delta:g})")
         ax.set_ylabel("held-out log-likelihood / row")
         ax.legend()

@@ -91,3 +91,41 @@ def test_a_federated_fit_over_flower():
         got, want = getattr(fitted, name), getattr(reference, name)
         assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want)), name
     print(f"\nFlower end to end: {time.monotonic() - started:.1f} s")
+
+
+def test_a_private_federated_fit_over_flower():
+    """A private manifest (distributed noise) over real processes: ``distmix federate``
+    fits privately by itself (its first release and three noisy iterations through
+    Flower), and its model reports the manifest's budget."""
+    work = Path(tempfile.mkdtemp(prefix="dmx-", dir="/tmp"))
+    rows = [site_rows(i, n) for i, n in enumerate(SIZES)]
+    manifest = Manifest(
+        sites=SITES,
+        n_features=2,
+        max_rows_per_site=1024,
+        radius=64.0,
+        centre=10.0,
+        dp_epsilon=8.0,
+        dp_delta=1e-6,
+        dp_clip_radius=12.0,
+        dp_iterations=3,
+    )
+    for name, r in zip(SITES, rows, strict=True):
+        np.save(work / f"{name}.npy", r)
+    np.save(work / "means.npy", MEANS + 0.5)
+    data = {name: str(work / f"{name}.npy") for name in SITES}
+    with LocalFlowerFederation(work, manifest, data) as deployment:
+        federate = deployment.federate(
+            str(work / "model.npz"),
+            "--components", "3",
+            "--means-init", str(work / "means.npy"),
+            "--epsilon", "8",
+            "--round-timeout", "60",
+            timeout=240,
+        )  # fmt: skip
+        assert federate.returncode == 0, federate.stdout[-3000:] + federate.stderr[-3000:]
+        assert "3 private iterations, epsilon=" in federate.stdout + federate.stderr
+    fitted = distmix.load(work / "model.npz")
+    assert fitted.privacy_["epsilon"] == pytest.approx(8.0, rel=1e-6)
+    assert fitted.privacy_["iterations"] == 3 and np.all(np.isfinite(fitted.means_))
+    assert not deployment.leftovers()
