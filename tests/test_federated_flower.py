@@ -38,15 +38,20 @@ def site_rows(seed: int, n: int) -> np.ndarray:
     return MEANS[labels] + rng.normal(size=(n, 2)) * 0.8
 
 
-def test_a_federated_fit_over_flower():
-    started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="dmx-", dir="/tmp"))  # short Unix socket paths
+def site_files() -> tuple[Path, list[np.ndarray], dict[str, str]]:
+    """A short work directory (Unix socket paths) with each site's rows and the start."""
+    work = Path(tempfile.mkdtemp(prefix="dmx-", dir="/tmp"))
     rows = [site_rows(i, n) for i, n in enumerate(SIZES)]
-    manifest = Manifest(sites=SITES, n_features=2, max_rows_per_site=1024, radius=64.0)
     for name, r in zip(SITES, rows, strict=True):
         np.save(work / f"{name}.npy", r)
     np.save(work / "means.npy", MEANS + 0.5)
-    data = {name: str(work / f"{name}.npy") for name in SITES}
+    return work, rows, {name: str(work / f"{name}.npy") for name in SITES}
+
+
+def test_a_federated_fit_over_flower():
+    started = time.monotonic()
+    work, rows, data = site_files()
+    manifest = Manifest(sites=SITES, n_features=2, max_rows_per_site=1024, radius=64.0)
 
     deployment = LocalFlowerFederation(work, manifest, data)
     with deployment:
@@ -97,8 +102,7 @@ def test_a_private_federated_fit_over_flower():
     """A private manifest (distributed noise) over real processes: ``distmix federate``
     fits privately by itself (its first release and three noisy iterations through
     Flower), and its model reports the manifest's budget."""
-    work = Path(tempfile.mkdtemp(prefix="dmx-", dir="/tmp"))
-    rows = [site_rows(i, n) for i, n in enumerate(SIZES)]
+    work, _, data = site_files()
     manifest = Manifest(
         sites=SITES,
         n_features=2,
@@ -110,10 +114,6 @@ def test_a_private_federated_fit_over_flower():
         dp_clip_radius=12.0,
         dp_iterations=3,
     )
-    for name, r in zip(SITES, rows, strict=True):
-        np.save(work / f"{name}.npy", r)
-    np.save(work / "means.npy", MEANS + 0.5)
-    data = {name: str(work / f"{name}.npy") for name in SITES}
     with LocalFlowerFederation(work, manifest, data) as deployment:
         federate = deployment.federate(
             str(work / "model.npz"),
