@@ -4,6 +4,7 @@ Every way of fitting is the same map-reduce: chunk → sufficient statistics →
 tree sum → M-step → parameters, with a different engine moving the statistics.
 """
 
+from distmix import plot
 from distmix.em import EMResult, run_em
 from distmix.engines import DaskEngine, LocalEngine
 from distmix.engines.factory import make_engine
@@ -30,5 +31,6 @@ __all__ = [
     "load",
     "m_step",
     "make_engine",
+    "plot",
     "run_em",
 ]

@@ -6,6 +6,7 @@ fit        fit a GaussianMixture to a Zarr/NumPy dataset on a Dask cluster
 predict    write the most probable component (or responsibilities) per row
 score      mean log-likelihood, BIC and AIC of a model on a dataset
 info       what a model file holds
+plot       a model's convergence and its components over a sample of rows (PNG, SVG, PDF)
 demo       generate, fit on a local cluster and check recovery, in one go
 manifest   write a federation manifest (bounds, roster, privacy budget)
 site       serve one site of a federation (its rows stay; Flower SuperNode)
@@ -21,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
+import io
 import logging
 import os
 import re
@@ -541,6 +543,32 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    model = distmix.load(args.model)
+    features = None
+    if args.features is not None:
+        try:
+            features = [int(f) for f in args.features.split(",")]
+        except ValueError:
+            raise ValueError(f"--features {args.features!r}: give two indices, e.g. 0,3.") from None
+    suffix = Path(args.out).suffix.lower().lstrip(".")
+    if suffix not in ("png", "svg", "pdf"):
+        raise ValueError(f"--out {args.out}: give a .png, .svg or .pdf path.")
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"--out {args.out} already exists; pass --overwrite to replace it.")
+    X = None if args.data is None else _open_data(args.data)
+    try:
+        fig = distmix.plot.figure(model, X, features=features, sample=args.sample, seed=args.seed)
+    except ValueError as error:
+        message = str(error).replace("features must be", "--features must be")
+        raise ValueError(message) from None
+    image = io.BytesIO()
+    fig.savefig(image, format=suffix, dpi=args.dpi)
+    atomic_write_bytes(args.out, image.getvalue())  # all of the image, or no file
+    print(f"plot of {args.model} written to {args.out}")
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     _write_dataset(args.out, args)
     return 0
@@ -816,6 +844,24 @@ The rows read before are re-read first, hash only, to check they did not change.
     info = commands.add_parser("info", help="what a model file holds")
     info.add_argument("model", metavar="MODEL")
     info.set_defaults(run=_info)
+
+    plot = commands.add_parser(
+        "plot",
+        help="a model's convergence and its components over a sample of rows",
+        description="Draw a fitted model: its mean log-likelihood per iteration (or per "
+        "streaming update) and its components as 2-standard-deviation ellipses over a 2-D "
+        "view (the mixture's first two principal axes, or --features), with a random sample "
+        "of DATA's rows as points. The format follows OUT's suffix (.png, .svg, .pdf).",
+    )
+    plot.add_argument("model", metavar="MODEL")
+    plot.add_argument("data", metavar="DATA", nargs="?", help="rows to draw (Zarr or .npy)")
+    plot.add_argument("--out", "-o", required=True, metavar="OUT", help="the image to write")
+    plot.add_argument("--features", metavar="I,J", help="two features instead of the axes")
+    plot.add_argument("--sample", type=int, default=5_000, help="rows drawn (default 5,000)")
+    plot.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    plot.add_argument("--dpi", type=int, default=120, help="resolution of a PNG (default 120)")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    plot.set_defaults(run=_plot)
 
     generate = commands.add_parser(
         "generate",

@@ -40,6 +40,10 @@ ALLOWED_FUNCTION_IMPORTS = {
     ("distmix.cluster", "dask_jobqueue"): "optional package, needed only by the slurm/pbs configs",
     ("distmix.privacy", "opendp.prelude"): "optional package (distmix[privacy]), needed only "
     "by private fits; a missing one is named with the extra to install",
+    ("distmix.plot", "matplotlib.patches"): "optional package (distmix[plot]), needed only "
+    "when a plot is drawn; a missing one is named with the extra to install",
+    ("distmix.plot", "matplotlib.pyplot"): "the same; pyplot only where the caller gave no axes",
+    ("distmix.plot", "matplotlib.figure"): "the same; a Figure without pyplot for the CLI",
 }
 
 KERNELS = {
