@@ -206,6 +206,63 @@ def run_em(
     return EMResult(params, lower_bound, tuple(past), n_iter, converged)
 
 
+def run_em_together(
+    engine: Engine,
+    starts: Sequence[Params],
+    *,
+    tol: float,
+    max_iter: int,
+    reg_covar: float,
+    callback: Callable[[int, IterationInfo], None] | None = None,
+) -> list[EMResult]:
+    """EM from every one of ``starts`` side by side: each iteration is one pass over the
+    rows for all the runs still going (``engine.reduce("estep_many", ...)``: every
+    block read once, every model's E-step on it), and each run has its own M-step,
+    convergence test and history, exactly as :func:`run_em` from that start alone
+    gives them (bit for bit: every model's statistics are computed and summed as the
+    block task ``estep`` computes and sums them). A run that converged stops costing
+    work. ``callback(run, info)`` hears every run's iterations."""
+    params = list(starts)
+    lower = [-math.inf] * len(params)
+    past: list[list[float]] = [[] for _ in params]
+    converged = [False] * len(params)
+    for n_iter in range(1, max_iter + 1):
+        active = [i for i, done in enumerate(converged) if not done]
+        if not active:
+            break
+        began = time.perf_counter()
+        if len(active) == 1:
+            results = [e_step(engine, params[active[0]])]
+        else:
+            bundle = engine.reduce("estep_many", tuple(params[i] for i in active)).to_host()
+            results = list(bundle.members)
+            raise_if_nonfinite(results[0].n_nonfinite, results[0].first_nonfinite)
+        seconds = (time.perf_counter() - began) / len(active)
+        for i, stats in zip(active, results, strict=True):
+            previous = lower[i]
+            lower[i] = mean_log_likelihood(stats)
+            params[i] = m_step(stats, reg_covar, previous=params[i])
+            past[i].append(lower[i])
+            change = lower[i] - previous
+            converged[i] = abs(change) < tol
+            if callback is not None:
+                info = IterationInfo(
+                    n_iter,
+                    lower[i],
+                    change,
+                    seconds,
+                    int(stats.n_rows),
+                    params[i],
+                    tuple(past[i]),
+                    converged[i],
+                )
+                callback(i, info)
+    return [
+        EMResult(params[i], lower[i], tuple(past[i]), len(past[i]), converged[i])
+        for i in range(len(params))
+    ]
+
+
 # --------------------------------------------------------------------------- #
 # a whole fit: n_init runs, the best kept, checkpointed and resumable         #
 # --------------------------------------------------------------------------- #
@@ -307,6 +364,11 @@ def fit_em(
         )
     )
     fit = _BatchFit(engine, settings, tuple(seeds), user_init or {}, start, key, resumed, data)
+    if checkpoint is None and start is None and len(seeds) > 1:
+        with progress.fit_progress(settings.max_iter * len(seeds)):
+            fit.run_together()
+        assert fit.best is not None
+        return FitResult(fit.best, fit.best_lb)
     first = resumed.init_index if resumed else 0
     if resumed is not None and resumed.finished:
         first = len(seeds)  # the checkpointed fit had finished: nothing left to run
@@ -399,6 +461,47 @@ class _BatchFit:
                     extra=data.record(),
                 ),
             )
+
+    def run_together(self) -> None:
+        """Every run side by side (:func:`run_em_together`): their starts one after
+        another, then one pass per iteration for all; the best kept as :meth:`run`
+        keeps it (the first of the highest lower bounds)."""
+        settings = self.settings
+        started = time.perf_counter()
+        starts = []
+        for init, seed in enumerate(self.seeds):
+            if settings.verbose:
+                logger.info(f"Initialization {init}")
+            starts.append(
+                initial_params(
+                    self.engine,
+                    settings.init_params,
+                    settings.n_components,
+                    settings.covariance_type,
+                    settings.reg_covar,
+                    seed,
+                    **self.user_init,
+                )
+            )
+        callbacks = [self._after_iteration(init) for init in range(len(self.seeds))]
+        results = run_em_together(
+            self.engine,
+            starts,
+            tol=settings.tol,
+            max_iter=settings.max_iter,
+            reg_covar=settings.reg_covar,
+            callback=lambda run, info: callbacks[run](info),
+        )
+        for result in results:
+            if settings.verbose:
+                status = "converged" if result.converged else "did not converge"
+                logger.info(
+                    f"Initialization {status}. time lapse {time.perf_counter() - started:.5f}s"
+                    f"\t lower bound {result.lower_bound:.5f}"
+                )
+            if self.best is None or result.lower_bound > self.best_lb:
+                self.best = RunState(result.params, result.lower_bounds, result.converged)
+                self.best_lb = result.lower_bound
 
     def _after_iteration(self, init: int) -> Callable[[IterationInfo], None]:
         """The callback of run ``init``: checkpoint, progress, then the verbose line."""

@@ -218,6 +218,47 @@ class KMeansStats:
         return cls(SuffStats.from_schema(flat[:n_stats], stats_schema), float(flat[n_stats]))
 
 
+@dataclass(frozen=True)
+class StatsBundle:
+    """The E-step statistics of several models over the same rows, side by side (one
+    read of a block serves every model): member ``i`` adds only to member ``i``."""
+
+    members: tuple[SuffStats, ...]
+
+    def __add__(self, other: StatsBundle) -> StatsBundle:
+        if len(other.members) != len(self.members):
+            raise ValueError(
+                f"cannot add bundles of {len(self.members)} and {len(other.members)} models."
+            )
+        return StatsBundle(tuple(a + b for a, b in zip(self.members, other.members, strict=True)))
+
+    def to_host(self) -> StatsBundle:
+        return StatsBundle(tuple(member.to_host() for member in self.members))
+
+    def pack(self) -> np.ndarray:
+        return np.concatenate([member.pack() for member in self.members])
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "StatsBundle", "members": [member.schema() for member in self.members]}
+
+    @classmethod
+    def unpack(cls, vector: Any, schema: dict[str, Any]) -> StatsBundle:
+        sizes = [
+            SuffStats.packed_size(
+                m["covariance_type"], int(m["n_components"]), int(m["n_features"])
+            )
+            for m in schema["members"]
+        ]
+        flat = _vector(vector, sum(sizes), "StatsBundle")
+        ends = np.cumsum(sizes)
+        return cls(
+            tuple(
+                SuffStats.from_schema(flat[end - size : end], member)
+                for size, end, member in zip(sizes, ends, schema["members"], strict=True)
+            )
+        )
+
+
 #: every result type, by the name its schema gives
 RESULT_TYPES: dict[str, Any] = {
     "SuffStats": SuffStats,
@@ -228,6 +269,7 @@ RESULT_TYPES: dict[str, Any] = {
     "LogLikelihoodTotal": LogLikelihoodTotal,
     "FingerprintedStats": FingerprintedStats,
     "KMeansStats": KMeansStats,
+    "StatsBundle": StatsBundle,
 }
 
 

@@ -49,13 +49,14 @@ from distmix.kernels import chosen, compiled_kernel, compiled_module, estep_kern
 from distmix.nonfinite import NonFinite, raise_if_nonfinite
 from distmix.params import Params
 from distmix.privacy import ClipBall, private_stats
-from distmix.results import FingerprintedStats, LogLikelihoodTotal
+from distmix.results import FingerprintedStats, LogLikelihoodTotal, StatsBundle
 from distmix.sources.blocks import default_block_rows
 from distmix.suffstats import SuffStats, _to_numpy
 
 TaskName = Literal[
     "estep",
     "estep_fingerprint",
+    "estep_many",
     "private_estep",
     "private_moments",
     "log_likelihood",
@@ -185,6 +186,17 @@ def estep_block(block: Any, sample_weight: Any, row_offset: int, params: Params)
         sample_weight,
         row_offset,
         params,
+    )
+
+
+def estep_many_block(
+    block: Any, sample_weight: Any, row_offset: int, models: tuple[Params, ...]
+) -> StatsBundle:
+    """:func:`estep_block` of every model of ``models`` on one read of the block, one
+    after another (each exactly as the block task ``estep`` computes it alone; the
+    peak memory is one model's)."""
+    return StatsBundle(
+        tuple(estep_block(block, sample_weight, row_offset, params) for params in models)
     )
 
 
@@ -364,6 +376,7 @@ TASKS: dict[str, BlockTask] = {
     for task in (
         _reduce("estep", estep_block, ("params",), "SuffStats"),
         _reduce("estep_fingerprint", estep_fingerprint_block, ("params",), "FingerprintedStats"),
+        _reduce("estep_many", estep_many_block, ("models",), "StatsBundle"),
         _reduce("private_estep", private_estep_block, ("params", "ball"), "SuffStats"),
         _reduce("private_moments", private_moments_block, ("ball", "covariance_type"), "SuffStats"),
         _reduce("log_likelihood", log_likelihood_block, ("params",), "LogLikelihoodTotal"),

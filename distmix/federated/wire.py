@@ -32,9 +32,14 @@ from distmix.results import FingerprintedStats, KMeansStats, LogLikelihoodTotal,
 from distmix.suffstats import SuffStats
 from distmix.tasks import TASKS, run_block
 
+#: tasks a federation does not run yet: several models' E-steps in one round need a wire
+#: form for a list of Params (a federation runs its restarts one after another)
+_NOT_YET = frozenset({"estep_many"})
 #: the tasks a site runs: every reduce task of the registry that moves no rows
 SITE_TASKS: tuple[str, ...] = tuple(
-    name for name, task in TASKS.items() if task.kind == "reduce" and not task.moves_rows
+    name
+    for name, task in TASKS.items()
+    if task.kind == "reduce" and not task.moves_rows and name not in _NOT_YET
 )
 #: the tasks of a private federation: only their clipped, noised fields travel (no row
 #: count, no log-likelihood), each bounded with room for its noise

@@ -63,6 +63,7 @@ from distmix.results import (
     KMeansStats,
     LogLikelihoodTotal,
     Rows,
+    StatsBundle,
     Totals,
     unpack_result,
 )
@@ -169,6 +170,8 @@ class Problem:
 TASK_ARGUMENTS: dict[str, Callable[[Problem], tuple]] = {
     "estep": lambda pb: (pb.params["full"],),
     "estep_fingerprint": lambda pb: (pb.params["spherical"],),
+    # models of every covariance type side by side
+    "estep_many": lambda pb: (tuple(pb.params[t] for t in ("full", "diag", "tied", "spherical")),),
     # a ball about the first mean that clips some rows (rows far from it)
     "private_estep": lambda pb: (pb.params["tied"], ClipBall(pb.params["tied"].means[0], 2.0)),
     "private_moments": lambda pb: (ClipBall(pb.params["full"].means[1], 3.0), "diag"),
@@ -268,6 +271,12 @@ def _same_kmeans(got: KMeansStats, want: KMeansStats, rtol: float, what: str) ->
     assert_close(got.inertia, want.inertia, rtol, f"{what}: inertia")
 
 
+def _same_bundle(got: StatsBundle, want: StatsBundle, rtol: float, what: str) -> None:
+    assert len(got.members) == len(want.members), f"{what}: number of models"
+    for i, (a, b) in enumerate(zip(got.members, want.members, strict=True)):
+        _same_stats(a, b, rtol, f"{what}: model {i}")
+
+
 def _same_log_likelihood(
     got: LogLikelihoodTotal, want: LogLikelihoodTotal, rtol: float, what: str
 ) -> None:
@@ -285,6 +294,7 @@ _COMPARE: dict[type, Callable[[Any, Any, float, str], None]] = {
     SuffStats: _same_stats,
     FingerprintedStats: _same_fingerprinted,
     KMeansStats: _same_kmeans,
+    StatsBundle: _same_bundle,
     LogLikelihoodTotal: _same_log_likelihood,
     Totals: _same_totals,
     Rows: _same_rows,
@@ -318,6 +328,8 @@ def packed_size(schema: dict[str, Any]) -> int:
         return packed_size(schema["stats"]) + DataFingerprint.PACKED_SIZE
     if kind == "KMeansStats":
         return packed_size(schema["stats"]) + 1
+    if kind == "StatsBundle":
+        return sum(packed_size(member) for member in schema["members"])
     if kind == "Rows":
         return int(schema["n_rows"]) * (1 + int(schema["n_features"]))
     fixed = {
