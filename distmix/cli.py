@@ -249,9 +249,13 @@ def _check_privacy_flags(args: argparse.Namespace) -> None:
             f"--n-init {args.n_init}: a private fit runs one start (every start would "
             "spend the budget again)."
         )
+    if args.max_iter < 1:
+        raise ValueError(
+            f"--max-iter {args.max_iter}: a private fit runs at least one noisy iteration."
+        )
 
 
-def _centre(text: str, n_features: int) -> np.ndarray:
+def _centre(text: str, n_features: int, where: str = "DATA has") -> np.ndarray:
     """``--centre``: one number for every feature, D comma-separated numbers, or a .npy."""
     if text.endswith(".npy"):
         centre = np.load(text, allow_pickle=False)
@@ -267,7 +271,7 @@ def _centre(text: str, n_features: int) -> np.ndarray:
     if centre.size == 1:
         centre = np.full(n_features, centre[0])
     if centre.size != n_features:
-        raise ValueError(f"--centre has {centre.size} values but DATA has {n_features} features.")
+        raise ValueError(f"--centre has {centre.size} values but {where} {n_features} features.")
     return centre
 
 
@@ -917,7 +921,7 @@ def _manifest(args: argparse.Namespace) -> int:
     sites = tuple(name.strip() for name in args.sites.split(",") if name.strip())
     centre: Any = 0.0
     if args.centre is not None:
-        values = _centre(args.centre, args.features)
+        values = _centre(args.centre, args.features, "--features gives")
         centre = float(values[0]) if np.all(values == values[0]) else tuple(values.tolist())
     dp: dict[str, Any] = {}
     if _private(args) or args.dp_iterations is not None:
@@ -990,11 +994,18 @@ def _check_federate_privacy(args: argparse.Namespace) -> int:
             if value is not None and float(value) != float(pinned):
                 raise ValueError(f"{flag} {value:g} differs from the manifest's ({pinned:g}).")
         if args.centre is not None and not np.array_equal(
-            _centre(args.centre, manifest.n_features), privacy.centre
+            _centre(args.centre, manifest.n_features, "the manifest has"), privacy.centre
         ):
             raise ValueError("--centre differs from the manifest's centre.")
-    if privacy is not None and args.max_iter is None:
-        return int(manifest.dp_iterations or 1)
+    if privacy is not None:
+        allowed = int(manifest.dp_iterations or 1)
+        if args.max_iter is None:
+            return allowed
+        if not 1 <= args.max_iter <= allowed:
+            raise ValueError(
+                f"--max-iter {args.max_iter}: a fit under this private manifest runs 1 to "
+                f"{allowed} iterations (its dp_iterations)."
+            )
     return 100 if args.max_iter is None else int(args.max_iter)
 
 

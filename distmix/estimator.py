@@ -327,7 +327,7 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
     if settings.get("privacy") is not None:
         try:
             settings["privacy"] = Privacy.from_record(settings["privacy"])
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise ModelFileError(f"{path}: invalid privacy settings ({error})") from None
     try:
         model = GaussianMixture(**settings)

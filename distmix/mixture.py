@@ -287,7 +287,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _refuse_private(self, what: str, X: Any = None) -> None:
         if getattr(self, "privacy", None) is not None or _private_input(X):
-            raise ValueError(f"{what} is not supported for private fits (privacy=) yet.")
+            raise ValueError(
+                f"{what} is not supported for private fits (privacy=, or a private federation) yet."
+            )
 
     # -- streaming ----------------------------------------------------------
     def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Self:

@@ -38,6 +38,10 @@ FORMAT_VERSION = 1
 _PARAM_FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
 
 
+#: the numbers every private model's report holds (what ``distmix info`` shows)
+PRIVACY_REPORT_NUMBERS = ("rho", "epsilon", "delta", "clip_radius", "iterations")
+
+
 class ModelFileError(ValueError):
     """A model or checkpoint file is missing, unreadable, of another version or inconsistent."""
 
@@ -714,8 +718,17 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
     history = np.asarray(arrays.get("lower_bounds", np.empty(0)), dtype=np.float64)
     stream = meta.get("stream")
     report = meta.get("privacy_report")
-    if report is not None and not isinstance(report, dict):
-        raise ModelFileError(f"{path}: privacy_report is not a record.")
+    if report is not None and not (
+        isinstance(report, dict)
+        and all(
+            isinstance(report.get(key), (int, float)) and not isinstance(report.get(key), bool)
+            for key in PRIVACY_REPORT_NUMBERS
+        )
+    ):
+        raise ModelFileError(
+            f"{path}: privacy_report is not a record with the numbers "
+            f"{', '.join(PRIVACY_REPORT_NUMBERS)}."
+        )
     expected = 0 if report is not None else meta.get("n_iter")  # a private fit: no bounds
     if isinstance(stream, dict):  # a streamed model keeps the history of its newest updates
         expected = np.asarray(arrays.get("stream_history", np.empty((0, 0)))).shape[0]

@@ -155,9 +155,14 @@ def _noised(
     # the data owner's own error (it releases nothing): rows that are not numbers
     raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
     if getattr(engine, "noise_at_sites", False):
-        shares = site_shares(plan, int(engine.noise_parts), stats, rho)  # type: ignore[attr-defined]
+        parts = int(engine.noise_parts)  # type: ignore[attr-defined]
+        shares = site_shares(plan, parts, stats, rho)
+        # charged: the plan's (what the fewest shares allowed cost); the sum's noise:
+        # every share it holds (a sum over more sites than that carries more)
+        summed = max(parts, int(getattr(engine, "last_summed", parts) or parts))
+        scale = math.sqrt(summed / parts)
         cost = sum(share.rho for share in shares.values())
-        return stats, cost, {name: share.sigma for name, share in shares.items()}
+        return stats, cost, {name: share.sigma * scale for name, share in shares.items()}
     return release(stats, plan, rho)
 
 

@@ -56,6 +56,7 @@ def test_the_centre_may_be_one_value_per_feature_or_a_file(data, tmp_path):
         (("--epsilon", "1"), "--delta, --clip-radius, --centre missing"),
         ((*PRIVATE, "--stream"), "--epsilon does not apply with --stream"),
         ((*PRIVATE, "--n-init", "2"), "--n-init 2: a private fit runs one start"),
+        ((*PRIVATE, "--max-iter", "0"), "--max-iter 0: a private fit runs at least one"),
         ((*PRIVATE[:-1], "1,2"), "--centre has 2 values but DATA has 3 features"),
         ((*PRIVATE[:-1], "a,b"), "--centre 'a,b': give one number"),
         (("--epsilon", "-1", *PRIVATE[2:]), "--epsilon must be finite and > 0"),
@@ -101,6 +102,8 @@ def test_a_private_manifest_from_the_command_line_drives_a_private_federation(tm
         (False, ("--epsilon", "3"), "has no privacy budget"),
         (True, ("--epsilon", "2"), "--epsilon 2 differs from the manifest's (3)"),
         (True, ("--centre", "49"), "--centre differs from the manifest's centre"),
+        (True, ("--centre", "1,2"), "--centre has 2 values but the manifest has 3 features"),
+        (True, ("--max-iter", "5"), "--max-iter 5: a fit under this private manifest runs 1 to 4"),
     ],
 )
 def test_federate_privacy_flags_must_be_the_manifests(tmp_path, private, flags, message):

@@ -148,6 +148,34 @@ def test_a_private_model_is_saved_with_its_settings_and_its_report(rows, tmp_pat
 
 
 @pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda meta: meta.pop("privacy_report"), "lower_bounds does not hold"),
+        (lambda meta: meta["privacy_report"].pop("epsilon"), "privacy_report is not a record"),
+        (lambda meta: meta["privacy_report"].update(rho="a lot"), "privacy_report is not"),
+        (
+            lambda meta: meta["estimator_params"]["privacy"].update(clip_radius=10**400),
+            "invalid privacy settings",
+        ),
+        (
+            lambda meta: meta["estimator_params"]["privacy"].pop("centre"),
+            "invalid privacy settings",
+        ),
+    ],
+)
+def test_a_tampered_private_model_file_is_refused_naming_it(rows, tmp_path, change, message):
+    from distmix.persist import ModelFileError, read_archive, write_archive
+
+    path = tmp_path / "m.npz"
+    GaussianMixture(2, max_iter=2, privacy=privacy(), random_state=0).fit(rows[:500]).save(path)
+    meta, arrays = read_archive(path, "distmix-model")
+    change(meta)
+    write_archive(path, meta, arrays)
+    with pytest.raises(ModelFileError, match=message):
+        distmix.load(path)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
         ({"epsilon": 0.0}, ValueError, "epsilon must be finite and > 0"),

@@ -12,7 +12,7 @@ import pytest
 
 import distmix
 from distmix.federated import Federation, Manifest, Site
-from distmix.federated.engine import SiteError
+from distmix.federated.engine import FederationAbort, SiteError
 from distmix.federated.wire import slots, template, values
 from distmix.params import Params
 from distmix.privacy import ClipBall, Privacy, SiteShare, distributed_rho, private_stats
@@ -277,3 +277,67 @@ def test_the_distributed_accountant_is_the_gaussian_one_at_these_scales():
         )
     # with a handful of grid steps of noise, the sum pays for not being one Gaussian
     assert distributed_rho(4, 0.3, 3, 100) > 16 / (2 * 3 * 0.3**2)
+
+
+# -- what a coordinator cannot do, and what a site must not hold -----------------------
+def test_an_all_or_nothing_private_round_sums_every_site():
+    """Each site's share is sized for a sum over all of them: a session without one of
+    them is not set up, and a round over fewer (a coordinator that tries) is refused."""
+    sites = [Site(rows(i), name=NAMES[i]) for i in range(4)]
+    absent = Federation(
+        sites,
+        mode="all-or-nothing",
+        privacy=privacy(),
+        dp_iterations=3,
+        drop=lambda name, request: name == "dov",
+    )
+    with pytest.raises(FederationAbort, match="dov"):
+        absent.engine()
+    fed = Federation(sites, absent.manifest)
+    engine = fed.engine()
+    engine._roster = engine._roster[:3]  # a coordinator that leaves a site out
+    with pytest.raises(SiteError, match="sums every site of its manifest"):
+        engine.reduce("private_estep", start_params(), privacy().ball)
+
+
+def test_a_site_with_row_weights_answers_no_private_request():
+    weighted = Site(rows(0), name=NAMES[0], sample_weight=np.full(4_000, 10.0))
+    sites = [weighted, *(Site(rows(i), name=NAMES[i]) for i in (1, 2))]
+    engine = Federation(sites, privacy=privacy(), dp_iterations=2).engine()
+    with pytest.raises(SiteError, match="holds row weights"):
+        engine.reduce("private_estep", start_params(), privacy().ball)
+    with pytest.raises(ValueError, match="rows have weight 1"):
+        Federation(sites, privacy=privacy(), dp_iterations=2, max_weight=10.0)
+
+
+def test_the_noise_of_a_sum_over_more_sites_than_the_threshold_is_reported():
+    """Five sites, threshold 3, none dropping out: every released sum carries five shares,
+    5/3 of the planned variance; the fit reports that noise (and charges the plan's)."""
+    sites = [Site(rows(i), name=NAMES[i]) for i in range(5)]
+    fed = Federation(sites, privacy=privacy(), dp_iterations=2, threshold=3)
+    model = distmix.GaussianMixture(2, max_iter=2, means_init=start_params().means).fit(fed)
+    plan = fed.manifest.privacy_plan()
+    for name, sigma in model.privacy_["noise_sigma"].items():
+        assert sigma == pytest.approx(plan.sigmas[name] * math.sqrt(5 / 3), rel=1e-3), name
+    assert model.privacy_["epsilon"] == pytest.approx(2.0, rel=1e-6)
+
+
+def test_privacy_is_the_manifests_when_one_is_given():
+    sites = [Site(rows(i), name=NAMES[i]) for i in range(3)]
+    plain = Federation(sites, centre=CENTRE, radius=64.0)
+    with pytest.raises(ValueError, match="with a manifest .* the budget is the manifest's"):
+        Federation(sites, plain.manifest, privacy=privacy(), dp_iterations=2)
+    with pytest.raises(ValueError, match="personal_weights is not supported in a private"):
+        Federation(sites, privacy=privacy(), dp_iterations=2, personal_weights=True)
+
+
+def test_a_served_private_site_keeps_a_ledger(tmp_path):
+    from distmix.federated.deploy import run_site
+
+    manifest = federation("distributed").manifest
+    path = tmp_path / "manifest.json"
+    path.write_text(manifest.to_json())
+    np.save(tmp_path / "x.npy", rows(0))
+    with pytest.raises(ValueError, match="--ledger is required for a site of a private"):
+        run_site(str(tmp_path / "x.npy"), NAMES[0], str(path), str(tmp_path / "s.sock"))
+    assert not (tmp_path / "s.sock").exists()

@@ -27,8 +27,7 @@ def X() -> np.ndarray:
 
 def starts(engine, covariance_type: str, seeds=(0, 1, 2, 3)):
     return [
-        initial_params(engine, "random_from_data", 3, covariance_type, 1e-6, seed)
-        for seed in seeds
+        initial_params(engine, "random_from_data", 3, covariance_type, 1e-6, seed) for seed in seeds
     ]
 
 

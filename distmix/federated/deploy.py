@@ -115,6 +115,12 @@ def run_site(
     Returns the SuperNode's exit status (0 when stopped by a signal).
     """
     manifest = Manifest.from_json(Path(manifest_path).read_text())
+    if manifest.private and ledger is None:
+        raise ValueError(
+            "--ledger is required for a site of a private federation: the file keeps the "
+            "releases the site has answered under its manifest, so that a restart cannot "
+            "answer them again."
+        )
     site = Site(data, name, block_size=block_size, manifest=manifest, ledger=ledger)
     server = SiteServer(site, socket_path)
     server.serve_in_thread()
@@ -440,6 +446,7 @@ class LocalFlowerFederation:
                 "--superlink", self.address,
                 "--root-certificates", str(self.ca),
                 "--auth-key", str(self.keys / f"{name}.key"),
+                "--ledger", str(self.work / f"{name}-ledger.json"),
             ],
             f"site-{name}",
         )  # fmt: skip

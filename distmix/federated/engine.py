@@ -113,6 +113,7 @@ class FederatedEngine:
         self.privacy_plan = manifest.privacy_plan()
         self.noise_at_sites = manifest.private and manifest.dp_noise == "distributed"
         self.noise_parts = manifest.noise_parts
+        self.last_summed = 0
         # a private federation runs private E-steps only; any other, none of them
         # (its sites enforce the same)
         if manifest.private:
@@ -215,6 +216,8 @@ class FederatedEngine:
             summed = codec.decode(
                 total.reshape(n_values, self.manifest.words_per_value), self.manifest.digit_bits
             )
+            #: how many sites this round's sum holds (their noise shares, in a private one)
+            self.last_summed = len(masked) if aon else len(self._roster)
             return wire.rebuild(like, summed, task)
         raise FederationAbort(
             f"round {self._round}: {', '.join(repr(m) for m in missing)} did not answer in "
@@ -279,6 +282,8 @@ class FederatedEngine:
 
     def _enough(self, sites: list[str], stage: str) -> list[str]:
         need = max(MIN_SITES, int(self.manifest.threshold or MIN_SITES))
+        if self.manifest.private and self.manifest.mode == "all-or-nothing":
+            need = len(self.manifest.sites)  # every site's share of the noise, or no sum
         if len(sites) < need:
             missing = [s for s in self.manifest.sites if s not in sites]
             raise FederationAbort(

@@ -69,6 +69,13 @@ class Federation:
         dp_iterations: int | None = None,
         dp_noise: str = "distributed",
     ) -> None:
+        if privacy is not None and (manifest is not None or not isinstance(sites, Sequence)):
+            raise ValueError(
+                "privacy= writes the manifest of in-process sites; with a manifest (or a "
+                "transport) the budget is the manifest's dp_ fields, which its sites enforce."
+            )
+        if personal_weights and privacy is not None:
+            raise ValueError("personal_weights is not supported in a private federation yet.")
         if isinstance(sites, Sequence):
             sites = list(sites)
             if not all(isinstance(site, Site) for site in sites):
@@ -118,6 +125,8 @@ class Federation:
         self.manifest = manifest
         self.max_attempts = max_attempts
         self.personal_weights = bool(personal_weights)
+        if self.personal_weights and manifest.private:
+            raise ValueError("personal_weights is not supported in a private federation yet.")
 
     def __repr__(self) -> str:
         return f"Federation({', '.join(self.manifest.sites)}; {self.manifest.mode})"

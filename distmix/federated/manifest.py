@@ -216,6 +216,11 @@ class Manifest:
                 f"a private manifest needs {', '.join(required)}; {', '.join(missing)} "
                 f"missing (given: {', '.join(given)})."
             )
+        if self.max_weight != 1.0:
+            raise ValueError(
+                f"a private manifest's rows have weight 1 (its sensitivities are for them); "
+                f"got max_weight={self.max_weight!r}."
+            )
         iterations = self.dp_iterations
         if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
             raise ValueError(
@@ -244,7 +249,8 @@ class Manifest:
     @property
     def noise_parts(self) -> int:
         """How many sites' noise shares a released sum holds at least: the threshold
-        (threshold mode), every site (all-or-nothing); 1 where the coordinator adds it."""
+        (threshold mode), every site (all-or-nothing: its sites refuse a private round
+        without all of them); 1 where the coordinator adds it."""
         if self.dp_noise != "distributed":
             return 1
         if self.mode == "threshold":

@@ -349,6 +349,12 @@ class Site:
                 key_shares[name] = self._unseal(name, box, aad, "sealed_keys")
         self._check_nonce(c["nonce"])
         self._check_private(task, args)
+        if self.manifest.private and aon and sorted(sites) != sorted(self.manifest.sites):
+            # every site's noise share is sized for a sum over all of them
+            raise SiteRefusal(
+                "field 'sites': an all-or-nothing private federation sums every site of its "
+                "manifest (each adds its share of the noise for a sum over all of them)."
+            )
         digest = request_digest(request)
         if aon:
             self._check_ledger(digest, frozenset(sites))
@@ -525,6 +531,16 @@ class Site:
             raise SiteRefusal(
                 f"field 'task': this federation is private (its manifest's dp_ fields); its "
                 f"sites answer only {', '.join(sorted(wire.PRIVATE_TASKS))}, not {task!r}."
+            )
+        if (
+            self._sample_weight is not None
+            or getattr(self.engine, "sample_weight", None) is not None
+        ):
+            # the sensitivities are for rows of weight 1: a weight w moves the sums w times
+            raise SiteRefusal(
+                f"site {self.name!r} holds row weights: a private federation's sums are of "
+                "rows of weight 1 (a weighted row would move them further than the budget "
+                "accounts for)."
             )
         ball = self.manifest.privacy().ball
         sent = next(arg for arg in args if isinstance(arg, ClipBall))
