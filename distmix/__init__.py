@@ -9,7 +9,7 @@ from distmix.em import EMResult, run_em
 from distmix.engines import DaskEngine, LocalEngine
 from distmix.engines.factory import make_engine
 from distmix.estep import chunk_stats
-from distmix.estimator import GaussianMixture, fit_stream, load
+from distmix.estimator import GaussianMixture, Selection, fit_stream, load, select
 from distmix.mstep import EmptyComponentWarning, m_step
 from distmix.params import Params
 from distmix.privacy import Privacy
@@ -33,4 +33,6 @@ __all__ = [
     "make_engine",
     "plot",
     "run_em",
+    "select",
+    "Selection",
 ]

@@ -6,6 +6,7 @@ fit        fit a GaussianMixture to a Zarr/NumPy dataset on a Dask cluster
 predict    write the most probable component (or responsibilities) per row
 score      mean log-likelihood, BIC and AIC of a model on a dataset
 info       what a model file holds
+select     fit a grid of K × covariance types sharing every pass; keep the best by BIC
 plot       a model's convergence and its components over a sample of rows (PNG, SVG, PDF)
 demo       generate, fit on a local cluster and check recovery, in one go
 manifest   write a federation manifest (bounds, roster, privacy budget)
@@ -547,6 +548,55 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _components_range(text: str) -> list[int]:
+    """``--components``: ``1-12``, ``2,4,8`` or a mix (``1-4,8``)."""
+    values: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            values += list(range(int(low), int(high) + 1)) if high else [int(low)]
+    except ValueError:
+        raise ValueError(
+            f"--components {text!r}: give a range and/or list, e.g. 1-12 or 2,4,8."
+        ) from None
+    if not values or min(values) < 1:
+        raise ValueError(f"--components {text!r}: numbers of components are at least 1.")
+    return sorted(set(values))
+
+
+def _select(args: argparse.Namespace) -> int:
+    grid = _components_range(args.components)
+    types = [t.strip() for t in args.covariance_type.split(",") if t.strip()]
+    unknown = [t for t in types if t not in ("full", "tied", "diag", "spherical")]
+    if unknown or not types:
+        raise ValueError(
+            f"--covariance-type {args.covariance_type!r}: give full, tied, diag and/or spherical."
+        )
+    if args.out:
+        check_output_path(args.out, overwrite=args.overwrite)
+    settings = dict(
+        n_init=args.n_init,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        reg_covar=args.reg_covar,
+        init_params=args.init_params,
+        random_state=args.random_state,
+    )
+    with _client(args.cluster) as client:
+        if client is not None:
+            print(f"Dask cluster at {client.scheduler.address}, dashboard {client.dashboard_link}")
+        start = time.perf_counter()
+        selection = distmix.select(args.data, grid, types, criterion=args.criterion, **settings)
+        seconds = time.perf_counter() - start
+    print(selection.table())
+    print(selection.explanation)
+    print(f"{len(grid) * len(types)} candidates in {seconds:.1f}s")
+    if args.out:
+        selection.best_estimator_.save(args.out, overwrite=args.overwrite)
+        print(f"model written to {args.out}")
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     model = distmix.load(args.model)
     features = None
@@ -848,6 +898,37 @@ The rows read before are re-read first, hash only, to check they did not change.
     info = commands.add_parser("info", help="what a model file holds")
     info.add_argument("model", metavar="MODEL")
     info.set_defaults(run=_info)
+
+    select = commands.add_parser(
+        "select",
+        help="fit a grid of numbers of components and covariance types, keep the best",
+        description="Fit every candidate - each number of components in --components with "
+        "each covariance type - sharing every pass over DATA (one read of each block per "
+        "iteration for all of them), print their table (log-likelihood, parameters, BIC, "
+        "AIC, ICL, iterations) and keep the best by --criterion.",
+    )
+    select.add_argument("data", metavar="DATA", help="Zarr array (path or fsspec URL) or .npy")
+    select.add_argument(
+        "--components", default="1-8", help="numbers of components: 1-12, 2,4,8 (default 1-8)"
+    )
+    select.add_argument(
+        "--covariance-type", default="full,diag", help="comma-separated (default full,diag)"
+    )
+    select.add_argument("--criterion", default="bic", choices=["bic", "aic", "icl"])
+    select.add_argument("--out", "-o", metavar="MODEL", help="write the chosen model here (.npz)")
+    select.add_argument("--overwrite", action="store_true", help="replace an existing MODEL")
+    select.add_argument("--n-init", type=int, default=1, help="restarts per candidate")
+    select.add_argument("--max-iter", type=int, default=100)
+    select.add_argument("--tol", type=float, default=1e-3)
+    select.add_argument("--reg-covar", type=float, default=1e-6)
+    select.add_argument(
+        "--init-params",
+        default="kmeans",
+        choices=["kmeans", "k-means++", "random", "random_from_data", "moments"],
+    )
+    select.add_argument("--random-state", type=int, default=0)
+    _add_cluster(select)
+    select.set_defaults(run=_select)
 
     plot = commands.add_parser(
         "plot",

@@ -11,18 +11,21 @@ distmix imports it but the package.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from distmix.mixture import BaseMixture
+from distmix.mixture import SEEDS, BaseMixture
 from distmix.params import Params, check_initial_parameters, sample_mixture
 from distmix.persist import ModelFileError, read_model
 from distmix.privacy import Privacy
+from distmix.selection import Candidate, choose, fit_grid, format_table
 from distmix.stepwise import StreamRecord
 
 
@@ -346,3 +349,101 @@ def load(path: str | os.PathLike[str]) -> GaussianMixture:
     if stored.privacy_report is not None:
         model.privacy_ = dict(stored.privacy_report)
     return model
+
+
+@dataclass
+class Selection:
+    """What :func:`select` chose: the fitted model, every candidate, and why.
+
+    ``best_estimator_`` is a fitted :class:`GaussianMixture`; ``candidates`` the
+    table's rows (:class:`distmix.selection.Candidate`), in the grid's order;
+    ``explanation`` one line on the choice; ``table()`` the table as text.
+    """
+
+    best_estimator_: GaussianMixture
+    candidates: list[Candidate]
+    criterion: str
+    explanation: str
+
+    def table(self) -> str:
+        chosen = next(
+            c
+            for c in self.candidates
+            if c.fitted
+            and c.n_components == self.best_estimator_.n_components
+            and c.covariance_type == self.best_estimator_.covariance_type
+        )
+        return format_table(self.candidates, chosen)
+
+    def __str__(self) -> str:
+        return f"{self.table()}\n{self.explanation}"
+
+
+def select(
+    X: Any,
+    n_components: Any = range(1, 9),
+    covariance_types: Any = ("full", "diag"),
+    *,
+    criterion: str = "bic",
+    sample_weight: Any = None,
+    **params: Any,
+) -> Selection:
+    """Fit every candidate of a grid - ``n_components`` × ``covariance_types``, each with
+    ``n_init`` restarts - sharing every pass over ``X``, and keep the best by
+    ``criterion`` ("bic", also "aic" or "icl"; lower is better).
+
+    Each EM iteration reads every block once for all the candidates still going
+    (:mod:`distmix.selection`); each candidate is exactly the model
+    ``GaussianMixture(n_components=K, covariance_type=t, **params).fit(X)`` gives.
+    A candidate that cannot be fitted (more components than rows, no start) is
+    marked in the table, not fatal. ``params`` are the estimator's other settings
+    (``n_init``, ``tol``, ``max_iter``, ``init_params``, ``random_state``, ...).
+    """
+    grid = [(int(k), str(t)) for t in _as_list(covariance_types) for k in _as_list(n_components)]
+    if not grid:
+        raise ValueError("select needs at least one number of components and covariance type.")
+    for name in ("n_components", "covariance_type"):
+        if name in params:
+            raise TypeError(f"give {name} as select's grid, not as a setting.")
+    base = GaussianMixture(**params)
+    for k, t in grid:
+        base.set_params(n_components=k, covariance_type=t)._check_parameters()
+    if base.privacy is not None or base.checkpoint is not None or base.warm_start:
+        raise ValueError("select does not take privacy, checkpoint or warm_start.")
+    base.set_params(n_components=1)
+    engine = base._engine(X, sample_weight, reset=True)
+    random_state = check_random_state(base.random_state)
+    seeds = [int(random_state.randint(SEEDS)) for _ in range(int(base.n_init))]
+    fit = fit_grid(
+        engine,
+        grid,
+        seeds,
+        init_params=str(base.init_params),
+        tol=float(base.tol),
+        max_iter=int(base.max_iter),
+        reg_covar=float(base.reg_covar),
+    )
+    chosen, explanation = choose(fit.candidates, criterion)
+    run = fit.runs[(chosen.n_components, chosen.covariance_type)]
+    model = GaussianMixture(
+        **{
+            **base.get_params(),
+            "n_components": chosen.n_components,
+            "covariance_type": chosen.covariance_type,
+        }
+    )
+    model._set_params(run.params)
+    model.converged_ = run.converged
+    model.n_iter_ = run.n_iter
+    model.lower_bound_ = run.lower_bound if run.n_iter else -math.inf
+    model.lower_bounds_ = list(run.lower_bounds)
+    for name in ("n_features_in_", "feature_names_in_"):
+        if hasattr(base, name):
+            setattr(model, name, getattr(base, name))
+    return Selection(model, fit.candidates, criterion, explanation)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (str, int, np.integer)):
+        return [value]
+    return list(value)

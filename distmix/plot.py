@@ -107,6 +107,52 @@ def convergence(model: Any, ax: Any = None) -> Any:
     return ax
 
 
+# -- selection ------------------------------------------------------------------------
+def criteria(selection: Any, ax: Any = None, names: Sequence[str] = ("bic", "aic", "icl")) -> Any:
+    """A selection's criteria against the number of components, one line per criterion
+    and covariance type (``distmix.select``'s candidates; the chosen one circled)."""
+    ax = _axes(ax)
+    candidates = [c for c in selection.candidates if c.fitted]
+    if not candidates:
+        raise ValueError("no candidate of the selection was fitted: nothing to plot.")
+    styles = {"bic": "-", "aic": "--", "icl": ":"}
+    types = list(dict.fromkeys(c.covariance_type for c in candidates))
+    for t, covariance_type in enumerate(types):
+        mine = sorted(
+            (c for c in candidates if c.covariance_type == covariance_type),
+            key=lambda c: c.n_components,
+        )
+        for name in names:
+            ax.plot(
+                [c.n_components for c in mine],
+                [c.criterion(name) for c in mine],
+                styles.get(name, "-"),
+                marker="o",
+                color=f"C{t % 10}",
+                label=f"{name.upper()}, {covariance_type}",
+            )
+    best = selection.best_estimator_
+    chosen = next(
+        c
+        for c in candidates
+        if c.n_components == best.n_components and c.covariance_type == best.covariance_type
+    )
+    ax.plot(
+        [chosen.n_components],
+        [chosen.criterion(selection.criterion)],
+        "o",
+        markersize=14,
+        fillstyle="none",
+        color="k",
+        label="chosen",
+    )
+    ax.set_xlabel("number of components")
+    ax.set_ylabel("criterion (lower is better)")
+    ax.set_title(selection.explanation.split(";")[0])
+    ax.legend(fontsize="small")
+    return ax
+
+
 # -- components ------------------------------------------------------------------------
 def full_covariances(model: Any) -> np.ndarray:
     """Every component's covariance as a (K, D, D) stack, whatever the covariance type."""

@@ -49,7 +49,7 @@ from distmix.kernels import chosen, compiled_kernel, compiled_module, estep_kern
 from distmix.nonfinite import NonFinite, raise_if_nonfinite
 from distmix.params import Params
 from distmix.privacy import ClipBall, private_stats
-from distmix.results import FingerprintedStats, LogLikelihoodTotal, StatsBundle
+from distmix.results import FingerprintedStats, LogLikelihoodTotal, StatsBundle, Totals
 from distmix.sources.blocks import default_block_rows
 from distmix.suffstats import SuffStats, _to_numpy
 
@@ -57,6 +57,7 @@ TaskName = Literal[
     "estep",
     "estep_fingerprint",
     "estep_many",
+    "scores",
     "private_estep",
     "private_moments",
     "log_likelihood",
@@ -198,6 +199,27 @@ def estep_many_block(
     return StatsBundle(
         tuple(estep_block(block, sample_weight, row_offset, params) for params in models)
     )
+
+
+def scores_block(
+    block: Any, sample_weight: Any, row_offset: int, models: tuple[Params, ...]
+) -> Totals:
+    """Per model of ``models``: the block's weighted log-likelihood and the weighted
+    entropy of its responsibilities ``−Σ w r log r`` (for ICL), then the block's
+    weight: ``2M + 1`` sums from one read (model selection's scoring pass)."""
+    xp = estep.namespace(block)
+    x, w, _, _ = estep.prepare_block(xp, block, sample_weight, row_offset)
+    values = []
+    for params in models:
+        log_resp, log_norm = estep.log_resp_and_norm(x, params)
+        resp = xp.exp(log_resp)
+        entropy = -xp.sum(resp * xp.where(resp > 0.0, log_resp, 0.0), axis=1)
+        values += [
+            float(_to_numpy(estep.weighted_sum(xp, w, log_norm))),
+            float(_to_numpy(estep.weighted_sum(xp, w, entropy))),
+        ]
+    values.append(float(_to_numpy(xp.sum(w))))
+    return Totals(np.asarray(values, dtype=np.float64))
 
 
 def private_estep_block(
@@ -377,6 +399,7 @@ TASKS: dict[str, BlockTask] = {
         _reduce("estep", estep_block, ("params",), "SuffStats"),
         _reduce("estep_fingerprint", estep_fingerprint_block, ("params",), "FingerprintedStats"),
         _reduce("estep_many", estep_many_block, ("models",), "StatsBundle"),
+        _reduce("scores", scores_block, ("models",), "Totals"),
         _reduce("private_estep", private_estep_block, ("params", "ball"), "SuffStats"),
         _reduce("private_moments", private_moments_block, ("ball", "covariance_type"), "SuffStats"),
         _reduce("log_likelihood", log_likelihood_block, ("params",), "LogLikelihoodTotal"),

@@ -39,6 +39,7 @@ SUCCESS = {
     "streaming_growing_array.py": r"^OK: the second stream read only the 10,000 appended rows$",
     "checkpoint_resume.py": r"^OK: the interrupted and resumed fit equals the uninterrupted one$",
     "command_line.sh": r"^command-line workflow done; files in ",
+    "model_selection.py": r"^OK: BIC picked the true mixture",
 }
 
 

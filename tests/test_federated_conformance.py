@@ -98,5 +98,5 @@ def test_the_federation_refuses_rows_and_per_row_outputs():
     run nothing else (tests/test_private_federation.py)."""
     map_tasks = {name for name, task in TASKS.items() if task.kind == "map"}
     # and, not yet, several models' E-steps in one round
-    assert FEDERATION_REFUSED == ROW_MOVING_TASKS | map_tasks | {"estep_many"}
+    assert FEDERATION_REFUSED == ROW_MOVING_TASKS | map_tasks | {"estep_many", "scores"}
     assert PRIVATE_TASKS == {"private_estep", "private_moments"}

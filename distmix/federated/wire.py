@@ -34,7 +34,7 @@ from distmix.tasks import TASKS, run_block
 
 #: tasks a federation does not run yet: several models' E-steps in one round need a wire
 #: form for a list of Params (a federation runs its restarts one after another)
-_NOT_YET = frozenset({"estep_many"})
+_NOT_YET = frozenset({"estep_many", "scores"})
 #: the tasks a site runs: every reduce task of the registry that moves no rows
 SITE_TASKS: tuple[str, ...] = tuple(
     name

@@ -172,6 +172,7 @@ TASK_ARGUMENTS: dict[str, Callable[[Problem], tuple]] = {
     "estep_fingerprint": lambda pb: (pb.params["spherical"],),
     # models of every covariance type side by side
     "estep_many": lambda pb: (tuple(pb.params[t] for t in ("full", "diag", "tied", "spherical")),),
+    "scores": lambda pb: ((pb.params["full"], pb.params["spherical"]),),
     # a ball about the first mean that clips some rows (rows far from it)
     "private_estep": lambda pb: (pb.params["tied"], ClipBall(pb.params["tied"].means[0], 2.0)),
     "private_moments": lambda pb: (ClipBall(pb.params["full"].means[1], 3.0), "diag"),
