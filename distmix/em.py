@@ -149,6 +149,36 @@ def mean_log_likelihood(stats: SuffStats) -> float:
     return float(stats.log_lik) / stats.weight_sum
 
 
+def _em_step(
+    stats: SuffStats,
+    params: Params,
+    previous: float,
+    past: list[float],
+    n_iter: int,
+    seconds: float,
+    *,
+    tol: float,
+    reg_covar: float,
+) -> IterationInfo:
+    """One iteration's M-step and convergence test from its E-step ``stats`` (``past``
+    gets the iteration's lower bound): what :func:`run_em` and
+    :func:`run_em_together` do for every run."""
+    lower_bound = mean_log_likelihood(stats)
+    params = m_step(stats, reg_covar, previous=params)
+    past.append(lower_bound)
+    change = lower_bound - previous
+    return IterationInfo(
+        n_iter,
+        lower_bound,
+        change,
+        seconds,
+        int(stats.n_rows),
+        params,
+        tuple(past),
+        abs(change) < tol,
+    )
+
+
 def run_em(
     engine: Engine,
     params: Params,
@@ -183,24 +213,19 @@ def run_em(
             check_data = None  # once per run: the data do not change between passes
         else:
             stats = e_step(engine, params)
-        lower_bound = mean_log_likelihood(stats)
-        params = m_step(stats, reg_covar, previous=params)
-        past.append(lower_bound)
-        change = lower_bound - previous
-        converged = abs(change) < tol
+        info = _em_step(
+            stats,
+            params,
+            previous,
+            past,
+            n_iter,
+            time.perf_counter() - start,
+            tol=tol,
+            reg_covar=reg_covar,
+        )
+        params, lower_bound, converged = info.params, info.lower_bound, info.converged
         if callback is not None:
-            callback(
-                IterationInfo(
-                    n_iter,
-                    lower_bound,
-                    change,
-                    time.perf_counter() - start,
-                    int(stats.n_rows),
-                    params,
-                    tuple(past),
-                    converged,
-                )
-            )
+            callback(info)
         if converged:
             break
     return EMResult(params, lower_bound, tuple(past), n_iter, converged)
@@ -239,23 +264,11 @@ def run_em_together(
             raise_if_nonfinite(results[0].n_nonfinite, results[0].first_nonfinite)
         seconds = (time.perf_counter() - began) / len(active)
         for i, stats in zip(active, results, strict=True):
-            previous = lower[i]
-            lower[i] = mean_log_likelihood(stats)
-            params[i] = m_step(stats, reg_covar, previous=params[i])
-            past[i].append(lower[i])
-            change = lower[i] - previous
-            converged[i] = abs(change) < tol
+            info = _em_step(
+                stats, params[i], lower[i], past[i], n_iter, seconds, tol=tol, reg_covar=reg_covar
+            )
+            params[i], lower[i], converged[i] = info.params, info.lower_bound, info.converged
             if callback is not None:
-                info = IterationInfo(
-                    n_iter,
-                    lower[i],
-                    change,
-                    seconds,
-                    int(stats.n_rows),
-                    params[i],
-                    tuple(past[i]),
-                    converged[i],
-                )
                 callback(i, info)
     return [
         EMResult(params[i], lower[i], tuple(past[i]), len(past[i]), converged[i])
@@ -413,15 +426,7 @@ class _BatchFit:
         if carried is not None:
             params, history = carried.params, carried.lower_bounds
         elif self.start is None:
-            params = initial_params(
-                self.engine,
-                settings.init_params,
-                settings.n_components,
-                settings.covariance_type,
-                settings.reg_covar,
-                self.seeds[init],
-                **self.user_init,
-            )
+            params = self._start(init)
         else:
             params, lower_bound = self.start
         if carried is not None and carried.converged:
@@ -438,15 +443,7 @@ class _BatchFit:
                 callback=self._after_iteration(init),
                 check_data=data.observe if data is not None and data.pending else None,
             )
-        if settings.verbose:
-            status = "converged" if result.converged else "did not converge"
-            logger.info(
-                f"Initialization {status}. time lapse {time.perf_counter() - started:.5f}s"
-                f"\t lower bound {result.lower_bound:.5f}"
-            )
-        if self.best is None or result.lower_bound > self.best_lb:
-            self.best = RunState(result.params, result.lower_bounds, result.converged)
-            self.best_lb = result.lower_bound
+        self._keep(result, started)
         if data is not None:
             data.ensure(self.engine)  # a run that made no pass (resumed when converged)
             save_checkpoint(
@@ -469,20 +466,10 @@ class _BatchFit:
         settings = self.settings
         started = time.perf_counter()
         starts = []
-        for init, seed in enumerate(self.seeds):
+        for init in range(len(self.seeds)):
             if settings.verbose:
                 logger.info(f"Initialization {init}")
-            starts.append(
-                initial_params(
-                    self.engine,
-                    settings.init_params,
-                    settings.n_components,
-                    settings.covariance_type,
-                    settings.reg_covar,
-                    seed,
-                    **self.user_init,
-                )
-            )
+            starts.append(self._start(init))
         callbacks = [self._after_iteration(init) for init in range(len(self.seeds))]
         results = run_em_together(
             self.engine,
@@ -493,15 +480,33 @@ class _BatchFit:
             callback=lambda run, info: callbacks[run](info),
         )
         for result in results:
-            if settings.verbose:
-                status = "converged" if result.converged else "did not converge"
-                logger.info(
-                    f"Initialization {status}. time lapse {time.perf_counter() - started:.5f}s"
-                    f"\t lower bound {result.lower_bound:.5f}"
-                )
-            if self.best is None or result.lower_bound > self.best_lb:
-                self.best = RunState(result.params, result.lower_bounds, result.converged)
-                self.best_lb = result.lower_bound
+            self._keep(result, started)
+
+    def _start(self, init: int) -> Params:
+        """Run ``init``'s start, from its seed (and the user's ``*_init``)."""
+        settings = self.settings
+        return initial_params(
+            self.engine,
+            settings.init_params,
+            settings.n_components,
+            settings.covariance_type,
+            settings.reg_covar,
+            self.seeds[init],
+            **self.user_init,
+        )
+
+    def _keep(self, result: EMResult, started: float) -> None:
+        """Say how a run ended (verbose) and keep it if it is the best so far (the first
+        of the highest lower bounds)."""
+        if self.settings.verbose:
+            status = "converged" if result.converged else "did not converge"
+            logger.info(
+                f"Initialization {status}. time lapse {time.perf_counter() - started:.5f}s"
+                f"\t lower bound {result.lower_bound:.5f}"
+            )
+        if self.best is None or result.lower_bound > self.best_lb:
+            self.best = RunState(result.params, result.lower_bounds, result.converged)
+            self.best_lb = result.lower_bound
 
     def _after_iteration(self, init: int) -> Callable[[IterationInfo], None]:
         """The callback of run ``init``: checkpoint, progress, then the verbose line."""

@@ -53,6 +53,20 @@ def covariance_shape(covariance_type: str, n_components: int, n_features: int) -
     }[check_covariance_type(covariance_type)]
 
 
+def full_covariances(
+    covariances: Any, covariance_type: str, n_components: int, n_features: int
+) -> np.ndarray:
+    """Every component's covariance as a (K, D, D) stack, whatever the covariance type."""
+    cov = np.asarray(covariances, dtype=np.float64)
+    if covariance_type == "full":
+        return cov
+    if covariance_type == "tied":
+        return np.broadcast_to(cov, (n_components, n_features, n_features)).copy()
+    if covariance_type == "diag":
+        return cov[:, :, None] * np.eye(n_features)
+    return cov[:, None, None] * np.eye(n_features)
+
+
 def _singular_message(what: str) -> str:
     return (
         f"{what} is not positive-definite, so the Gaussian density is undefined. "

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from distmix import params
+
 #: how many rows :func:`components` draws as points, by default
 SAMPLE_ROWS = 5_000
 
@@ -158,15 +160,7 @@ def full_covariances(model: Any) -> np.ndarray:
     """Every component's covariance as a (K, D, D) stack, whatever the covariance type."""
     _fitted(model)
     k, d = np.shape(model.means_)
-    cov = np.asarray(model.covariances_, dtype=np.float64)
-    kind = model.covariance_type
-    if kind == "full":
-        return cov
-    if kind == "tied":
-        return np.broadcast_to(cov, (k, d, d)).copy()
-    if kind == "diag":
-        return cov[:, :, None] * np.eye(d)
-    return cov[:, None, None] * np.eye(d)
+    return params.full_covariances(model.covariances_, model.covariance_type, k, d)
 
 
 def projection(model: Any, features: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -280,7 +280,7 @@ RELEASED_FIELDS: tuple[str, ...] = ("resp_sum", "x_sum", "second")
 DEFAULT_SHARES: dict[str, float] = {name: 1.0 / 3.0 for name in RELEASED_FIELDS}
 
 
-def _check_shares(shares: Any) -> dict[str, float]:
+def normalised_shares(shares: Any) -> dict[str, float]:
     """The shares of the fields, normalised to sum to 1; raises naming what is wrong."""
     shares = dict(shares)
     if set(shares) != set(RELEASED_FIELDS):
@@ -343,7 +343,7 @@ class PrivacyPlan:
             )
         if not 0.0 <= float(init_share) < 1.0:
             raise ValueError(f"init_share must be in [0, 1), got {init_share!r}.")
-        shares = _check_shares(DEFAULT_SHARES if shares is None else shares)
+        shares = normalised_shares(DEFAULT_SHARES if shares is None else shares)
         rho = rho_for_epsilon(epsilon, delta)
         sensitivity = ball.sensitivities()
 
@@ -381,6 +381,19 @@ class PrivacyPlan:
         """Each field's largest noise scale over the plan's releases."""
         init = self.init_sigmas or {}
         return {f: max(self.sigmas[f], init.get(f, 0.0)) for f in RELEASED_FIELDS}
+
+    def site_shares(
+        self, parts: int, sizes: dict[str, int], rho: float | None = None
+    ) -> dict[str, SiteShare]:
+        """The noise shares that ``parts`` or more sites add to each field (of ``sizes``
+        values) of a release of ``rho`` (default: one iteration's): what every site
+        adds and the coordinator accounts, from the plan alone."""
+        sensitivity = self.ball.sensitivities()
+        per_field = self.iteration_rho if rho is None else float(rho)
+        return {
+            name: SiteShare.plan(sensitivity[name], per_field * self.shares[name], parts, size)
+            for name, size in sizes.items()
+        }
 
     def spent(self, releases: int | None = None, init: bool | None = None) -> float:
         """The ``ρ`` of the first release (if ``init``, default: if planned) and
@@ -691,7 +704,7 @@ class Privacy:
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1):
             raise ValueError(f"average_last must be a positive integer or None, got {m!r}.")
         if self.noise_shares is not None:
-            _check_shares(self.noise_shares)
+            normalised_shares(self.noise_shares)
 
     @property
     def ball(self) -> ClipBall:

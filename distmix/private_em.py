@@ -26,11 +26,10 @@ import numpy as np
 
 from distmix.engines.base import Engine
 from distmix.nonfinite import raise_if_nonfinite
-from distmix.params import Params
+from distmix.params import Params, full_covariances
 from distmix.privacy import (
     ClipBall,
     PrivacyPlan,
-    SiteShare,
     epsilon_from_rho,
     gaussian_release,
     private_params,
@@ -119,20 +118,6 @@ def release(
     return released, spent, sigmas
 
 
-def site_shares(
-    plan: PrivacyPlan, parts: int, stats: SuffStats, rho: float | None = None
-) -> dict[str, SiteShare]:
-    """The noise shares that ``parts`` or more sites add to each field of a release
-    of ``rho`` (default: one iteration's; distributed noise): what every site
-    computes from the manifest alone."""
-    sensitivity = plan.ball.sensitivities()
-    per_field = plan.iteration_rho if rho is None else float(rho)
-    return {
-        name: SiteShare.plan(sensitivity[name], per_field * plan.shares[name], parts, size)
-        for name, size in _field_sizes(stats).items()
-    }
-
-
 def _field_sizes(stats: SuffStats) -> dict[str, int]:
     host = stats.to_host()
     return {
@@ -156,7 +141,7 @@ def _noised(
     raise_if_nonfinite(stats.n_nonfinite, stats.first_nonfinite)
     if getattr(engine, "noise_at_sites", False):
         parts = int(engine.noise_parts)  # type: ignore[attr-defined]
-        shares = site_shares(plan, parts, stats, rho)
+        shares = plan.site_shares(parts, _field_sizes(stats), rho)
         # charged: the plan's (what the fewest shares allowed cost); the sum's noise:
         # every share it holds (a sum over more sites than that carries more)
         summed = max(parts, int(getattr(engine, "last_summed", parts) or parts))
@@ -228,15 +213,7 @@ def check_usable(plan: PrivacyPlan, first: FirstRelease, n_components: int, aver
 
 def full_covariance(params: Params) -> np.ndarray:
     """The one component's covariance of ``params`` as a (D, D) matrix."""
-    d = params.n_features
-    cov = np.asarray(params.covariances, dtype=np.float64)
-    if params.covariance_type == "full":
-        return cov[0]
-    if params.covariance_type == "tied":
-        return cov
-    if params.covariance_type == "diag":
-        return np.diag(cov[0])
-    return float(cov[0]) * np.eye(d)
+    return full_covariances(params.covariances, params.covariance_type, 1, params.n_features)[0]
 
 
 #: candidate means a start from the first release draws per component

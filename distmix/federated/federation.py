@@ -14,7 +14,7 @@ from distmix.federated.engine import FederatedEngine
 from distmix.federated.manifest import Manifest
 from distmix.federated.site import Site
 from distmix.federated.transport import InProcessTransport, Transport
-from distmix.privacy import RELEASED_FIELDS, Privacy
+from distmix.privacy import RELEASED_FIELDS, Privacy, normalised_shares
 
 
 class Federation:
@@ -97,7 +97,7 @@ class Federation:
                         "dp_noise": dp_noise,
                     }
                     if privacy.noise_shares is not None:
-                        shares = privacy.plan(1).shares
+                        shares = normalised_shares(privacy.noise_shares)
                         dp["dp_shares"] = tuple(shares[name] for name in RELEASED_FIELDS)
                 else:
                     dp = {}

@@ -59,7 +59,7 @@ from distmix.federated.messages import (
     request_digest,
 )
 from distmix.params import Params
-from distmix.privacy import ClipBall, SiteShare
+from distmix.privacy import ClipBall
 from distmix.tasks import ROW_MOVING_TASKS
 
 logger = logging.getLogger("distmix.federated.site")
@@ -580,21 +580,16 @@ class Site:
         """``values`` with this site's share of each field's noise (distributed noise)."""
         assert self.manifest is not None
         plan = self.manifest.privacy_plan()
-        sensitivity = plan.ball.sensitivities()
-        per_release = plan.init_rho if task == "private_moments" else plan.iteration_rho
-        parts = []
-        start = 0
-        for slot in wire.slots(task, like):
-            part = values[start : start + slot.size]
-            start += slot.size
-            share = SiteShare.plan(
-                sensitivity[slot.name],
-                per_release * plan.shares[slot.name],
-                self.manifest.noise_parts,
-                slot.size,
-            )
-            parts.append(share.add(part, slot.name))
-        return np.concatenate(parts)
+        rho = plan.init_rho if task == "private_moments" else plan.iteration_rho
+        slots = wire.slots(task, like)
+        shares = plan.site_shares(self.manifest.noise_parts, {s.name: s.size for s in slots}, rho)
+        parts = np.split(values, np.cumsum([slot.size for slot in slots])[:-1])
+        return np.concatenate(
+            [
+                shares[slot.name].add(part, slot.name)
+                for slot, part in zip(slots, parts, strict=True)
+            ]
+        )
 
     def _check_round(self, round_id: int, attempt: int) -> None:
         if not 1 <= round_id < 2**63:
