@@ -139,6 +139,7 @@ _STREAM_ONLY = {
     "learning_offset": "--learning-offset",
     "forgetting_factor": "--forgetting-factor",
     "average_after": "--average-after",
+    "warmup_rows": "--warmup-rows",
     "report_every": "--report-every",
     "validation": "--validation",
 }
@@ -316,7 +317,13 @@ def _model_for(args: argparse.Namespace) -> Any:
     }
     if args.stream:
         # only the flags given: the estimator's defaults are the stream's defaults
-        for name in ("learning_decay", "learning_offset", "forgetting_factor", "average_after"):
+        for name in (
+            "learning_decay",
+            "learning_offset",
+            "forgetting_factor",
+            "average_after",
+            "warmup_rows",
+        ):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
     else:
@@ -546,6 +553,16 @@ def _info(args: argparse.Namespace) -> int:
         for k in range(model.n_components):
             print(f"  component {k}: weight {model.weights_[k]:.4f}, mean {model.means_[k]}")
     return 0
+
+
+def _warmup_rows(text: str) -> int | str:
+    """``--warmup-rows``: ``auto`` or a whole number (checked with the other settings)."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give 'auto' or a whole number, not {text!r}") from None
 
 
 def _components_range(text: str) -> list[int]:
@@ -851,6 +868,13 @@ The rows read before are re-read first, hash only, to check they did not change.
         metavar="N",
         help="keep the average of the parameters of the updates after the N-th (default: "
         "the latest parameters)",
+    )
+    stream.add_argument(
+        "--warmup-rows",
+        type=_warmup_rows,
+        metavar="N",
+        help="begin with batch EM on the first batches holding N rows (default auto: 20 "
+        "rows per free parameter of the mixture; 0: none)",
     )
     stream.add_argument(
         "--report-every",

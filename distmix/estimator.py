@@ -103,6 +103,16 @@ class GaussianMixture(BaseMixture):
     average_after : int or None, default=None
         Streaming: expose the Polyak–Ruppert average of the parameters of the
         updates after this many (``None``: the latest parameters).
+    warmup_rows : int or "auto", default="auto"
+        Streaming over an array (:func:`fit_stream`): the stream begins with batch
+        EM (up to ``max_iter`` iterations, to ``tol``) on its first batches, as
+        many as hold ``warmup_rows`` rows, read as one window; the stepwise
+        updates follow, the warm-up counting as those batches' updates. It
+        carries a poor start (or large batches, few updates a pass) to where
+        stepwise EM converges. ``"auto"``: 20 rows per free parameter of the
+        mixture, at most 256 MiB of rows; 0: stepwise from the first batch.
+        ``partial_fit`` and streams of separate batches have no warm-up (fit
+        a first sample, then continue with them).
     kernel : {"auto", "compiled", "array-api"} or None, default=None
         The block kernels of this model's fits, scores and predictions:
         ``"compiled"`` the fused compiled kernels (NumPy blocks only),
@@ -176,6 +186,7 @@ class GaussianMixture(BaseMixture):
         learning_offset: float = 1.0,
         forgetting_factor: float | None = None,
         average_after: int | None = None,
+        warmup_rows: int | str = "auto",
         kernel: str | None = None,
         privacy: Privacy | None = None,
     ) -> None:
@@ -203,6 +214,7 @@ class GaussianMixture(BaseMixture):
         self.learning_offset = learning_offset
         self.forgetting_factor = forgetting_factor
         self.average_after = average_after
+        self.warmup_rows = warmup_rows
         self.kernel = kernel
         self.privacy = privacy
 

@@ -38,9 +38,11 @@ from distmix.persist import (
     save_stream_checkpoint,
 )
 from distmix.progress import current, fit_progress, logger
+from distmix.selection import n_parameters
 from distmix.settings import check_count
 from distmix.sources.checks import is_zarr_source
 from distmix.stepwise import (
+    EM_STEP,
     Range,
     StepSchedule,
     Stream,
@@ -67,6 +69,11 @@ class OnlineSettings:
     init_params: str
     schedule: StepSchedule
     average_after: int | None
+    #: rows of batch EM a stream over an array begins with ("auto" or a count; 0: none)
+    warmup_rows: int | str
+    #: the warm-up's EM: at most ``max_iter`` iterations, stopped at a change below ``tol``
+    max_iter: int
+    tol: float
     #: ``user_init(n_features)``: the checked ``weights_init``/``means_init``/``precisions_init``
     user_init: Callable[[int], dict[str, Any]]
     #: ``draw_seed()``: a seed from the estimator's ``random_state``, drawn anew at each
@@ -94,6 +101,9 @@ class OnlineSettings:
                 params["learning_decay"], params["learning_offset"], params["forgetting_factor"]
             ),
             average_after=params["average_after"],
+            warmup_rows=params["warmup_rows"],
+            max_iter=params["max_iter"],
+            tol=params["tol"],
             user_init=user_init,
             draw_seed=draw_seed,
             checkpoint=params["checkpoint"],
@@ -175,6 +185,60 @@ def update(
         state, stats, settings.schedule, settings.reg_covar, average_after=settings.average_after
     )
     return new, int(stats.n_rows), rows_fingerprint
+
+
+#: ``warmup_rows="auto"``: rows of batch EM per free parameter of the mixture
+WARMUP_ROWS_PER_PARAMETER = 20
+#: ``warmup_rows="auto"`` reads at most this many bytes of float64 rows in its window
+WARMUP_BYTES = 256 * 2**20
+
+
+def warmup_size(settings: OnlineSettings, n_features: int, n_rows: int) -> int:
+    """How many rows a stream over an array of ``n_rows`` rows begins with batch EM on.
+
+    ``"auto"``: :data:`WARMUP_ROWS_PER_PARAMETER` rows per free parameter of the
+    mixture, at most :data:`WARMUP_BYTES` of rows, at most the rows of the array.
+    """
+    wanted = settings.warmup_rows
+    if wanted == "auto":
+        parameters = n_parameters(settings.n_components, n_features, settings.covariance_type)
+        wanted = min(WARMUP_ROWS_PER_PARAMETER * parameters, WARMUP_BYTES // (8 * n_features))
+    return max(0, min(int(wanted), int(n_rows)))
+
+
+def warm_up(
+    engine: Engine,
+    settings: OnlineSettings,
+    n_batches: int,
+    fingerprint: bool = False,
+) -> tuple[StreamState, int, DataFingerprint | None]:
+    """A stream's first update: batch EM on the rows of its first ``n_batches`` batches.
+
+    From :func:`start_params` on these rows, up to ``settings.max_iter`` EM
+    iterations (at least one), stopped when the mean log-likelihood changes by
+    less than ``settings.tol``. Each iteration is an update with ``γ = 1``
+    (exactly an EM step); the state that results counts as ``n_batches`` updates,
+    so that the step size of the next batch is what it would have been after
+    them. ``(state, rows, their fingerprint)`` as :func:`update`.
+    """
+    state = StreamState(start_params(engine, settings))
+    rows_fingerprint = None
+    previous = -math.inf
+    for iteration in range(max(1, settings.max_iter)):
+        if fingerprint and iteration == 0:
+            stats, rows_fingerprint = e_step_fingerprinted(engine, state.params)
+        else:
+            stats = e_step(engine, state.params)
+        state = online_update(StreamState(state.params), stats, EM_STEP, settings.reg_covar)
+        mean = state.history[-1].batch_log_likelihood
+        if abs(mean - previous) < settings.tol:
+            break
+        previous = mean
+    record = replace(state.history[-1], n_steps=n_batches)
+    state = replace(state, n_steps=n_batches, history=(record,))
+    if settings.average_after is not None and n_batches > settings.average_after:
+        state = replace(state, averaged=state.params, n_averaged=1)
+    return state, int(stats.n_rows), rows_fingerprint
 
 
 def partial_update(
@@ -377,10 +441,19 @@ class _ArrayStream(_Driver):
                 if known is not None:
                     data.observe(known)
         n_rows = source_engine.n_rows
-        for after, engine in _read_ahead(source_engine, plan.walk(position, n_rows)):
+        steps = plan.walk(position, n_rows)
+        # a stream that starts begins with batch EM on its first rows (those of the
+        # first batches that hold ``warmup_rows``): one update, one read-ahead window
+        warmup = 0
+        if state is None:
+            warmup = warmup_size(settings, source_engine.n_features, n_rows - position.rows_done)
+        for after, engine, n_batches in _read_ahead(source_engine, _grouped(steps, warmup)):
             first_pass = not position.in_segment or position.pass_index == 0
             track = data is not None and not data.pending and first_pass
-            state, n_read, rows_fingerprint = update(engine, state, settings, track)
+            if state is None and warmup > 0:
+                state, n_read, rows_fingerprint = warm_up(engine, settings, n_batches, track)
+            else:
+                state, n_read, rows_fingerprint = update(engine, state, settings, track)
             if data is not None and rows_fingerprint is not None:
                 data.add(rows_fingerprint)
             position = after
@@ -518,10 +591,31 @@ class _BatchStream(_Driver):
 # --------------------------------------------------------------------------- #
 # helpers                                                                     #
 # --------------------------------------------------------------------------- #
+def _grouped(
+    steps: Iterator[tuple[StreamPosition, list[Range]]], rows: int
+) -> Iterator[tuple[StreamPosition, list[Range], int]]:
+    """``steps`` with their batch counts, the first batches that hold ``rows`` rows
+    (or all, if fewer) made one: ``(position after, row ranges, batches)``."""
+    ranges: list[Range] = []
+    count, held, after = 0, 0, None
+    for step_after, step_ranges in steps:
+        if held >= rows:
+            yield step_after, step_ranges, 1
+            continue
+        ranges += step_ranges
+        count += 1
+        held += sum(stop - start for start, stop in step_ranges)
+        after = step_after
+        if held >= rows:
+            yield after, ranges, count
+    if after is not None and held < rows:
+        yield after, ranges, count
+
+
 def _read_ahead(
-    source: WindowedEngine, steps: Iterator[tuple[StreamPosition, list[Range]]]
-) -> Iterator[tuple[StreamPosition, WindowedEngine]]:
-    """``(position after, the window's engine)`` for every step, the next window's
+    source: WindowedEngine, steps: Iterator[tuple[StreamPosition, list[Range], int]]
+) -> Iterator[tuple[StreamPosition, WindowedEngine, int]]:
+    """``(position after, the window's engine, batches)`` for every step, the next window's
     rows read while this one is used (:meth:`WindowedEngine.window_ahead`: one window
     ahead, never more, so memory stays at two windows).
 
@@ -533,13 +627,13 @@ def _read_ahead(
     0.81 s in the same run).
     """
     pending = None
-    for after, ranges in steps:
+    for after, ranges, count in steps:
         upcoming = source.window_ahead(ranges)
         if pending is not None:
-            yield pending[0], pending[1].result()
-        pending = (after, upcoming)
+            yield pending[0], pending[1].result(), pending[2]
+        pending = (after, upcoming, count)
     if pending is not None:
-        yield pending[0], pending[1].result()
+        yield pending[0], pending[1].result(), pending[2]
 
 
 def _keyed_by_place(place: int, rows: DataFingerprint) -> DataFingerprint:

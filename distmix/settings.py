@@ -73,6 +73,14 @@ def check_settings(settings: Mapping[str, Any]) -> None:
         settings["learning_decay"], settings["learning_offset"], settings["forgetting_factor"]
     )
     check_count("average_after", settings["average_after"], 0, none_ok=True)
+    warmup = settings.get("warmup_rows", "auto")
+    if not (isinstance(warmup, str) and warmup == "auto"):
+        try:
+            check_count("warmup_rows", warmup, 0)
+        except ValueError:
+            raise ValueError(
+                f"warmup_rows must be 'auto' or an integer >= 0, got {warmup!r}."
+            ) from None
     if settings.get("kernel") is not None:
         check_kernel(settings["kernel"])
     privacy = settings.get("privacy")

@@ -94,6 +94,10 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+#: γ = 1 at every update: an update is exactly one batch-EM step on its batch
+EM_STEP = StepSchedule(learning_decay=1.0, learning_offset=0.0)
+
+
 # --------------------------------------------------------------------------- #
 # the state of a stream                                                       #
 # --------------------------------------------------------------------------- #
