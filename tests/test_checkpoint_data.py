@@ -186,7 +186,10 @@ def test_interrupted_stream_checks_only_the_rows_it_has_read(X, tmp_path):
     """Stopped mid-pass, a stream has read some blocks: a change there is refused, a
     change in a block it has not read yet is not (those rows were never fitted)."""
     checkpoint = tmp_path / "stream.ck"
-    opts = dict(n_components=3, random_state=0, block_size=250, checkpoint=checkpoint)
+    # a warm-up of one block: an update a block, as the counts of rows read below assume
+    opts = dict(
+        n_components=3, random_state=0, block_size=250, checkpoint=checkpoint, warmup_rows=250
+    )
 
     class Stop(Exception):
         pass
