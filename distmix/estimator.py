@@ -109,10 +109,13 @@ class GaussianMixture(BaseMixture):
         many as hold ``warmup_rows`` rows, read as one window; the stepwise
         updates follow, the warm-up counting as those batches' updates. It
         carries a poor start (or large batches, few updates a pass) to where
-        stepwise EM converges. ``"auto"``: 20 rows per free parameter of the
-        mixture, at most 256 MiB of rows; 0: stepwise from the first batch.
-        ``partial_fit`` and streams of separate batches have no warm-up (fit
-        a first sample, then continue with them).
+        batch EM goes. With 3 batches or more, EM also runs on each third of them
+        from a start made there, and the end that fits all the warm-up's rows
+        best is kept (where EM goes from a poor start turns on the sample).
+        ``"auto"``: 60 rows per free parameter of the mixture, at most 256 MiB
+        of rows; 0: stepwise from the first batch. ``partial_fit`` and streams
+        of separate batches have no warm-up (fit a first sample, then continue
+        with them).
     kernel : {"auto", "compiled", "array-api"} or None, default=None
         The block kernels of this model's fits, scores and predictions:
         ``"compiled"`` the fused compiled kernels (NumPy blocks only),

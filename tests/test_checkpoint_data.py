@@ -304,8 +304,11 @@ def test_stream_resumed_with_other_blocks_keeps_the_blocks_it_read(X, tmp_path):
     """A stream stopped mid-pass and resumed with another ``block_size`` goes on over the
     blocks it had started with (a position counts them), to the uninterrupted model."""
     checkpoint = tmp_path / "stream.ck"
-    opts = dict(n_components=3, random_state=0, checkpoint=checkpoint)
-    whole = distmix.GaussianMixture(3, random_state=0, block_size=500).fit_stream(X, window=1)
+    # a warm-up of one block: an update a block
+    opts = dict(n_components=3, random_state=0, checkpoint=checkpoint, warmup_rows=500)
+    whole = distmix.GaussianMixture(3, random_state=0, block_size=500, warmup_rows=500).fit_stream(
+        X, window=1
+    )
 
     class Stop(Exception):
         pass

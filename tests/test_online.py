@@ -57,8 +57,8 @@ def assert_same_model(a: GaussianMixture, b: GaussianMixture, rtol: float = 1e-1
 
 
 def warmup_rows_auto(n_features: int, covariance_type: str = "full") -> int:
-    """``warmup_rows="auto"``'s rows for these tests' mixtures: 20 per free parameter."""
-    return 20 * distmix.selection.n_parameters(N_COMPONENTS, n_features, covariance_type)
+    """``warmup_rows="auto"``'s rows for these tests' mixtures: 60 per free parameter."""
+    return 60 * distmix.selection.n_parameters(N_COMPONENTS, n_features, covariance_type)
 
 
 def write_array(path: Any, X: np.ndarray, chunk_rows: int) -> zarr.Array:
