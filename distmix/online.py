@@ -238,7 +238,13 @@ def warm_up(
         engine, start_params(engine, settings), settings, fingerprint
     )
     for part in samples() if samples is not None else ():
-        end = _em_state(part, start_params(part, settings), settings)[0].params
+        try:
+            end = _em_state(part, start_params(part, settings), settings)[0].params
+        except ValueError as error:
+            # a third that cannot be fitted alone (its rows all weigh 0, fewer rows
+            # than components for k-means, ...) is no candidate; the whole was fitted
+            logger.debug(f"warm-up: a third of its rows gives no candidate ({error})")
+            continue
         other = _em_state(engine, end, settings)[0]
         gain = other.history[-1].batch_log_likelihood - state.history[-1].batch_log_likelihood
         if gain > settings.tol:
