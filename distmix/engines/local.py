@@ -123,7 +123,7 @@ class LocalEngine:
         lengths = tuple(b - a for a, b in ranges)
         if len(ranges) == 1:
             rows = slice(*ranges[0])
-            X = self.X[rows]
+            X = self.X[rows, ...]
             w = None if self.sample_weight is None else self.sample_weight[rows]
         else:
             index = np.concatenate([np.arange(a, b) for a, b in ranges])
