@@ -44,6 +44,7 @@ from distmix.engines.dask import parallel_blocks
 from distmix.federated import deploy
 from distmix.federated.manifest import Manifest
 from distmix.kernels import KERNEL_CHOICES, set_kernel
+from distmix.online import WARMUP_ROWS_PER_PARAMETER
 from distmix.outputs import check_output_path, staged_directory, write_output
 from distmix.persist import (
     CHECKPOINT_FORMAT,
@@ -873,8 +874,8 @@ The rows read before are re-read first, hash only, to check they did not change.
         "--warmup-rows",
         type=_warmup_rows,
         metavar="N",
-        help="begin with batch EM on the first batches holding N rows (default auto: 20 "
-        "rows per free parameter of the mixture; 0: none)",
+        help="begin with batch EM on the first batches holding N rows (default auto: "
+        f"{WARMUP_ROWS_PER_PARAMETER} rows per free parameter of the mixture; 0: none)",
     )
     stream.add_argument(
         "--report-every",
